@@ -1,0 +1,58 @@
+"""memopt_bptt: memory-efficient Backpropagation Through Time with exact gradients.
+
+Gruslys et al. (2016)'s BPTT-HSM/ISM/MSM: a dynamic-programming planner picks
+which hidden or internal states to keep for a memory budget in bytes, and a
+Numba executor replays forward segments to return gradients bit-identical to
+plain BPTT.
+
+Example::
+
+    import memopt_bptt as mb
+    model = mb.Sequence(mb.LSTM(input_size=8, hidden_size=32), output_size=4, loss="mse")
+    params = model.init_params(seed=0)
+    loss, grads = mb.value_and_grad(model, params, xs, ys, budget="4MiB")
+"""
+
+from ._actions import Action
+from ._actions import OPS
+from ._budget import MemoryBudgetError
+from ._budget import parse_budget
+from ._executor import Report
+from ._executor import value_and_grad
+from ._model import Sequence
+from ._planner import POLICIES
+from ._planner import beta
+from ._planner import hsm_cost
+from ._planner import numforw
+from ._planner import plan
+from ._schedule import Schedule
+from ._schedule import ScheduleError
+from ._version import __version__
+from .cells import GRU
+from .cells import LSTM
+from .cells import Cell
+from .cells import Elman
+from .cells import Jordan
+
+__all__ = [
+    "Action",
+    "Cell",
+    "Elman",
+    "GRU",
+    "Jordan",
+    "LSTM",
+    "MemoryBudgetError",
+    "OPS",
+    "POLICIES",
+    "Report",
+    "Schedule",
+    "ScheduleError",
+    "Sequence",
+    "__version__",
+    "beta",
+    "hsm_cost",
+    "numforw",
+    "parse_budget",
+    "plan",
+    "value_and_grad",
+]

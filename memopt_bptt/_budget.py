@@ -1,0 +1,83 @@
+"""Memory budgets: parsing "64MiB"-style strings, and the budget error."""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["MemoryBudgetError", "parse_budget", "format_bytes"]
+
+
+class MemoryBudgetError(ValueError):
+    """No schedule fits the budget. ``least_bytes`` (or ``least_units`` in the
+    abstract model) is the smallest budget that works."""
+
+    def __init__(self, message: str, *, least_bytes: int | None = None, least_units: float | None = None):
+        super().__init__(message)
+        self.least_bytes = least_bytes
+        self.least_units = least_units
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30,
+}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_budget(budget: object, *, name: str = "budget") -> tuple[str, float]:
+    """Read a budget: ``("bytes", n)`` or ``("fraction", f)``.
+
+    Accepts an int (bytes), a string with a unit ("512KiB", "64MiB", "1GB",
+    "2.5e6B"), a percentage string ("5%"), or a float in (0, 1] (a fraction
+    of what plain BPTT keeps).
+
+    Example::
+
+        parse_budget("64MiB")   # ("bytes", 67108864)
+        parse_budget(0.05)      # ("fraction", 0.05)
+    """
+    if isinstance(budget, bool):
+        raise TypeError(f"{name}={budget!r}: expected bytes (int), a size string like '64MiB', or a fraction in (0, 1]")
+    if isinstance(budget, int):
+        if budget <= 0:
+            raise ValueError(f"{name}={budget}: a byte budget must be a positive integer")
+        return "bytes", float(budget)
+    if isinstance(budget, float):
+        if not math.isfinite(budget) or not 0.0 < budget <= 1.0:
+            raise ValueError(f"{name}={budget!r}: a float budget is a fraction of plain BPTT's memory, in (0, 1];"
+                             " give bytes as an int or a string like '64MiB'")
+        return "fraction", budget
+    if isinstance(budget, str):
+        text = budget.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                pct = float("nan")
+            if not math.isfinite(pct) or not 0.0 < pct <= 100.0:
+                raise ValueError(f"{name}={budget!r}: a percentage must be in (0%, 100%]")
+            return "fraction", pct / 100.0
+        match = _PATTERN.match(text)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"{name}={budget!r} is not a size: use e.g. 4096, '512KiB', '64MiB', '1GB' or '5%'")
+        value = float(match.group(1)) * _UNITS[unit]
+        if value < 1:
+            raise ValueError(f"{name}={budget!r}: a byte budget must be at least 1 byte")
+        return "bytes", float(math.floor(value))
+    raise TypeError(f"{name}={budget!r}: expected bytes (int), a size string like '64MiB', or a fraction in (0, 1]")
+
+
+def format_bytes(n: float | int | None) -> str:
+    """Human-readable bytes with binary units ("1.50 MiB")."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} GiB"

@@ -1,0 +1,244 @@
+"""The executor: run a Schedule in one jitted loop and return exact gradients.
+
+Every buffer is allocated once, in Python, before the sweep — the checkpoint
+pool at the schedule's planned size and the working buffers the planner
+charged for — so the sweep itself allocates nothing and what it keeps is
+visible to ``tracemalloc``. The schedule is lowered to an integer array; the
+loop reads it and calls the cell's kernels. The loss of step t and its
+gradient are computed when step t is reversed, from s_t rebuilt out of I_t,
+in the same order under every schedule, so loss and gradients are
+bit-identical across policies.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import tracemalloc
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ._budget import MemoryBudgetError
+from ._model import Sequence
+from ._planner import plan
+from ._schedule import Schedule
+from .cells._blas import gemm
+
+__all__ = ["value_and_grad", "Report"]
+
+
+@njit(cache=True)
+def _loss_step(kind, out, ys_f, ys_i, t, scale):
+    """Add step t's loss to a float64 sum; overwrite ``out`` with dL/dout."""
+    B = out.shape[0]
+    O = out.shape[1]
+    total = 0.0
+    if kind == 0:
+        for b in range(B):
+            for k in range(O):
+                d = out[b, k] - ys_f[t, b, k]
+                total += float(d) * float(d)
+                out[b, k] = 2.0 * d * scale
+    else:
+        for b in range(B):
+            mx = out[b, 0]
+            for k in range(1, O):
+                if out[b, k] > mx:
+                    mx = out[b, k]
+            s = 0.0
+            for k in range(O):
+                s += math.exp(float(out[b, k] - mx))
+            lse = float(mx) + math.log(s)
+            label = ys_i[t, b]
+            total += lse - float(out[b, label])
+            for k in range(O):
+                p = math.exp(float(out[b, k]) - lse)
+                out[b, k] = (p - (1.0 if k == label else 0.0)) * scale
+    return total
+
+
+@njit
+def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
+           out_is_state, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf,
+           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale):
+    """Run the lowered schedule. Returns (loss sum, forwards, final ds buffer index)."""
+    B = xs.shape[1]
+    O = w_out.shape[0]
+    pos = 0
+    forwards = 0
+    loss = 0.0
+    out2 = outbuf.reshape((B, O))
+    for i in range(codes.shape[0]):
+        op = codes[i, 0]
+        step = codes[i, 1]
+        off = codes[i, 2]
+        if op == 0:  # takeshot
+            pool[off: off + S] = cur
+        elif op == 1:  # restore
+            cur[:] = pool[off: off + S]
+            pos = step
+        elif op == 2:  # advance
+            for t in range(pos, step):
+                fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], cur, nxt, work_int, work)
+                cur, nxt = nxt, cur
+            forwards += step - pos
+            pos = step
+        elif op == 3:  # keep
+            target = work_int if off < 0 else pool[off: off + K]
+            fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], cur, nxt, target, work)
+            cur, nxt = nxt, cur
+            forwards += 1
+            pos = step
+        elif op == 4:  # restore_internal
+            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], pool[off: off + K], cur, work)
+            pos = step
+        else:  # reverse
+            internal = work_int if off < 0 else pool[off: off + K]
+            x = xs[step - 1]
+            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, nxt, work)
+            if out_is_state:
+                for p in range(B * O):
+                    outbuf[p] = nxt[p]
+                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, scale)
+                for p in range(B * O):
+                    ds[p] += outbuf[p]
+            else:
+                h = nxt[: B * hidden].reshape((B, hidden))
+                for b in range(B):
+                    for k in range(O):
+                        out2[b, k] = b_out[k]
+                gemm(False, True, 1.0, h, w_out, 1.0, out2)
+                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, scale)
+                gemm(True, False, 1.0, out2, h, 1.0, g_w_out)
+                for b in range(B):
+                    for k in range(O):
+                        g_b_out[k] += out2[b, k]
+                gemm(False, False, 1.0, out2, w_out, 1.0, ds[: B * hidden].reshape((B, hidden)))
+            bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
+                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
+            ds, ds_prev = ds_prev, ds
+    return loss, forwards, ds
+
+
+class Report(NamedTuple):
+    """What one value_and_grad call did (``return_report=True``)."""
+
+    schedule: Schedule
+    forward_steps: int          # counted in the sweep
+    wall_time: float            # seconds, the sweep and its setup
+    planned_bytes: int          # schedule.peak_bytes
+    allocated_bytes: int        # bytes of the buffers allocated for the sweep
+    measured_peak_bytes: int    # tracemalloc peak during the call, minus the returned gradients
+    predicted_time_ratio: float
+
+    def __str__(self) -> str:
+        return "\n".join(self.schedule.summary_lines() + [
+            f"counted forwards {self.forward_steps}",
+            f"wall time       {self.wall_time:.4f} s",
+            f"planned bytes   {self.planned_bytes}",
+            f"allocated bytes {self.allocated_bytes}",
+            f"measured peak   {self.measured_peak_bytes} bytes (tracemalloc, gradients excluded)",
+        ])
+
+
+def _lower(schedule: Schedule, quantum_elems: int) -> np.ndarray:
+    codes = np.array(schedule.codes, dtype=np.int64)
+    slots = codes[:, 2]
+    codes[:, 2] = np.where(slots >= 0, slots * quantum_elems, -1)
+    return codes
+
+
+def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *, budget: Any = None,
+                   policy: str | None = None, schedule: Schedule | None = None, h0: np.ndarray | None = None,
+                   return_h0_grad: bool = False, return_report: bool = False):
+    """Loss and exact gradients of a Sequence over (xs, ys) within a memory budget.
+
+    ``budget``: bytes, "64MiB"-style, or a fraction of plain BPTT's memory; no
+    budget means plain BPTT (policy "full"). ``policy`` defaults to "msm" when
+    a budget is given. Or pass a ready ``schedule`` from :func:`plan` (same T,
+    batch and dtype). Gradients are bit-identical to policy="full".
+
+    Returns ``(loss, grads)``; with ``return_h0_grad=True`` also dL/dh0, and
+    with ``return_report=True`` a :class:`Report` last.
+
+    Example::
+
+        loss, grads = mb.value_and_grad(model, params, xs, ys, budget="4MiB")
+    """
+    if not isinstance(model, Sequence):
+        raise TypeError(f"value_and_grad: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
+    arrays = model.check_params(params)
+    dtype = arrays[0].dtype
+    xs_c, ys_f, ys_i, h0_flat = model.check_data(xs, ys, dtype, h0=h0)
+    T, B = xs_c.shape[:2]
+    sizes = model.sizes(batch=B, dtype=dtype)
+    if schedule is None:
+        if policy is None:
+            policy = "full" if budget is None else "msm"
+        if budget is None:
+            if policy != "full":
+                raise ValueError(f"value_and_grad: policy={policy!r} needs budget= (bytes, '64MiB' or a fraction)")
+            budget = 1.0
+        schedule = plan(T, budget=budget, model=model, batch=B, dtype=dtype, policy=policy)
+    else:
+        if budget is not None or policy is not None:
+            raise ValueError("value_and_grad: give either schedule= or budget=/policy=, not both")
+        if not isinstance(schedule, Schedule):
+            raise TypeError("value_and_grad: schedule must be a memopt_bptt.Schedule from mb.plan")
+        if schedule.T != T:
+            raise ValueError(f"value_and_grad: schedule is for T={schedule.T} but xs has T={T}")
+        g = math.gcd(sizes.state_width, sizes.internal_width)
+        if (schedule.hidden_quanta, schedule.internal_quanta) != (sizes.state_width // g, sizes.internal_width // g) \
+                or schedule.quantum_bytes != g * B * sizes.itemsize:
+            raise ValueError("value_and_grad: schedule was planned for another model, batch or dtype; "
+                             "plan it with mb.plan(T, budget=..., model=model, batch=..., dtype=...)")
+        schedule.validate()
+    g = math.gcd(sizes.state_width, sizes.internal_width)
+    quantum_elems = g * B
+    codes = _lower(schedule, quantum_elems)
+
+    grads = {name: np.zeros_like(a) for name, a in zip(model.param_shapes, arrays)}
+    g_arrays = list(grads.values())
+    scale = 1.0 / (T * B * model.output_size) if model.loss == "mse" else 1.0 / (T * B)
+    loss_kind = 0 if model.loss == "mse" else 1
+    cell = model.cell
+
+    if return_report:
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    pool = np.empty(schedule.pool_quanta * quantum_elems, dtype)
+    cur = np.empty(sizes.state_len, dtype)
+    cur[:] = h0_flat
+    nxt = np.empty(sizes.state_len, dtype)
+    ds = np.zeros(sizes.state_len, dtype)
+    ds_prev = np.zeros(sizes.state_len, dtype)
+    work_int = np.empty(sizes.internal_len, dtype)
+    work = np.empty(max(sizes.work_len, 1), dtype)
+    outbuf = np.empty(sizes.output_len, dtype)
+    allocated = sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf)) + sizes.work_len * sizes.itemsize
+    loss_sum, forwards, dh0 = _sweep(
+        cell.forward_step, cell.backward_step, cell.state_from_internal, codes, *arrays, xs_c, ys_f, ys_i,
+        loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev, work_int, work,
+        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale)
+    wall = time.perf_counter() - t0
+    if forwards != schedule.forward_steps:
+        raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
+                           f"plans {schedule.forward_steps}; no gradients returned")
+    loss_value = float(loss_sum * scale)
+    if not math.isfinite(loss_value):
+        raise FloatingPointError("value_and_grad: the loss is not finite (NaN or inf); check the data and "
+                                 "learning rate; no gradients returned")
+    result: list[Any] = [loss_value, grads]
+    if return_h0_grad:
+        result.append(np.array(dh0).reshape(model.state_shape(B)))
+    if return_report:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        measured = peak - base  # the gradients were allocated before tracing began
+        result.append(Report(schedule, int(forwards), wall, int(schedule.peak_bytes), int(allocated),
+                             int(measured), schedule.time_ratio))
+    return tuple(result)

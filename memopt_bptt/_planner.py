@@ -1,0 +1,507 @@
+"""The planner: the fewest forward steps that reverse a T-step chain in a budget.
+
+Gruslys, Munos, Danihelka, Lanctot & Graves (2016), "Memory-Efficient
+Backpropagation Through Time" (arXiv 1606.03401), section 3: BPTT-HSM keeps
+hidden states, BPTT-ISM internal states, BPTT-MSM chooses per split.
+
+Model and conventions
+---------------------
+Step t costs one forward; its backward reads the internal state I_t (which
+also rebuilds s_t exactly, see the cell contract). Memory is counted in
+integer *quanta*: a hidden state takes ``hq``, an internal state ``kq``
+(alpha = kq / hq; a model's sizes are divided by their gcd, an abstract alpha
+is a fraction p/q with q <= 64). The executor has working buffers outside the
+quanta — the current state, one internal state, gradients and the cell's
+scratch — whose bytes are subtracted from a byte budget first; the initial
+state is checkpoint slot 0 (``hq`` quanta), so ``slots=m`` in the abstract
+model counts it, as Gruslys et al.'s m does.
+
+R(t, m) is the least number of forwards that reverses a segment of t steps
+whose start state is available (in a slot), with m free quanta:
+
+    R(0, m) = 0
+    R(t, m) = min( t + R(t-1, m),                                   # W
+                   min_{1<=y<t} y + R(t-y, m-hq) + R(y, m),          # H, m >= hq
+                   min_{1<=y<t} y + R(t-y, m-kq) + R(y-1, m) )       # I, m >= kq
+
+W replays the whole segment and reverses its last step from the working
+buffer. H runs y steps, keeps s_y as a hidden checkpoint, reverses the right
+part with hq quanta fewer, frees the slot, then the left part. I runs y steps
+keeping I_y (kq quanta): the right part starts from s_y rebuilt from I_y, step
+y is then reversed with no replay, and the left part has y-1 steps. HSM uses
+W and H only; ISM W and I; MSM all three, so MSM <= min(HSM, ISM). Checkpoints
+are allocated as a stack (each split's slot is freed before its left part),
+so a pool of ``hq + m`` quanta never fragments.
+
+HSM's R equals the Revolve optimum: R(t, (m-1)*hq) = t + numforw(t, m)
+(Griewank & Walther 2000); the ``revolve`` policy uses that closed form and a
+binary search over the convex split cost, with no table. ``full`` keeps every
+internal state (T forwards); ``sqrt`` (Chen et al. 2016) keeps a hidden state
+every ceil(sqrt(T)) steps and replays each segment once keeping its internal
+states.
+
+Limits: the MSM/ISM/HSM table costs O(T * m) memory and O(T^2 * m) time, so it
+is meant for T up to a few thousand (see benchmarks/bench_planner.py);
+``revolve`` scales to T = 10^6.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from ._budget import MemoryBudgetError, parse_budget
+from ._schedule import Schedule
+
+__all__ = ["plan", "beta", "numforw", "hsm_cost", "POLICIES"]
+
+POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
+_MODE_TABLE, _MODE_REVOLVE, _MODE_FULL, _MODE_SQRT = 0, 1, 2, 3
+
+
+# ---- closed forms (Revolve) -------------------------------------------------
+def beta(s: int, r: int) -> int:
+    """binomial(s + r, s): steps reversible with s snapshots and r repetitions."""
+    return math.comb(s + r, s)
+
+
+def numforw(t: int, m: int) -> int:
+    """Revolve's extra forward steps to reverse t steps with m snapshots (m >= 1)."""
+    return int(_numforw(t, m))
+
+
+def hsm_cost(t: int, m: int) -> int:
+    """Gruslys et al.'s C(t, m): forwards of optimal BPTT-HSM with m slots
+    (m counts the slot holding the start state). C(10, 3) == 25."""
+    if t < 0 or m < 1:
+        raise ValueError(f"hsm_cost: need t >= 0 and m >= 1, got t={t}, m={m}")
+    return int(_hsm_cost(t, m))
+
+
+@njit(cache=True)
+def _numforw(t, m):
+    if t <= 1:
+        return 0
+    # r = least integer with beta(m, r) >= t; beta(m, r) = beta(m, r-1) * (m + r) / r
+    r = 0
+    b = 1  # beta(m, r)
+    b_prev_up = 1  # beta(m + 1, r - 1) once r >= 1
+    while b < t:
+        r += 1
+        # beta(m+1, r-1) = C(m + r, r - 1): update from C(m + r - 1, r - 2)
+        if r == 1:
+            b_prev_up = 1
+        else:
+            b_prev_up = b_prev_up * (m + r) // (r - 1)
+        b = b * (m + r) // r
+    return r * t - b_prev_up
+
+
+@njit(cache=True)
+def _hsm_cost(t, m):
+    if t <= 0:
+        return 0
+    return t + _numforw(t, m)
+
+
+@njit(cache=True)
+def _hsm_split(t, m):
+    """Best split y for HSM (m slots incl. the start): 0 means W (no free slot)."""
+    if t <= 1 or m <= 1:
+        return 0
+    lo = 1
+    hi = t - 1
+    # f(y) = y + C(t-y, m-1) + C(y, m) is convex: find the first y with f(y+1) >= f(y).
+    while lo < hi:
+        mid = (lo + hi) // 2
+        f0 = mid + _hsm_cost(t - mid, m - 1) + _hsm_cost(mid, m)
+        f1 = mid + 1 + _hsm_cost(t - mid - 1, m - 1) + _hsm_cost(mid + 1, m)
+        if f1 >= f0:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == t - 1:
+        return 0  # y = t-1 is the W option: replay all, reverse from the working buffer
+    return lo
+
+
+# ---- the dynamic programme ---------------------------------------------------
+@njit(cache=True)
+def _dp_table(T, M, hq, kq, use_h, use_i):
+    """Costs and choices for both start kinds: index 0 = pinned start, 1 = owned.
+
+    choice: 0 = W, y > 0 = H at y, -y = I at y. A segment *owns* its start
+    when the start is a hidden checkpoint only it uses (the right part of an
+    H split): keeping I at y = 1 then frees that slot at once, so the right
+    part gets hq quanta more. Every other start is *pinned*.
+    """
+    cost = np.zeros((2, T + 1, M + 1), np.int64)
+    choice = np.zeros((2, T + 1, M + 1), np.int32)
+    for t in range(1, T + 1):
+        for own in range(2):
+            for m in range(M + 1):
+                best = t + cost[own, t - 1, m]
+                ch = 0
+                if use_h and m >= hq:
+                    mh = m - hq
+                    for y in range(1, t):
+                        c = y + cost[1, t - y, mh] + cost[own, y, m]
+                        if c < best:
+                            best = c
+                            ch = y
+                if use_i and t > 1:
+                    # y = 1: the start is not needed afterwards; an owned start is freed
+                    m1 = m - kq + (hq if own == 1 else 0)
+                    if m1 >= 0:
+                        c = 1 + cost[0, t - 1, min(m1, M)]
+                        if c < best:
+                            best = c
+                            ch = -1
+                    if m >= kq:
+                        mi = m - kq
+                        for y in range(2, t):
+                            c = y + cost[0, t - y, mi] + cost[own, y - 1, m]
+                            if c < best:
+                                best = c
+                                ch = -y
+                cost[own, t, m] = best
+                choice[own, t, m] = ch
+    return cost, choice
+
+
+@njit(cache=True)
+def _grow(a):
+    b = np.empty((a.shape[0] * 2, a.shape[1]), a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _emit(T, M, hq, kq, mode, choice, sqrt_k):
+    """Walk the chosen splits and write the actions as (op, step, slot) rows.
+
+    Returns (codes, forwards, pool_quanta). Op codes follow _actions.OPS:
+    0 takeshot, 1 restore, 2 advance, 3 keep, 4 restore_internal, 5 reverse.
+    """
+    out = np.empty((max(16, 4 * T), 3), np.int64)
+    n = 0
+    # task rows: kind (0 segment, 1 reverse), a, t, m, src (internal*2^40 + slot), top, owns start
+    tasks = np.empty((max(16, 2 * T), 7), np.int64)
+    sp = 0
+    out[0, 0] = 0
+    out[0, 1] = 0
+    out[0, 2] = 0
+    n = 1
+    cur = 0
+    forwards = 0
+    peak = hq
+    tasks[0, 0] = 0
+    tasks[0, 1] = 0
+    tasks[0, 2] = T
+    tasks[0, 3] = M
+    tasks[0, 4] = 0
+    tasks[0, 5] = hq
+    tasks[0, 6] = 0
+    sp = 1
+    cap = choice.shape[2] - 1
+    while sp > 0:
+        sp -= 1
+        kind = tasks[sp, 0]
+        a = tasks[sp, 1]
+        t = tasks[sp, 2]
+        m = tasks[sp, 3]
+        src = tasks[sp, 4]
+        top = tasks[sp, 5]
+        own = tasks[sp, 6]
+        if n + 6 >= out.shape[0]:
+            out = _grow(out)
+        if sp + 4 >= tasks.shape[0]:
+            tasks = _grow(tasks)
+        if kind == 1:
+            out[n, 0] = 5
+            out[n, 1] = a
+            out[n, 2] = top
+            n += 1
+            continue
+        if t == 0:
+            continue
+        if cur != a:
+            src_internal = src >> 40
+            out[n, 0] = 4 if src_internal else 1
+            out[n, 1] = a
+            out[n, 2] = src & ((1 << 40) - 1)
+            n += 1
+            cur = a
+        if mode == 0:
+            ch = choice[own, t, min(m, cap)]
+        elif mode == 1:
+            ch = _hsm_split(t, m // hq + 1)
+        elif mode == 2:
+            ch = -1 if t > 1 else 0
+        else:
+            if t > sqrt_k:
+                ch = sqrt_k
+            else:
+                ch = -1 if t > 1 else 0
+        if ch == 0:
+            if t > 1:
+                out[n, 0] = 2
+                out[n, 1] = a + t - 1
+                out[n, 2] = -1
+                n += 1
+            out[n, 0] = 3
+            out[n, 1] = a + t
+            out[n, 2] = -1
+            out[n + 1, 0] = 5
+            out[n + 1, 1] = a + t
+            out[n + 1, 2] = -1
+            n += 2
+            forwards += t
+            cur = a + t
+            if t > 1:
+                tasks[sp, 0] = 0
+                tasks[sp, 1] = a
+                tasks[sp, 2] = t - 1
+                tasks[sp, 3] = m
+                tasks[sp, 4] = src
+                tasks[sp, 5] = top
+                tasks[sp, 6] = own
+                sp += 1
+        elif ch > 0:
+            y = ch
+            out[n, 0] = 2
+            out[n, 1] = a + y
+            out[n, 2] = -1
+            out[n + 1, 0] = 0
+            out[n + 1, 1] = a + y
+            out[n + 1, 2] = top
+            n += 2
+            forwards += y
+            cur = a + y
+            peak = max(peak, top + hq)
+            # left part (done last), then the right part (done first)
+            tasks[sp, 0] = 0
+            tasks[sp, 1] = a
+            tasks[sp, 2] = y
+            tasks[sp, 3] = m
+            tasks[sp, 4] = src
+            tasks[sp, 5] = top
+            tasks[sp, 6] = own
+            tasks[sp + 1, 0] = 0
+            tasks[sp + 1, 1] = a + y
+            tasks[sp + 1, 2] = t - y
+            tasks[sp + 1, 3] = m - hq
+            tasks[sp + 1, 4] = top
+            tasks[sp + 1, 5] = top + hq
+            tasks[sp + 1, 6] = 1 if mode == 0 else 0
+            sp += 2
+        else:
+            y = -ch
+            slot = top
+            m_right = m - kq
+            if y == 1 and own == 1 and mode == 0:
+                # the owned start slot (just below top) is not needed again: reuse it
+                slot = top - hq
+                m_right = min(m - kq + hq, cap)
+            if y > 1:
+                out[n, 0] = 2
+                out[n, 1] = a + y - 1
+                out[n, 2] = -1
+                n += 1
+            out[n, 0] = 3
+            out[n, 1] = a + y
+            out[n, 2] = slot
+            n += 1
+            forwards += y
+            cur = a + y
+            peak = max(peak, slot + kq)
+            tasks[sp, 0] = 0
+            tasks[sp, 1] = a
+            tasks[sp, 2] = y - 1
+            tasks[sp, 3] = m
+            tasks[sp, 4] = src
+            tasks[sp, 5] = top
+            tasks[sp, 6] = own
+            tasks[sp + 1, 0] = 1
+            tasks[sp + 1, 1] = a + y
+            tasks[sp + 1, 2] = 0
+            tasks[sp + 1, 3] = 0
+            tasks[sp + 1, 4] = 0
+            tasks[sp + 1, 5] = slot
+            tasks[sp + 1, 6] = 0
+            tasks[sp + 2, 0] = 0
+            tasks[sp + 2, 1] = a + y
+            tasks[sp + 2, 2] = t - y
+            tasks[sp + 2, 3] = m_right
+            tasks[sp + 2, 4] = (1 << 40) + slot
+            tasks[sp + 2, 5] = slot + kq
+            tasks[sp + 2, 6] = 0
+            sp += 3
+    return out[:n].copy(), forwards, peak
+
+
+# ---- public entry point ------------------------------------------------------
+def _quanta_from_alpha(alpha: float) -> tuple[int, int]:
+    frac = Fraction(alpha).limit_denominator(64)
+    if frac <= 0:
+        raise ValueError(f"plan: alpha={alpha!r} must be positive (internal/hidden state size ratio)")
+    if abs(float(frac) - alpha) > 1e-9 * max(1.0, alpha):
+        raise ValueError(f"plan: alpha={alpha!r} is not a ratio p/q with q <= 64; round it (e.g. alpha={float(frac):g})")
+    return frac.denominator, frac.numerator
+
+
+def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
+    """Pool quanta (initial state included) the fixed policies need."""
+    if policy == "full":
+        return hq + max(T - 1, 0) * kq
+    n_seg = -(-T // sqrt_k)
+    return hq + (n_seg - 1) * hq + (min(sqrt_k, T) - 1) * kq
+
+
+def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm") -> tuple[np.ndarray, int, int]:
+    """Plan in quanta: (codes, forward_steps, pool_quanta). ``free_quanta`` excludes
+    the initial state's slot. Raises ValueError if the policy cannot fit."""
+    if policy not in POLICIES:
+        raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
+    M = max(int(free_quanta), 0)
+    sqrt_k = max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+    dummy = np.zeros((1, 1), np.int32)
+    if policy in ("full", "sqrt"):
+        need = _fixed_pool(T, hq, kq, policy, sqrt_k)
+        if need > hq + M:
+            raise _TooSmall(need)
+        mode = _MODE_FULL if policy == "full" else _MODE_SQRT
+        return _emit(T, M, hq, kq, mode, dummy, sqrt_k)
+    if policy == "revolve":
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
+    use_h = policy in ("msm", "hsm")
+    use_i = policy in ("msm", "ism")
+    # memory above what keeping every internal state needs changes nothing
+    cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
+    _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
+    return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k)
+
+
+class _TooSmall(Exception):
+    def __init__(self, need: int):
+        self.need = need
+
+
+def _check_T(T: Any) -> int:
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
+        raise TypeError(f"plan: T={T!r} must be a positive int (the number of time steps)")
+    if T < 1:
+        raise ValueError(f"plan: T={T} must be a positive int (the number of time steps)")
+    return int(T)
+
+
+def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = None, dtype: Any = None,
+         policy: str = "msm", slots: float | None = None, alpha: float | None = None,
+         backward_forward_ratio: float | None = None) -> Schedule:
+    """The schedule with the fewest forward steps that fits the budget.
+
+    With ``model`` (a :class:`memopt_bptt.Sequence`) and ``batch``, ``budget``
+    is bytes (int), a string like "64MiB", or a fraction in (0, 1] of what
+    plain BPTT (policy "full") keeps for this T, batch and dtype; working
+    buffers and the initial state are paid from it first. Without a model,
+    plan in the abstract model: ``slots`` memory units of one hidden state
+    (counting the initial state's slot) and ``alpha`` = internal/hidden size;
+    ``budget`` may then only be a fraction.
+
+    Example::
+
+        s = mb.plan(1000, budget="4MiB", model=model, batch=16)
+        s = mb.plan(10, slots=3, policy="hsm")        # s.forward_steps == 25
+        s = mb.plan(100, slots=10, alpha=3.5)         # MSM in the abstract model
+
+    Raises :class:`memopt_bptt.MemoryBudgetError` (a ValueError) when the
+    budget is below the least that works; its message gives that least.
+    """
+    T = _check_T(T)
+    if policy not in POLICIES:
+        raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
+    if model is not None:
+        return _plan_for_model(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy,
+                               slots=slots, alpha=alpha, rho=backward_forward_ratio)
+    if batch is not None or dtype is not None:
+        raise ValueError("plan: batch= and dtype= size a model's states; pass model= too, or plan with slots=/alpha=")
+    if alpha is None:
+        if policy in ("hsm", "revolve"):
+            alpha = 1.0
+        else:
+            raise ValueError(f"plan: policy={policy!r} in the abstract model needs alpha= "
+                             "(internal-state size over hidden-state size, e.g. alpha=3.5 for an LSTM)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"plan: alpha={alpha!r} must be a positive number")
+    hq, kq = _quanta_from_alpha(float(alpha))
+    full_units = 1 + (T - 1) * float(alpha)
+    if slots is not None and budget is not None:
+        raise ValueError("plan: give either slots= (units) or budget= (a fraction), not both")
+    if slots is None and budget is None:
+        raise ValueError("plan: give a memory budget: slots= (hidden-state units) or budget= with model=")
+    if budget is not None:
+        kind, value = parse_budget(budget)
+        if kind == "bytes":
+            raise ValueError(f"plan: budget={budget!r} is in bytes, which needs model= and batch=; "
+                             "in the abstract model use slots= or a fraction")
+        units = value * full_units
+    else:
+        if isinstance(slots, bool) or not isinstance(slots, (int, float)) or not math.isfinite(slots):
+            raise TypeError(f"plan: slots={slots!r} must be a number of hidden-state units")
+        units = float(slots)
+    if units < 1:
+        raise MemoryBudgetError(
+            f"plan: a budget of {units:g} units is below the least that works for T={T}: 1 unit "
+            "(the initial state's slot)", least_units=1.0)
+    free = int(math.floor((units - 1) * hq + 1e-9))
+    try:
+        codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
+    except _TooSmall as exc:
+        least = exc.need / hq
+        raise MemoryBudgetError(f"plan: policy={policy!r} needs at least {least:g} units for T={T}; "
+                                f"the budget gives {units:g}", least_units=least) from None
+    rho = 2.0 if backward_forward_ratio is None else float(backward_forward_ratio)
+    return Schedule(T=T, policy=policy, codes=codes, hidden_quanta=hq, internal_quanta=kq, pool_quanta=pool,
+                    forward_steps=int(forwards), backward_forward_ratio=rho, budget_units=units,
+                    description=f"abstract model, alpha={alpha:g}")
+
+
+def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho) -> Schedule:
+    if slots is not None or alpha is not None:
+        raise ValueError("plan: slots= and alpha= are for the abstract model; with model= give budget=")
+    if batch is None:
+        raise ValueError("plan: model= needs batch= (the batch size) to size its states in bytes")
+    if budget is None:
+        raise ValueError("plan: give budget= (bytes, e.g. '64MiB', or a fraction of plain BPTT's memory)")
+    sizes = model.sizes(batch=batch, dtype=dtype)
+    g = math.gcd(sizes.state_width, sizes.internal_width)
+    hq = sizes.state_width // g
+    kq = sizes.internal_width // g
+    quantum_bytes = g * sizes.batch * sizes.itemsize
+    working = sizes.working_bytes
+    full_bytes = working + (hq + max(T - 1, 0) * kq) * quantum_bytes
+    kind, value = parse_budget(budget)
+    budget_bytes = int(math.floor(value * full_bytes)) if kind == "fraction" else int(value)
+    least_any = working + hq * quantum_bytes
+    if budget_bytes < least_any:
+        raise MemoryBudgetError(
+            f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
+            f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "
+            f"{hq * quantum_bytes})", least_bytes=least_any)
+    free = (budget_bytes - least_any) // quantum_bytes
+    try:
+        codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
+    except _TooSmall as exc:
+        least = working + exc.need * quantum_bytes
+        raise MemoryBudgetError(
+            f"plan: budget={budget!r} ({budget_bytes} bytes) is below what policy={policy!r} needs for T={T}: "
+            f"{least} bytes", least_bytes=least) from None
+    rho = model.cell.backward_forward_ratio if rho is None else float(rho)
+    return Schedule(T=T, policy=policy, codes=codes, hidden_quanta=hq, internal_quanta=kq, pool_quanta=pool,
+                    forward_steps=int(forwards), backward_forward_ratio=rho, quantum_bytes=quantum_bytes,
+                    working_bytes=working, budget_bytes=budget_bytes,
+                    description=f"{model.describe()}, batch={sizes.batch}, {sizes.dtype}")

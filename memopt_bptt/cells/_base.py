@@ -1,0 +1,125 @@
+"""The cell contract: a bundle of jitted kernels plus its parameter layout.
+
+A cell is plain data. It holds no arrays and no hidden state; the executor
+calls its kernels with arrays it owns. Cells import nothing else from the
+package, so a user can write one without knowing the planner or executor.
+
+Layout conventions (per batch of ``B`` rows, one float dtype throughout):
+
+* The *state* ``s_t`` (what the recurrence carries, one memory unit) is a 1-D
+  array of ``B * state_width`` elements. Unless ``output_is_state`` is set, its
+  first ``B * hidden_size`` elements are ``h_t`` in row-major ``(B, H)`` order;
+  the readout reads them.
+* The *internal state* ``I_t`` is a 1-D array of ``B * internal_width``
+  elements holding everything the backward of step t reads (besides ``x_t``
+  and the parameters), and enough to rebuild ``s_t`` exactly
+  (``state_from_internal``). ``alpha = internal_width / state_width``.
+* ``work`` is a scratch 1-D array of ``work_size(B, output_size)`` elements
+  the kernels may overwrite freely; it counts against the memory budget.
+
+Kernel signatures (positional; ``P`` stands for the six parameter arrays
+``w_ih, w_hh, b_ih, b_hh, w_out, b_out`` and ``G`` for their gradients, in
+the same order)::
+
+    forward_step(*P, x, s_prev, s_new, internal, work)        # writes s_new, internal
+    backward_step(*P, x, internal, ds, ds_prev, *G, work)     # G += dL/dP via this step;
+                                                              # ds_prev = dL/ds_{t-1}
+    state_from_internal(*P, x, internal, s_out, work)         # s_out = s_t, bit-exact
+
+``ds`` holds dL/ds_t in full (from later steps and this step's loss); the
+kernel may overwrite it. Kernels must not allocate arrays per call (use
+``work``), so the executor's sweep makes no allocations that grow with T.
+Every kernel must be deterministic: the same inputs give the same bits,
+because gradients are promised bit-identical across schedules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Cell"]
+
+
+def _check_size(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """A recurrent cell: jitted kernels, sizes and PyTorch-style parameter layout.
+
+    Built-in cells are made by :func:`memopt_bptt.LSTM` and friends; a custom
+    cell passes its own kernels (see the module docstring for the contract).
+
+    Example::
+
+        cell = Cell(kind="mycell", input_size=3, hidden_size=5, n_gates=1,
+                    forward_step=f, backward_step=b, state_from_internal=r,
+                    state_width=lambda out: 5, internal_width=lambda out: 15,
+                    work_size=lambda batch, out: 2 * batch)
+
+    Args:
+        kind: short name shown in schedules and reports.
+        input_size, hidden_size: sizes of ``x_t`` and ``h_t``.
+        n_gates: rows of ``weight_ih`` are ``n_gates * hidden_size``.
+        forward_step, backward_step, state_from_internal: Numba-jitted kernels.
+        state_width, internal_width: elements per batch row of the state and
+            internal state, as functions of output_size.
+        work_size: elements of scratch, as a function of (batch, output_size).
+        recurrent_from_output: ``weight_hh`` has ``output_size`` columns
+            (a Jordan network feeds the previous output back).
+        output_is_state: the state is the network's output ``y_t`` (the cell
+            applies the readout itself, as a Jordan network does).
+        backward_forward_ratio: measured backward/forward time of one step,
+            used only for time predictions.
+    """
+
+    kind: str
+    input_size: int
+    hidden_size: int
+    n_gates: int
+    forward_step: Callable[..., None]
+    backward_step: Callable[..., None]
+    state_from_internal: Callable[..., None]
+    state_width: Callable[[int], int]
+    internal_width: Callable[[int], int]
+    work_size: Callable[[int, int], int]
+    recurrent_from_output: bool = False
+    output_is_state: bool = False
+    backward_forward_ratio: float = 2.0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_size("input_size", self.input_size)
+        _check_size("hidden_size", self.hidden_size)
+        _check_size("n_gates", self.n_gates)
+        for name in ("forward_step", "backward_step", "state_from_internal"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"Cell.{name} must be a Numba-jitted function")
+
+    def param_shapes(self, output_size: int) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes (PyTorch's nn.RNN/GRU/LSTM + nn.Linear)."""
+        rows = self.n_gates * self.hidden_size
+        rec = output_size if self.recurrent_from_output else self.hidden_size
+        return {
+            "cell.weight_ih": (rows, self.input_size),
+            "cell.weight_hh": (rows, rec),
+            "cell.bias_ih": (rows,),
+            "cell.bias_hh": (rows,),
+            "readout.weight": (output_size, self.hidden_size),
+            "readout.bias": (output_size,),
+        }
+
+    def alpha(self, output_size: int) -> float:
+        """Internal-state size over hidden-state size (the planner's alpha)."""
+        return self.internal_width(output_size) / self.state_width(output_size)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return (f"{type(self).__name__}(kind={self.kind!r}, input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}{extra})")

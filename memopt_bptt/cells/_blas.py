@@ -1,0 +1,77 @@
+"""Row-major GEMM with accumulation (``C = alpha*op(A) op(B) + beta*C``) for jitted code.
+
+``np.dot`` in Numba cannot accumulate into its output, so a gradient update
+``G += dA^T x`` would need a temporary as large as the weight matrix, and that
+temporary would count against the memory budget. This calls SciPy's BLAS
+(``?gemm``) directly, without temporaries and without allocating per call.
+
+The BLAS routines are bound to LLVM symbols by name at import time, so the
+jitted callers stay cacheable (``cache=True``): a ctypes pointer baked into the
+code would not be.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as _llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
+
+__all__ = ["gemm"]
+
+_SYMBOLS = {"float64": "memopt_bptt_dgemm", "float32": "memopt_bptt_sgemm"}
+_llvm.add_symbol(_SYMBOLS["float64"], get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+_llvm.add_symbol(_SYMBOLS["float32"], get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+
+
+@intrinsic
+def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Call Fortran ?gemm with every scalar passed by pointer, as BLAS wants."""
+    if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype):
+        return None
+    name = _SYMBOLS.get(str(a.dtype))
+    if name is None:
+        return None
+    sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        flt = context.get_value_type(a.dtype)
+        i32 = ir.IntType(32)
+        ptrs = []
+        for pos, (val, ty) in enumerate(zip(args, signature.args)):
+            if isinstance(ty, types.Array):
+                arr = context.make_array(ty)(context, builder, val)
+                ptrs.append(builder.bitcast(arr.data, i8p))
+                continue
+            if pos in (0, 1):
+                scalar = builder.trunc(val, ir.IntType(8))
+            elif pos in (5, 10):
+                scalar = context.cast(builder, val, ty, a.dtype)
+                scalar = builder.bitcast(scalar, flt) if scalar.type != flt else scalar
+            else:
+                scalar = builder.trunc(val, i32) if val.type.width > 32 else val
+            slot = cgutils.alloca_once_value(builder, scalar)
+            ptrs.append(builder.bitcast(slot, i8p))
+        builder.call(fn, ptrs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def gemm(trans_a, trans_b, alpha, a, b, beta, c):
+    """Row-major ``c = alpha * op(a) @ op(b) + beta * c`` (op = transpose if flag).
+
+    All three arrays must be C-contiguous 2-D arrays of one float dtype.
+    """
+    m = c.shape[0]
+    n = c.shape[1]
+    k = a.shape[0] if trans_a else a.shape[1]
+    # Row-major C is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    ta = 84 if trans_b else 78  # 'T' or 'N' for the Fortran call's first operand (b)
+    tb = 84 if trans_a else 78
+    _fortran_gemm(ta, tb, n, m, k, alpha, b, b.shape[1], a, a.shape[1], beta, c, n)
