@@ -369,7 +369,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
     M = max(int(free_quanta), 0)
     sqrt_k = max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
-    dummy = np.zeros((1, 1), np.int32)
+    dummy = np.zeros((2, 1, 1), np.int32)
     if policy in ("full", "sqrt"):
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
         if need > hq + M:
