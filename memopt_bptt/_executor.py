@@ -62,8 +62,11 @@ def _loss_step(kind, out, ys_f, ys_i, t, scale):
 @njit
 def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
            out_is_state, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf,
-           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale):
-    """Run the lowered schedule. Returns (loss sum, forwards, final ds buffer index)."""
+           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms):
+    """Run the lowered schedule. Returns (loss sum, forwards, dL/ds_0).
+
+    ``ds_norms`` (length T+1, or 0 to skip) receives ||dL/dh_t|| at index t.
+    """
     B = xs.shape[1]
     O = w_out.shape[0]
     pos = 0
@@ -116,6 +119,13 @@ def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, y
                     for k in range(O):
                         g_b_out[k] += out2[b, k]
                 gemm(False, False, 1.0, out2, w_out, 1.0, ds[: B * hidden].reshape((B, hidden)))
+            if ds_norms.shape[0] > 0:
+                # ||dL/dh_t||: the h part of the state (all of it when the state is the output)
+                n_h = B * O if out_is_state else B * hidden
+                acc = 0.0
+                for p in range(n_h):
+                    acc += float(ds[p]) * float(ds[p])
+                ds_norms[step] = math.sqrt(acc)
             bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                 g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
             ds, ds_prev = ds_prev, ds
@@ -152,7 +162,7 @@ def _lower(schedule: Schedule, quantum_elems: int) -> np.ndarray:
 
 def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *, budget: Any = None,
                    policy: str | None = None, schedule: Schedule | None = None, h0: np.ndarray | None = None,
-                   return_h0_grad: bool = False, return_report: bool = False):
+                   return_h0_grad: bool = False, return_report: bool = False, ds_norms: np.ndarray | None = None):
     """Loss and exact gradients of a Sequence over (xs, ys) within a memory budget.
 
     ``budget``: bytes, "64MiB"-style, or a fraction of plain BPTT's memory; no
@@ -161,7 +171,9 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     batch and dtype). Gradients are bit-identical to policy="full".
 
     Returns ``(loss, grads)``; with ``return_h0_grad=True`` also dL/dh0, and
-    with ``return_report=True`` a :class:`Report` last.
+    with ``return_report=True`` a :class:`Report` last. ``ds_norms``, a float64
+    array of length T+1, receives ||dL/dh_t|| at index t (t = 1..T); see
+    :func:`memopt_bptt.grad_norm_by_lag`.
 
     Example::
 
@@ -209,6 +221,12 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
+    if ds_norms is None:
+        norms = np.zeros(0, np.float64)
+    else:
+        if not isinstance(ds_norms, np.ndarray) or ds_norms.dtype != np.float64 or ds_norms.shape != (T + 1,):
+            raise ValueError(f"value_and_grad: ds_norms must be a float64 array of shape ({T + 1},)")
+        norms = ds_norms
     t0 = time.perf_counter()
     pool = np.empty(schedule.pool_quanta * quantum_elems, dtype)
     cur = np.empty(sizes.state_len, dtype)
@@ -223,7 +241,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     loss_sum, forwards, dh0 = _sweep(
         cell.forward_step, cell.backward_step, cell.state_from_internal, codes, *arrays, xs_c, ys_f, ys_i,
         loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev, work_int, work,
-        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale)
+        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale, norms)
     wall = time.perf_counter() - t0
     if forwards != schedule.forward_steps:
         raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
