@@ -40,14 +40,20 @@ internal state (T forwards); ``sqrt`` (Chen et al. 2016) keeps a hidden state
 every ceil(sqrt(T)) steps and replays each segment once keeping its internal
 states.
 
-Limits: the MSM/ISM/HSM table costs O(T * m) memory and O(T^2 * m) time, so it
-is meant for T up to a few thousand (see benchmarks/bench_planner.py);
-``revolve`` scales to T = 10^6.
+Speed: ``revolve`` (closed form) scales to T = 10^6. ISM counts memory in
+whole internal slots and finds each split by binary search (its cost is
+convex in t), O(T n log T) for n slots. The exact MSM table is O(T^2 m) time
+and O(T m) memory in quanta — MSM's cost is *not* convex in t, so no such
+shortcut is exact — and is used while its work stays under
+``MSM_EXACT_MAX_WORK`` (T of a few thousand at 5%); beyond that ``msm``
+returns the better of ``ism`` and ``revolve`` with a warning, which is optimal
+among single-kind schedules but not proven MSM-optimal.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from typing import Any
 
@@ -60,7 +66,7 @@ from ._schedule import Schedule
 __all__ = ["plan", "beta", "numforw", "hsm_cost", "POLICIES"]
 
 POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
-_MODE_TABLE, _MODE_REVOLVE, _MODE_FULL, _MODE_SQRT = 0, 1, 2, 3
+_MODE_TABLE, _MODE_REVOLVE, _MODE_FULL, _MODE_SQRT, _MODE_ISM = 0, 1, 2, 3, 4
 
 
 # ---- closed forms (Revolve) -------------------------------------------------
@@ -142,8 +148,14 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
     cost = np.zeros((2, T + 1, M + 1), np.int64)
     choice = np.zeros((2, T + 1, M + 1), np.int32)
     for t in range(1, T + 1):
+        full_m = (t - 1) * kq
         for own in range(2):
             for m in range(M + 1):
+                if use_i and m >= full_m:
+                    # room for every internal state: no replay at all (I at y = 1 down the chain)
+                    cost[own, t, m] = t
+                    choice[own, t, m] = -1 if t > 1 else 0
+                    continue
                 best = t + cost[own, t - 1, m]
                 ch = 0
                 if use_h and m >= hq:
@@ -170,6 +182,42 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
                                 ch = -y
                 cost[own, t, m] = best
                 choice[own, t, m] = ch
+    return cost, choice
+
+
+@njit(cache=True)
+def _ism_table(T, N):
+    """ISM costs and choices indexed by free internal slots n (0..N).
+
+    Same recurrence as _dp_table restricted to W and I, but memory is counted
+    in whole internal slots and the split y is found by binary search: the
+    cost y + R(t-y, n-1) + R(y-1, n) is convex in y because R(., n) is convex
+    in t (checked against the full scan in tests/test_planner_fast.py). The
+    W option is the y = t end of the same range.
+    """
+    cost = np.zeros((T + 1, N + 1), np.int64)
+    choice = np.zeros((T + 1, N + 1), np.int32)
+    for t in range(1, T + 1):
+        for n in range(N + 1):
+            if n == 0 or t == 1:
+                cost[t, n] = t + cost[t - 1, n]
+                continue
+            if n >= t - 1:
+                cost[t, n] = t
+                choice[t, n] = -1
+                continue
+            lo = 1
+            hi = t
+            while lo < hi:
+                mid = (lo + hi) // 2
+                f0 = mid + cost[t - mid, n - 1] + cost[mid - 1, n]
+                f1 = mid + 1 + cost[t - mid - 1, n - 1] + cost[mid, n]
+                if f1 >= f0:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            cost[t, n] = lo + cost[t - lo, n - 1] + cost[lo - 1, n]
+            choice[t, n] = 0 if lo == t else -lo
     return cost, choice
 
 
@@ -238,6 +286,8 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k):
             cur = a
         if mode == 0:
             ch = choice[own, t, min(m, cap)]
+        elif mode == 4:
+            ch = choice[0, t, min(m // kq, cap)]
         elif mode == 1:
             ch = _hsm_split(t, m // hq + 1)
         elif mode == 2:
@@ -362,6 +412,18 @@ def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
     return hq + (n_seg - 1) * hq + (min(sqrt_k, T) - 1) * kq
 
 
+MSM_EXACT_MAX_WORK = 4e9
+"""Inner-loop iterations above which msm falls back to the better of ism and revolve
+(with a warning): the exact table is O(T^2 m)."""
+
+
+def msm_table_work(T: int, M: int, hq: int, kq: int) -> float:
+    """Inner-loop iterations of the exact MSM table (both start kinds, both options)."""
+    t = np.arange(1, T + 1, dtype=np.float64)
+    m_used = np.minimum(float(M), (t - 1) * kq)
+    return float(np.sum(4.0 * t * m_used))
+
+
 def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm") -> tuple[np.ndarray, int, int]:
     """Plan in quanta: (codes, forward_steps, pool_quanta). ``free_quanta`` excludes
     the initial state's slot. Raises ValueError if the policy cannot fit."""
@@ -378,6 +440,20 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         return _emit(T, M, hq, kq, mode, dummy, sqrt_k)
     if policy == "revolve":
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
+    if policy == "ism":
+        n_slots = min(M // kq, max(T - 1, 0))
+        _, choice = _ism_table(T, n_slots)
+        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k)
+    if policy == "msm" and msm_table_work(T, M, hq, kq) > MSM_EXACT_MAX_WORK:
+        ism = plan_quanta(T, M, hq, kq, "ism")
+        rev = plan_quanta(T, M, hq, kq, "revolve")
+        best = ism if ism[1] <= rev[1] else rev
+        warnings.warn(
+            f"plan: the exact MSM table for T={T} and {M} quanta (~{msm_table_work(T, M, hq, kq):.2g} steps) "
+            f"is too slow; using the better of policy='ism' and 'revolve' ({best[1]} forward steps), which is "
+            "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
+            UserWarning, stacklevel=3)
+        return best
     use_h = policy in ("msm", "hsm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing

@@ -1,0 +1,346 @@
+"""Planner benchmark: planning time and memory, and what the schedules cost.
+
+Part 1 - planning cost. For an LSTM (input 64, hidden 256, batch 16, float32)
+and T in {10^3, 10^4, 10^5, 10^6}, budgets of 1%, 5% and 20% of plain BPTT's
+bytes and every policy: wall time of ``mb.plan`` (median of up to 5 runs after
+a warm-up), peak memory of the planning call (fresh process per
+configuration: VmHWM - VmRSS after malloc_trim and a high-water-mark reset,
+see MEASURING.md; plus tracemalloc's peak, which does not see Numba's
+allocations), the size of the DP tables (computed from T and the budget), and
+the time per emitted action. Configurations whose estimated time or table
+size exceeds the limits are skipped with "skipped: estimated N s / M GB"; the
+time estimate extrapolates the last measured T of the same policy and budget
+with an exponent fitted on T = 300 and 600.
+
+Part 2 - what the schedules cost. For the same LSTM at T = 1000 and budgets
+of 1, 2, 5, 10 and 20% of plain BPTT: forward steps and the predicted time
+ratio (F + T*b/f) / (T*(1 + b/f)) for msm, hsm, ism, revolve and sqrt, next to
+Gruslys et al. (2016)'s headline: 5% of the memory for ~1.33x the time.
+
+Run:  python benchmarks/bench_planner.py [--quick]
+Writes benchmarks/results/bench_planner.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "bench_planner.json")
+
+INPUT, HIDDEN, BATCH, DTYPE, OUTPUT = 64, 256, 16, "float32", 1
+POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
+TABLE_POLICIES = ("msm", "hsm", "ism")
+CALIBRATION_T = (300, 600)  # 1% of plain BPTT needs T >= ~300 to fit at all
+HEADLINE = {"source": "Gruslys et al. 2016 (arXiv 1606.03401), T=1000", "memory_fraction": 0.05,
+            "time_ratio": 1.33}
+
+
+def _model():
+    import memopt_bptt as mb
+    return mb.Sequence(mb.LSTM(input_size=INPUT, hidden_size=HIDDEN), output_size=OUTPUT, loss="mse")
+
+
+def _layout():
+    """Quanta and bytes of the LSTM's states, as the planner derives them."""
+    sizes = _model().sizes(batch=BATCH, dtype=DTYPE)
+    g = math.gcd(sizes.state_width, sizes.internal_width)
+    hq, kq = sizes.state_width // g, sizes.internal_width // g
+    return {"hq": hq, "kq": kq, "quantum_bytes": g * sizes.batch * sizes.itemsize,
+            "working_bytes": sizes.working_bytes}
+
+
+def full_bytes(T, lay):
+    """Plain BPTT's bytes (policy "full"): working buffers + s_0 + T-1 internal states."""
+    return lay["working_bytes"] + (lay["hq"] + (T - 1) * lay["kq"]) * lay["quantum_bytes"]
+
+
+def free_quanta(T, fraction, lay):
+    budget = math.floor(fraction * full_bytes(T, lay))
+    return max((budget - lay["working_bytes"] - lay["hq"] * lay["quantum_bytes"]) // lay["quantum_bytes"], 0)
+
+
+def table_bytes(policy, T, fraction, lay):
+    """Bytes of the planner's DP tables (int64 cost + int32 choice per cell).
+
+    msm/hsm: 2 start kinds x (T+1) x (capped free quanta + 1); ism: (T+1) x
+    (free internal slots + 1). Mirrors memopt_bptt._planner at the time of
+    writing; the measured VmHWM column is the ground truth."""
+    M = free_quanta(T, fraction, lay)
+    hq, kq = lay["hq"], lay["kq"]
+    if policy == "msm":
+        return 12 * 2 * (T + 1) * (min(M, (T - 1) * kq) + 1)
+    if policy == "hsm":
+        return 12 * 2 * (T + 1) * (min(M, (T - 1) * hq) + 1)
+    if policy == "ism":
+        return 12 * (T + 1) * (min(M // kq, T - 1) + 1)
+    return 0
+
+
+# ---- the measured planning call (runs in a fresh process) -----------------------
+def _status_kib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_peak():
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(T, fraction, policy, max_repeat_seconds):
+    import memopt_bptt as mb
+    model = _model()
+    kw = dict(model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+    mb.plan(64, budget=1.0, **kw)  # warm-up: load the cached Numba code
+    row = {"T": T, "fraction": fraction, "policy": policy}
+    reset_ok = _reset_peak()
+    rss0 = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    try:
+        s = mb.plan(T, budget=fraction, **kw)
+    except mb.MemoryBudgetError as exc:
+        row.update(status="does not fit", least_bytes=exc.least_bytes,
+                   least_fraction=exc.least_bytes / full_bytes(T, _layout()))
+        return row
+    times = [time.perf_counter() - t0]
+    hwm = _status_kib("VmHWM")
+    row.update(status="ok", forward_steps=s.forward_steps, time_ratio=s.time_ratio, n_actions=int(len(s.codes)),
+               peak_bytes=s.peak_bytes, budget_bytes=s.budget_bytes,
+               rss_peak_bytes=(hwm - rss0) * 1024 if reset_ok else None)
+    del s
+    while len(times) < 5 and sum(times) < max_repeat_seconds:
+        t0 = time.perf_counter()
+        mb.plan(T, budget=fraction, **kw)
+        times.append(time.perf_counter() - t0)
+    row["seconds"] = statistics.median(times)
+    row["runs"] = len(times)
+    row["us_per_action"] = 1e6 * row["seconds"] / row["n_actions"]
+    if times[0] < max_repeat_seconds:
+        gc.collect()
+        tracemalloc.start()
+        mb.plan(T, budget=fraction, **kw)
+        row["tracemalloc_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return row
+
+
+def run_worker(T, fraction, policy, max_repeat_seconds, timeout):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(T), repr(fraction), policy,
+           repr(max_repeat_seconds)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"T": T, "fraction": fraction, "policy": policy, "status": f"timeout after {timeout:.0f} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"T": T, "fraction": fraction, "policy": policy, "status": "error",
+                "stderr": out.stderr.strip().splitlines()[-3:]}
+    return json.loads(lines[-1])
+
+
+# ---- calibration for the skip estimates --------------------------------------------
+def calibrate(fractions):
+    """Planning time at T = 300 and 600 per (table policy, fraction) -> exponent p."""
+    import memopt_bptt as mb
+    model = _model()
+    exponents = {}
+    for policy in TABLE_POLICIES:
+        mb.plan(64, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+        for f in fractions:
+            t = []
+            for T in CALIBRATION_T:
+                runs = []
+                while len(runs) < 3 and sum(runs) < 2.0:
+                    t0 = time.perf_counter()
+                    mb.plan(T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+                    runs.append(time.perf_counter() - t0)
+                t.append(statistics.median(runs))
+            p = math.log(max(t[1], 1e-6) / max(t[0], 1e-6)) / math.log(CALIBRATION_T[1] / CALIBRATION_T[0])
+            exponents[(policy, f)] = {"p": min(max(p, 1.0), 4.0), "anchor": (CALIBRATION_T[1], t[1])}
+    return exponents
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def fmt_seconds(s):
+    return "-" if s is None else (f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def part1(Ts, fractions, max_seconds, max_gb, lay):
+    print(f"Part 1: planning cost, LSTM(in={INPUT}, hidden={HIDDEN}), batch {BATCH}, {DTYPE}; "
+          f"limits ~{max_seconds:.0f} s / ~{max_gb:g} GB per configuration")
+    exponents = calibrate(fractions)
+    print("  time exponents fitted on T=300..600: "
+          + ", ".join(f"{p}@{f:.0%}: {v['p']:.2f}" for (p, f), v in exponents.items()))
+    rows = []
+    header = (f"{'T':>8} {'budget':>6} {'policy':>7} {'plan time':>12} {'us/action':>9} {'actions':>9} "
+              f"{'forwards':>9} {'DP tables':>10} {'RSS peak':>10} {'tracemalloc':>11}  note")
+    print(header)
+    print("-" * len(header))
+    anchors = {}
+    for policy in POLICIES:
+        for f in fractions:
+            skipping = False
+            for T in Ts:
+                tb = table_bytes(policy, T, f, lay)
+                est = None
+                if policy in TABLE_POLICIES:
+                    p = exponents[(policy, f)]["p"]
+                    T0, t0 = anchors.get((policy, f), exponents[(policy, f)]["anchor"])
+                    est = t0 * (T / T0) ** p
+                if skipping or (est is not None and est > max_seconds) or tb > max_gb * 2**30:
+                    note = f"skipped: estimated {est:.3g} s / {tb / 2**30:.3g} GB" if est is not None else "skipped"
+                    row = {"T": T, "fraction": f, "policy": policy, "status": "skipped",
+                           "estimated_seconds": est, "table_bytes": tb}
+                    print(f"{T:>8} {f:>6.0%} {policy:>7}  {note}")
+                    rows.append(row)
+                    skipping = True
+                    continue
+                row = run_worker(T, f, policy, max_repeat_seconds=min(10.0, max_seconds),
+                                 timeout=max(4 * max_seconds, 60))
+                row["table_bytes"] = tb
+                row["estimated_seconds"] = est
+                rows.append(row)
+                if row["status"] != "ok":
+                    note = row["status"]
+                    if "least_fraction" in row:
+                        note += f" (needs {row['least_fraction']:.1%} of plain BPTT)"
+                    print(f"{T:>8} {f:>6.0%} {policy:>7}  {note}")
+                    if row["status"] != "does not fit":
+                        skipping = True
+                    continue
+                anchors[(policy, f)] = (T, row["seconds"])
+                est_note = f"est. {est:.3g} s" if est is not None else ""
+                print(f"{T:>8} {f:>6.0%} {policy:>7} {fmt_seconds(row['seconds']):>12} "
+                      f"{row['us_per_action']:>9.3f} {row['n_actions']:>9} {row['forward_steps']:>9} "
+                      f"{fmt_bytes(tb) if tb else '-':>10} {fmt_bytes(row['rss_peak_bytes']):>10} "
+                      f"{fmt_bytes(row.get('tracemalloc_peak_bytes')):>11}  {est_note}")
+    return rows, {f"{p}@{f}": v["p"] for (p, f), v in exponents.items()}
+
+
+def part2(fractions, done, lay):
+    import memopt_bptt as mb
+    T = 1000
+    model = _model()
+    rho = model.cell.backward_forward_ratio
+    policies = ("msm", "hsm", "ism", "revolve", "sqrt")
+    print()
+    print(f"Part 2: LSTM at T={T} (alpha = {lay['kq']}/{lay['hq']} = {lay['kq'] / lay['hq']:g}, "
+          f"b/f = {rho:g}); forward steps and predicted time ratio vs plain BPTT")
+    print(f"  plain BPTT keeps {fmt_bytes(full_bytes(T, lay))}; "
+          f"{HEADLINE['source']}: {HEADLINE['memory_fraction']:.0%} memory -> ~{HEADLINE['time_ratio']}x time")
+    header = f"{'budget':>6} {'bytes':>10} " + " ".join(f"{p:>15}" for p in policies)
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for f in fractions:
+        cells = []
+        for policy in policies:
+            prior = done.get((T, f, policy))
+            if prior is not None and prior.get("status") == "ok":
+                fw, ratio = prior["forward_steps"], prior["time_ratio"]
+            else:
+                try:
+                    s = mb.plan(T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+                    fw, ratio = s.forward_steps, s.time_ratio
+                except mb.MemoryBudgetError as exc:
+                    fw, ratio = None, None
+                    rows.append({"T": T, "fraction": f, "policy": policy, "status": "does not fit",
+                                 "least_bytes": exc.least_bytes})
+                    cells.append(f"{'needs ' + format(exc.least_bytes / full_bytes(T, lay), '.1%'):>15}")
+                    continue
+            rows.append({"T": T, "fraction": f, "policy": policy, "status": "ok", "forward_steps": fw,
+                         "time_ratio": ratio})
+            cells.append(f"{fw:>6} {ratio:>6.3f}x ")
+        print(f"{f:>6.0%} {fmt_bytes(math.floor(f * full_bytes(T, lay))):>10} " + " ".join(cells))
+    print("  (each cell: forward steps, predicted time ratio; plain BPTT = 1000 steps, 1.000x)")
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="T in {10^3, 10^4}, lower limits (a few minutes)")
+    ap.add_argument("--max-seconds", type=float, default=None, help="skip configurations estimated slower")
+    ap.add_argument("--max-gb", type=float, default=4.0, help="skip configurations whose DP tables are larger")
+    ap.add_argument("--out", default=RESULTS, help="JSON output path")
+    ap.add_argument("--worker", nargs=4, metavar=("T", "FRACTION", "POLICY", "REPEAT_SECONDS"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        T, f, policy, rep = args.worker
+        print(json.dumps(worker(int(T), float(f), policy, float(rep))))
+        return 0
+    import memopt_bptt as mb
+    import numba
+    import numpy as np
+    Ts = (10**3, 10**4) if args.quick else (10**3, 10**4, 10**5, 10**6)
+    max_seconds = args.max_seconds if args.max_seconds is not None else (20.0 if args.quick else 120.0)
+    fractions = (0.01, 0.05, 0.2)
+    lay = _layout()
+    started = time.time()
+    rows, exps = part1(Ts, fractions, max_seconds, args.max_gb, lay)
+    done = {(r["T"], r["fraction"], r["policy"]): r for r in rows}
+    table2 = part2((0.01, 0.02, 0.05, 0.1, 0.2), done, lay)
+    revolve_big = [r for r in rows if r["policy"] == "revolve" and r.get("status") == "ok"]
+    if revolve_big:
+        r = max(revolve_big, key=lambda r: (r["T"], r["fraction"]))
+        print(f"\nrevolve at T={r['T']}, {r['fraction']:.0%}: {r['seconds']:.3f} s for {r['n_actions']} actions "
+              f"= {r['us_per_action']:.3f} us per action")
+    result = {
+        "benchmark": "bench_planner",
+        "quick": args.quick,
+        "model": {"cell": "LSTM", "input_size": INPUT, "hidden_size": HIDDEN, "output_size": OUTPUT,
+                  "batch": BATCH, "dtype": DTYPE, **lay},
+        "limits": {"max_seconds": max_seconds, "max_gb": args.max_gb},
+        "time_exponents": exps,
+        "planning": rows,
+        "schedules_T1000": table2,
+        "headline": HEADLINE,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+                    "memopt_bptt": mb.__version__},
+        "wall_seconds": time.time() - started,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"\nwrote {os.path.relpath(args.out)} ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""Build the notebooks from the Python source in this file (so they are reviewable).
+
+Each notebook is a list of markdown and code cells below. Run from anywhere::
+
+    python notebooks/_build.py              # write the .ipynb files (no outputs)
+    python notebooks/_build.py --execute    # write them, then run each in place
+                                            # (cwd = notebooks/) and keep outputs
+    python notebooks/_build.py --execute 03_long_sequence_training
+
+Executing writes the figures to ../plots/ (relative to notebooks/). The
+notebooks use only the public API (``import memopt_bptt as mb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = """\
+import os
+import time
+
+import matplotlib
+matplotlib.use("Agg")  # no display needed; figures are written as PNG
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Image, Markdown, display
+
+import memopt_bptt as mb
+
+PLOTS = os.path.join("..", "plots")  # relative to notebooks/
+os.makedirs(PLOTS, exist_ok=True)
+print("memopt_bptt", mb.__version__)
+"""
+
+TABLE_HELPER = """\
+def md_table(header, rows):
+    \"\"\"A Markdown table from a header and rows of already formatted cells.\"\"\"
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return Markdown("\\n".join(lines))
+"""
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str):
+    return new_code_cell(text.strip("\n"))
+
+
+# ---------------------------------------------------------------------------
+# 01: planner trade-offs
+# ---------------------------------------------------------------------------
+NB01 = [
+    md("""
+# 01 — Planner trade-offs: forward steps and time against memory
+
+Plain backpropagation through time keeps every step's internal state (the
+gates, pre-activations and inputs that the step's backward reads), so its
+memory grows with the sequence length T. Gruslys, Munos, Danihelka, Lanctot &
+Graves (2016), *Memory-Efficient Backpropagation Through Time* (NIPS 2016,
+arXiv:1606.03401), keep only some states and replay forward segments in the
+backward sweep, choosing by dynamic programming *what* to keep so that the
+recomputation is the least possible for a memory budget:
+
+* **BPTT-HSM** keeps hidden states only (1 memory unit each). Its optimum
+  equals Griewank & Walther's Revolve (2000) plus one forward per step; the
+  `revolve` policy uses that closed form instead of a table.
+* **BPTT-ISM** keeps internal states only (alpha units each, where
+  alpha = size of an internal state / size of a hidden state).
+* **BPTT-MSM** chooses between the two at every split; it can never be worse
+  than either (the planner's default, `policy="msm"`).
+* **sqrt** is Chen, Xu, Zhang & Guestrin (2016), *Training Deep Nets with
+  Sublinear Memory Cost*: a hidden-state checkpoint every ceil(sqrt(T)) steps,
+  each segment replayed once. It needs a fixed amount of memory, so it is a
+  single point on each plot.
+* **full** is plain BPTT: T forward steps, 1 + (T-1)·alpha units.
+
+This notebook uses the planner's *abstract model*:
+`mb.plan(T, slots=m, alpha=a, policy=...)`, where `slots` is the memory
+budget in units of one hidden state (the initial state's slot included, as in
+the paper) — no network is run. It plots the number of forward steps per time
+step against the budget, in the shape of the cost-versus-memory figures of
+Gruslys et al., and the predicted time per iteration relative to plain BPTT,
+`(forward_steps + T·b/f) / (T·(1 + b/f))` with the backward/forward time ratio
+b/f = 2. For real cells alpha follows from the sizes: with this library's
+cells an LSTM has alpha = 3.5, a GRU 5 and an Elman network 2.
+"""),
+    code(SETUP),
+    code(TABLE_HELPER),
+    md("""
+## The closed form and the planner agree
+
+Gruslys et al. give C(t, m) for BPTT-HSM; it equals t + Revolve's `numforw(t, m)`.
+The values below are computed three ways: the closed form (`mb.hsm_cost`), the
+Revolve-style planner (`policy="revolve"`), and the dynamic-programming table
+(`policy="hsm"`, alpha = 1).
+"""),
+    code("""
+rows = []
+for t, m in [(10, 2), (10, 3), (100, 5), (300, 10)]:
+    closed = mb.hsm_cost(t, m)
+    rev = mb.plan(t, slots=m, policy="revolve").forward_steps
+    dp = mb.plan(t, slots=m, alpha=1, policy="hsm").forward_steps
+    rows.append((t, m, closed, rev, dp))
+display(md_table(["T", "slots m", "C(T, m) closed form", "revolve planner", "HSM table"], rows))
+"""),
+    md("""
+## Sweep: every policy, four values of alpha, budgets from 2 units to plain BPTT's
+
+T = 300 keeps the MSM/ISM table (O(T²·m) time) quick. Budgets are spaced
+geometrically from 2 units to what plain BPTT keeps. A budget that a policy
+cannot use (ISM below alpha + 1 units has no room for an internal state and
+falls back to replaying everything) is still plotted; a policy that cannot run
+at all in a budget (sqrt, full) is only shown where it fits.
+"""),
+    code("""
+T = 300
+ALPHAS = [1, 2, 3.5, 5]
+POLICIES = ["msm", "hsm", "ism", "revolve"]
+N_BUDGETS = 22
+
+t0 = time.perf_counter()
+sweep = {}        # (alpha, policy) -> list of (budget units, peak units, forward steps, time ratio)
+fixed = {}        # (alpha, policy) -> (peak units, forward steps, time ratio) for sqrt and full
+for alpha in ALPHAS:
+    full_units = 1 + (T - 1) * alpha
+    budgets = np.unique(np.round(np.geomspace(2, full_units, N_BUDGETS), 1))
+    for policy in POLICIES:
+        points = []
+        for units in budgets:
+            s = mb.plan(T, slots=float(units), alpha=alpha, policy=policy)
+            assert s.peak_units <= units + 1e-9  # the schedule fits its budget
+            points.append((float(units), s.peak_units, s.forward_steps, s.time_ratio))
+        sweep[alpha, policy] = points
+    for policy in ["sqrt", "full"]:
+        s = mb.plan(T, slots=full_units, alpha=alpha, policy=policy)
+        fixed[alpha, policy] = (s.peak_units, s.forward_steps, s.time_ratio)
+print(f"planned {sum(len(v) for v in sweep.values()) + len(fixed)} schedules in {time.perf_counter() - t0:.1f} s")
+"""),
+    md("""
+What the sweep shows, checked point by point (these hold for every budget in
+the sweep, and the plots below draw the same numbers):
+
+* MSM never needs more forward steps than HSM or ISM at the same budget;
+* the closed-form `revolve` planner gives exactly HSM's forward steps.
+"""),
+    code("""
+n_strict = 0
+for alpha in ALPHAS:
+    msm = [p[2] for p in sweep[alpha, "msm"]]
+    hsm = [p[2] for p in sweep[alpha, "hsm"]]
+    ism = [p[2] for p in sweep[alpha, "ism"]]
+    rev = [p[2] for p in sweep[alpha, "revolve"]]
+    assert all(a <= min(b, c) for a, b, c in zip(msm, hsm, ism))
+    assert rev == hsm
+    n_strict += sum(a < min(b, c) for a, b, c in zip(msm, hsm, ism))
+n_points = sum(len(sweep[a, "msm"]) for a in ALPHAS)
+print(f"MSM <= min(HSM, ISM) at all {n_points} (alpha, budget) points; "
+      f"strictly better than both at {n_strict} of them")
+"""),
+    code("""
+STYLE = {
+    "msm": dict(color="C0", marker="o", ms=4, lw=2, label="MSM (mixed)"),
+    "hsm": dict(color="C1", marker="s", ms=4, lw=1.5, label="HSM (hidden states)"),
+    "ism": dict(color="C2", marker="^", ms=4, lw=1.5, label="ISM (internal states)"),
+    "revolve": dict(color="k", marker="x", ms=5, lw=0, label="revolve (closed form)"),
+}
+
+fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+for ax, alpha in zip(axes.flat, ALPHAS):
+    for policy in POLICIES:
+        pts = sweep[alpha, policy]
+        ax.plot([p[0] for p in pts], [p[2] / T for p in pts], **STYLE[policy])
+    peak, fwd, _ = fixed[alpha, "sqrt"]
+    ax.plot([peak], [fwd / T], "D", color="C3", ms=8, label="sqrt (Chen et al. 2016)")
+    peak, fwd, _ = fixed[alpha, "full"]
+    ax.plot([peak], [fwd / T], "*", color="C4", ms=12, label="plain BPTT (full)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(f"alpha = {alpha:g}" + {3.5: " (an LSTM)", 5: " (a GRU)", 2: " (an Elman RNN)"}.get(alpha, ""))
+    ax.set_xlabel("memory budget (hidden-state units, initial state included)")
+    ax.grid(True, which="both", alpha=0.3)
+for ax in axes[:, 0]:
+    ax.set_ylabel("forward steps per time step")
+axes[0, 0].legend(fontsize=8)
+fig.suptitle(f"Forward steps per time step against memory, T = {T} (abstract model)")
+fig.tight_layout()
+fig.savefig(os.path.join(PLOTS, "01_cost_vs_memory.png"), dpi=110)
+plt.close(fig)
+display(Image(os.path.join(PLOTS, "01_cost_vs_memory.png")))
+"""),
+    md("""
+Reading the figure: at the smallest budgets every policy degenerates to
+replaying from the few states it can hold (ISM, which cannot store even one
+internal state there, replays everything: T(T+1)/2 forwards). As memory grows
+HSM saturates — it still replays each step once before its backward, so it
+never drops below about 2 forward steps per time step — while ISM reaches 1
+(no recomputation) once it can keep every internal state. MSM follows HSM on
+the left, ISM on the right, and is below both in between. The larger alpha,
+the further right the crossing.
+
+## Predicted time per iteration against the memory saved
+
+The same schedules, with the memory as a fraction of plain BPTT's for the same
+alpha and the predicted time relative to plain BPTT (b/f = 2).
+"""),
+    code("""
+fig, ax = plt.subplots(figsize=(8, 5))
+for i, alpha in enumerate(ALPHAS):
+    full_units = 1 + (T - 1) * alpha
+    pts = sweep[alpha, "msm"]
+    ax.plot([100 * p[1] / full_units for p in pts], [p[3] for p in pts], "o-", color=f"C{i}", ms=3,
+            label=f"MSM, alpha = {alpha:g}")
+    hs = sweep[alpha, "hsm"]
+    ax.plot([100 * p[1] / full_units for p in hs], [p[3] for p in hs], ":", color=f"C{i}", lw=1)
+    peak, _, ratio = fixed[alpha, "sqrt"]
+    ax.plot([100 * peak / full_units], [ratio], "D", color=f"C{i}", ms=6)
+ax.plot([], [], "k:", lw=1, label="HSM (dotted)")
+ax.plot([], [], "kD", ms=6, label="sqrt (diamonds)")
+ax.axvline(5, color="grey", lw=0.8, ls="--")
+ax.text(5.3, 2.85, "5% of plain BPTT", color="grey", fontsize=8)
+ax.set_xscale("log")
+ax.set_ylim(0.95, 3.0)
+ax.set_xlabel("memory kept, % of plain BPTT's (peak of the schedule)")
+ax.set_ylabel("predicted time / plain BPTT's time")
+ax.set_title(f"Predicted time against memory, T = {T}, b/f = 2")
+ax.grid(True, which="both", alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(os.path.join(PLOTS, "01_time_vs_memory.png"), dpi=110)
+plt.close(fig)
+display(Image(os.path.join(PLOTS, "01_time_vs_memory.png")))
+"""),
+    md("""
+## A table at a few budgets
+
+Forward steps (and the predicted time ratio) at budgets given as fractions of
+plain BPTT's memory, `mb.plan(T, budget=fraction, alpha=...)`. "–" means the
+policy does not fit in that budget (`mb.MemoryBudgetError`).
+"""),
+    code("""
+FRACTIONS = [0.02, 0.05, 0.1, 0.25, 0.5]
+rows = []
+for alpha in ALPHAS:
+    for frac in FRACTIONS:
+        row = [f"{alpha:g}", f"{100 * frac:g}%"]
+        for policy in ["msm", "hsm", "ism", "sqrt"]:
+            try:
+                s = mb.plan(T, budget=frac, alpha=alpha, policy=policy)
+                row.append(f"{s.forward_steps} ({s.time_ratio:.2f}x)")
+            except mb.MemoryBudgetError:
+                row.append("–")
+        rows.append(row)
+display(md_table(["alpha", "budget", "MSM", "HSM", "ISM", "sqrt"], rows))
+"""),
+    md("""
+## The paper's headline at T = 1000
+
+Gruslys et al. report that for sequences of length 1000 the method saves 95% of
+the memory for about one third more time per iteration than plain BPTT. The
+planner's numbers for 5% of plain BPTT's memory at T = 1000:
+"""),
+    code("""
+rows = []
+for alpha in ALPHAS:
+    s = mb.plan(1000, budget=0.05, alpha=alpha)
+    full_units = 1 + 999 * alpha
+    rows.append((f"{alpha:g}", s.forward_steps, f"{s.peak_units:g} of {full_units:g}",
+                 f"{100 * s.peak_units / full_units:.2f}%", f"{s.time_ratio:.3f}",
+                 f"{s.n_hidden_slots} / {s.n_internal_slots}"))
+display(md_table(["alpha", "forward steps", "peak units", "memory kept", "predicted time ratio",
+                  "hidden / internal slots"], rows))
+"""),
+]
+
+
+# ---------------------------------------------------------------------------
+# 02: exact gradients under a budget
+# ---------------------------------------------------------------------------
+NB02 = [
+    md("""
+# 02 — Exact gradients under a memory budget
+
+The schedules of Gruslys et al. (2016) change *when* each forward step is
+computed and what is kept, never *what* is computed: the executor rebuilds
+each step's state from its internal state and accumulates the loss and the
+parameter gradients in the same order under every schedule. So the loss and
+every gradient are **bit-for-bit identical** to plain BPTT's (Rumelhart,
+Hinton & Williams 1985; Werbos 1990), whatever the policy and the budget.
+
+This notebook checks that with `np.array_equal` for an LSTM and a GRU across
+the policies (msm, hsm, ism, revolve, and Chen et al. 2016's sqrt) and
+budgets from 2% to 100% of plain BPTT's memory, and then compares the memory
+the executor actually allocated (measured with `tracemalloc` by
+`value_and_grad(..., return_report=True)`) with the budget and with the
+planner's prediction.
+"""),
+    code(SETUP),
+    code(TABLE_HELPER),
+    md("""
+## Models and data
+
+Small sizes (T = 200, batch 8, hidden 48, float64) keep the notebook quick; the
+first call per cell type compiles the executor with Numba (a few seconds).
+"""),
+    code("""
+T, BATCH, N_IN, N_HID, N_OUT = 200, 8, 5, 48, 3
+rng = np.random.default_rng(0)
+xs = rng.standard_normal((T, BATCH, N_IN))
+ys = rng.standard_normal((T, BATCH, N_OUT))
+
+models = {
+    "LSTM": mb.Sequence(mb.LSTM(input_size=N_IN, hidden_size=N_HID), output_size=N_OUT, loss="mse"),
+    "GRU": mb.Sequence(mb.GRU(input_size=N_IN, hidden_size=N_HID), output_size=N_OUT, loss="mse"),
+}
+params = {name: m.init_params(seed=1) for name, m in models.items()}
+reference = {}
+for name, m in models.items():
+    t0 = time.perf_counter()
+    reference[name] = mb.value_and_grad(m, params[name], xs, ys)  # plain BPTT (policy "full")
+    print(f"{name}: plain BPTT loss {reference[name][0]:.6f}  (first call incl. compile {time.perf_counter() - t0:.1f} s)")
+"""),
+    md("""
+## Plain BPTT itself is right: central differences
+
+Before comparing schedules with plain BPTT, check plain BPTT against an
+independent oracle: central finite differences of the loss on a few random
+parameter entries (float64, step 1e-6).
+"""),
+    code("""
+rows = []
+for name, m in models.items():
+    p = params[name]
+    _, g_ref = reference[name]
+    pick = np.random.default_rng(2)
+    for key in ["cell.weight_ih", "cell.weight_hh", "cell.bias_hh", "readout.weight"]:
+        idx = tuple(pick.integers(0, n) for n in p[key].shape)
+        eps = 1e-6
+        plus = {k: v.copy() for k, v in p.items()}
+        minus = {k: v.copy() for k, v in p.items()}
+        plus[key][idx] += eps
+        minus[key][idx] -= eps
+        fd = (mb.value_and_grad(m, plus, xs, ys)[0] - mb.value_and_grad(m, minus, xs, ys)[0]) / (2 * eps)
+        an = g_ref[key][idx]
+        rows.append((name, key, str(idx), f"{an:.9e}", f"{fd:.9e}", f"{abs(an - fd) / max(abs(an), 1e-12):.1e}"))
+display(md_table(["cell", "parameter", "index", "BPTT gradient", "finite difference", "relative difference"], rows))
+"""),
+    md("""
+## Bit-equality across policies and budgets
+
+For each cell, policy and budget (a fraction of plain BPTT's memory, and one
+budget in bytes), run `mb.value_and_grad` and compare the loss and every
+gradient array with plain BPTT's using `np.array_equal` (exact, no tolerance).
+"""),
+    code("""
+POLICIES = ["msm", "hsm", "ism", "revolve", "sqrt"]
+BUDGETS = [0.02, 0.05, 0.1, 0.25, 0.5, 1.0, "64KiB"]
+
+results = []   # dicts, one per run
+rows = []
+for name, m in models.items():
+    loss_ref, g_ref = reference[name]
+    for policy in POLICIES:
+        for budget in BUDGETS:
+            try:
+                loss, grads, report = mb.value_and_grad(m, params[name], xs, ys, budget=budget, policy=policy,
+                                                        return_report=True)
+            except mb.MemoryBudgetError as exc:
+                rows.append((name, policy, budget, "does not fit", f"needs {exc.least_bytes} B", "", "", ""))
+                continue
+            same_loss = loss == loss_ref
+            same_grads = all(np.array_equal(grads[k], g_ref[k]) for k in g_ref)
+            max_diff = max(float(np.max(np.abs(grads[k] - g_ref[k]))) for k in g_ref)
+            results.append(dict(cell=name, policy=policy, budget=budget, report=report,
+                                same_loss=same_loss, same_grads=same_grads))
+            rows.append((name, policy, budget, report.schedule.budget_bytes, report.forward_steps,
+                         "yes" if same_loss else "NO", "yes" if same_grads else "NO", f"{max_diff:.1e}"))
+display(md_table(["cell", "policy", "budget", "budget bytes", "forward steps", "loss identical",
+                  "all gradients identical", "max abs difference"], rows))
+n_same = sum(r["same_loss"] and r["same_grads"] for r in results)
+print(f"{n_same} of {len(results)} runs bit-identical to plain BPTT "
+      f"({len(rows) - len(results)} budget/policy pairs did not fit)")
+"""),
+    md("""
+## Memory: measured against the budget and the plan
+
+`Report.planned_bytes` is the planner's peak (checkpoint pool plus the working
+buffers), `allocated_bytes` what the executor allocated for the sweep, and
+`measured_peak_bytes` the `tracemalloc` peak during the call minus the
+returned gradients. The measured peak also contains a small constant that is
+not in any buffer (NumPy array headers and Numba's call overhead); it is
+shown separately rather than hidden.
+"""),
+    code("""
+rows = []
+for r in results:
+    rep = r["report"]
+    if r["policy"] not in ("msm", "sqrt"):
+        continue
+    rows.append((r["cell"], r["policy"], r["budget"], rep.schedule.budget_bytes, rep.planned_bytes,
+                 rep.allocated_bytes, rep.measured_peak_bytes, rep.measured_peak_bytes - rep.allocated_bytes,
+                 "yes" if rep.allocated_bytes <= rep.schedule.budget_bytes else "NO",
+                 "yes" if rep.measured_peak_bytes <= rep.schedule.budget_bytes else "no"))
+display(md_table(["cell", "policy", "budget", "budget bytes", "planned", "allocated", "measured peak",
+                  "measured - allocated", "allocated <= budget", "measured <= budget"], rows))
+for name, m in models.items():
+    _, _, rep_full = mb.value_and_grad(m, params[name], xs, ys, return_report=True)
+    print(f"{name} plain BPTT: planned {rep_full.planned_bytes} B, measured peak {rep_full.measured_peak_bytes} B")
+"""),
+    code("""
+fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+for ax, name in zip(axes, models):
+    lo, hi = np.inf, 0
+    for j, policy in enumerate(POLICIES):
+        sel = [r["report"] for r in results if r["cell"] == name and r["policy"] == policy]
+        b = np.array([rep.schedule.budget_bytes for rep in sel], float)
+        ax.plot(b, [rep.measured_peak_bytes for rep in sel], "o", color=f"C{j}", ms=7, mfc="none",
+                label=f"{policy}: measured (tracemalloc)")
+        ax.plot(b, [rep.planned_bytes for rep in sel], "x", color=f"C{j}", ms=6, label=f"{policy}: planned")
+        lo, hi = min(lo, b.min()), max(hi, b.max())
+    grid = np.geomspace(lo * 0.8, hi * 1.25, 10)
+    ax.plot(grid, grid, "k--", lw=1, label="budget (y = x)")
+    _, _, rep_full = mb.value_and_grad(models[name], params[name], xs, ys, return_report=True)
+    ax.axhline(rep_full.measured_peak_bytes, color="grey", lw=1, ls=":", label="plain BPTT, measured")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("budget (bytes)")
+    ax.set_ylabel("bytes")
+    ax.set_title(f"{name}, T = {T}, batch {BATCH}, hidden {N_HID}, float64")
+    ax.grid(True, which="both", alpha=0.3)
+axes[0].legend(fontsize=7, ncol=2)
+fig.tight_layout()
+fig.savefig(os.path.join(PLOTS, "02_memory_vs_budget.png"), dpi=110)
+plt.close(fig)
+display(Image(os.path.join(PLOTS, "02_memory_vs_budget.png")))
+"""),
+    md("""
+Points on or below the dashed line stay within the budget. Policies with a
+fixed footprint (sqrt) and HSM/revolve, which stop gaining once every useful
+hidden checkpoint is kept, use less than large budgets allow; MSM and ISM use
+what they are given, because keeping more internal states always saves
+recomputation.
+
+## Forward steps against the budget, measured
+
+`Report.forward_steps` counts the forward steps the sweep really ran (it must
+equal the schedule's, or `value_and_grad` raises); the wall time of each
+sweep is shown beside it. Times on a shared machine are noisy; see
+`benchmarks/` for careful timings.
+"""),
+    code("""
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+for j, policy in enumerate(POLICIES):
+    sel = [r["report"] for r in results if r["cell"] == "LSTM" and r["policy"] == policy]
+    b = [rep.schedule.budget_bytes for rep in sel]
+    axes[0].plot(b, [rep.forward_steps / T for rep in sel], "o-", color=f"C{j}", label=policy)
+    axes[1].plot(b, [rep.wall_time * 1e3 for rep in sel], "o-", color=f"C{j}", label=policy)
+axes[0].set_ylabel("forward steps per time step (counted)")
+axes[1].set_ylabel("sweep wall time (ms)")
+for ax in axes:
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (bytes)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+fig.suptitle(f"LSTM, T = {T}: counted forward steps and wall time per call")
+fig.tight_layout()
+fig.savefig(os.path.join(PLOTS, "02_forward_steps_vs_budget.png"), dpi=110)
+plt.close(fig)
+display(Image(os.path.join(PLOTS, "02_forward_steps_vs_budget.png")))
+"""),
+]
+
+
+NOTEBOOKS = {
+    "01_planner_tradeoffs": NB01,
+    "02_exact_gradients": NB02,
+}
+
+
+def build(name: str) -> str:
+    nb = new_notebook(cells=NOTEBOOKS[name])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    path = os.path.join(HERE, name + ".ipynb")
+    nbformat.write(nb, path)
+    return path
+
+
+def execute(path: str) -> float:
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
+    wall = time.perf_counter() - t0
+    nbformat.write(nb, path)
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="notebooks to build (default: all)")
+    parser.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
+    args = parser.parse_args(argv)
+    names = args.names or list(NOTEBOOKS)
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        parser.error(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
+    for name in names:
+        path = build(name)
+        if args.execute:
+            print(f"{name}: executed in {execute(path):.1f} s", flush=True)
+        else:
+            print(f"{name}: written", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
