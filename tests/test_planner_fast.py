@@ -12,7 +12,7 @@ from memopt_bptt._planner import _dp_table, _ism_table, plan_quanta
 def test_ism_binary_search_equals_full_scan(kq):
     # _dp_table with hidden splits disabled scans every split point; the
     # pinned-start layer indexed at multiples of kq is the ISM cost.
-    T, N = 120, 30
+    T, N = 70, 20
     naive, _ = _dp_table(T, N * kq, 2, kq, False, True)
     fast, _ = _ism_table(T, N)
     np.testing.assert_array_equal(naive[0][:, ::kq][:, : N + 1], fast)

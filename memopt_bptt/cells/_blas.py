@@ -13,6 +13,7 @@ code would not be.
 from __future__ import annotations
 
 import llvmlite.binding as _llvm
+import numba
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -75,3 +76,11 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
     ta = 84 if trans_b else 78  # 'T' or 'N' for the Fortran call's first operand (b)
     tb = 84 if trans_a else 78
     _fortran_gemm(ta, tb, n, m, k, alpha, b, b.shape[1], a, a.shape[1], beta, c, n)
+
+
+if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_JIT subprocess test
+    def gemm(trans_a, trans_b, alpha, a, b, beta, c):  # noqa: F811 - pure-numpy stand-in
+        """Row-major ``c = alpha * op(a) @ op(b) + beta * c`` without Numba."""
+        prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        c *= beta
+        c += alpha * prod

@@ -53,7 +53,9 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
             internal[2 * n + p] = nn
             internal[3 * n + p] = hn
             internal[4 * n + p] = hp
-            s_new[p] = (1.0 - z) * nn + z * hp
+            # From the stored (dtype-rounded) values, as gru_state_from_internal does.
+            zz = internal[n + p]
+            s_new[p] = (1.0 - zz) * internal[2 * n + p] + zz * internal[4 * n + p]
 
 
 @njit(cache=True)

@@ -40,23 +40,19 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
     for b in range(B):
         row = b * H
         for j in range(H):
-            ig = _sigmoid(gates[b, j])
-            fg = _sigmoid(gates[b, H + j])
-            gg = math.tanh(gates[b, 2 * H + j])
-            og = _sigmoid(gates[b, 3 * H + j])
-            cp = c_prev[row + j]
-            c = fg * cp + ig * gg
-            tc = math.tanh(c)
             p = row + j
-            internal[p] = ig
-            internal[n + p] = fg
-            internal[2 * n + p] = gg
-            internal[3 * n + p] = og
-            internal[4 * n + p] = cp
-            internal[5 * n + p] = tc
+            internal[p] = _sigmoid(gates[b, j])
+            internal[n + p] = _sigmoid(gates[b, H + j])
+            internal[2 * n + p] = math.tanh(gates[b, 2 * H + j])
+            internal[3 * n + p] = _sigmoid(gates[b, 3 * H + j])
+            internal[4 * n + p] = c_prev[p]
             internal[6 * n + p] = s_prev[p]
-            s_new[p] = og * tc
+            # From the *stored* (dtype-rounded) values, with the same expressions as
+            # lstm_state_from_internal, so a rebuilt state is bit-identical in float32 too.
+            c = internal[n + p] * internal[4 * n + p] + internal[p] * internal[2 * n + p]
             s_new[n + p] = c
+            internal[5 * n + p] = math.tanh(s_new[n + p])
+            s_new[p] = internal[3 * n + p] * internal[5 * n + p]
 
 
 @njit(cache=True)
