@@ -27,6 +27,22 @@ from ._planner import numforw
 from ._planner import plan
 from ._schedule import Schedule
 from ._schedule import ScheduleError
+from ._tasks import adding_problem
+from ._tasks import char_lm
+from ._tasks import copy_task
+from ._tasks import load_text
+from ._train import Adam
+from ._train import AdamState
+from ._train import SGD
+from ._train import SGDState
+from ._train import clip_by_global_norm
+from ._train import global_norm
+from ._train import grad_norm_by_lag
+from ._train import load_params
+from ._train import save_params
+from ._train import train
+from ._train import truncated_value_and_grad
+from ._train import truncation_windows
 from ._version import __version__
 from .cells import GRU
 from .cells import LSTM
@@ -36,23 +52,39 @@ from .cells import Jordan
 
 __all__ = [
     "Action",
+    "Adam",
+    "AdamState",
+    "adding_problem",
+    "beta",
     "Cell",
+    "char_lm",
+    "clip_by_global_norm",
+    "copy_task",
     "Elman",
+    "global_norm",
+    "grad_norm_by_lag",
     "GRU",
+    "hsm_cost",
     "Jordan",
+    "load_params",
+    "load_text",
     "LSTM",
     "MemoryBudgetError",
+    "numforw",
     "OPS",
+    "parse_budget",
+    "plan",
     "POLICIES",
     "Report",
+    "save_params",
     "Schedule",
     "ScheduleError",
     "Sequence",
-    "__version__",
-    "beta",
-    "hsm_cost",
-    "numforw",
-    "parse_budget",
-    "plan",
+    "SGD",
+    "SGDState",
+    "train",
+    "truncated_value_and_grad",
+    "truncation_windows",
     "value_and_grad",
+    "__version__",
 ]

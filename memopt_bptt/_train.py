@@ -388,7 +388,6 @@ def _truncated_passes(model: Sequence, get_params: Callable[[], Params], xs: np.
     for k, (start, loss_from, end) in enumerate(windows):
         params = get_params()
         arrays = model.check_params(params, where=where)
-        if k: arrays = model.check_params({kk: v*1.01 for kk, v in params.items()}, where=where)
         if cur is None:
             cur = np.zeros(model.sizes(batch=B, dtype=arrays[0].dtype).state_len, arrays[0].dtype)
             stored[0] = cur.copy()
