@@ -211,6 +211,12 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     quantum_elems = g * B
     codes = _lower(schedule, quantum_elems)
 
+    if ds_norms is None:
+        norms = np.zeros(0, np.float64)
+    else:
+        if not isinstance(ds_norms, np.ndarray) or ds_norms.dtype != np.float64 or ds_norms.shape != (T + 1,):
+            raise ValueError(f"value_and_grad: ds_norms must be a float64 array of shape ({T + 1},)")
+        norms = ds_norms
     grads = {name: np.zeros_like(a) for name, a in zip(model.param_shapes, arrays)}
     g_arrays = list(grads.values())
     scale = 1.0 / (T * B * model.output_size) if model.loss == "mse" else 1.0 / (T * B)
@@ -218,15 +224,17 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     cell = model.cell
 
     if return_report:
+        # Compile (or load) the sweep first, on an empty schedule, so the
+        # measured peak is the sweep's and not the compiler's.
+        _sweep(cell.forward_step, cell.backward_step, cell.state_from_internal, codes[:0], *arrays, xs_c, ys_f,
+               ys_i, loss_kind, cell.output_is_state, cell.hidden_size, np.zeros(1, dtype),
+               h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), np.zeros(sizes.internal_len, dtype),
+               np.zeros(max(sizes.work_len, 1), dtype), np.zeros(sizes.output_len, dtype),
+               *[np.zeros_like(a) for a in arrays], sizes.state_len, sizes.internal_len, scale,
+               np.zeros(0, np.float64))
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
-    if ds_norms is None:
-        norms = np.zeros(0, np.float64)
-    else:
-        if not isinstance(ds_norms, np.ndarray) or ds_norms.dtype != np.float64 or ds_norms.shape != (T + 1,):
-            raise ValueError(f"value_and_grad: ds_norms must be a float64 array of shape ({T + 1},)")
-        norms = ds_norms
     t0 = time.perf_counter()
     pool = np.empty(schedule.pool_quanta * quantum_elems, dtype)
     cur = np.empty(sizes.state_len, dtype)

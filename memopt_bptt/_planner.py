@@ -404,6 +404,11 @@ def _quanta_from_alpha(alpha: float) -> tuple[int, int]:
     return frac.denominator, frac.numerator
 
 
+def _sqrt_segment(T: int) -> int:
+    """Segment length of the sqrt policy: ceil(sqrt(T))."""
+    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+
+
 def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
     """Pool quanta (initial state included) the fixed policies need."""
     if policy == "full":
@@ -430,7 +435,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     if policy not in POLICIES:
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
     M = max(int(free_quanta), 0)
-    sqrt_k = max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+    sqrt_k = _sqrt_segment(T)
     dummy = np.zeros((2, 1, 1), np.int32)
     if policy in ("full", "sqrt"):
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
@@ -529,10 +534,13 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
         if isinstance(slots, bool) or not isinstance(slots, (int, float)) or not math.isfinite(slots):
             raise TypeError(f"plan: slots={slots!r} must be a number of hidden-state units")
         units = float(slots)
-    if units < 1:
+    least_units = 1.0
+    if policy in ("full", "sqrt"):
+        least_units = _fixed_pool(T, hq, kq, policy, _sqrt_segment(T)) / hq
+    if units < least_units:
         raise MemoryBudgetError(
-            f"plan: a budget of {units:g} units is below the least that works for T={T}: 1 unit "
-            "(the initial state's slot)", least_units=1.0)
+            f"plan: a budget of {units:g} units is below the least that works for T={T} with "
+            f"policy={policy!r}: {least_units:g} units", least_units=least_units)
     free = int(math.floor((units - 1) * hq + 1e-9))
     try:
         codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
@@ -563,12 +571,14 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     kind, value = parse_budget(budget)
     budget_bytes = int(math.floor(value * full_bytes)) if kind == "fraction" else int(value)
     least_any = working + hq * quantum_bytes
+    if policy in ("full", "sqrt"):
+        least_any = working + _fixed_pool(T, hq, kq, policy, _sqrt_segment(T)) * quantum_bytes
     if budget_bytes < least_any:
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
             f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "
             f"{hq * quantum_bytes})", least_bytes=least_any)
-    free = (budget_bytes - least_any) // quantum_bytes
+    free = (budget_bytes - working - hq * quantum_bytes) // quantum_bytes
     try:
         codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
     except _TooSmall as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import textwrap
@@ -45,6 +46,7 @@ TIMELINE_MAX_T = 100      # the ASCII timeline is drawn for T up to this
 TIMELINE_ROWS = 25        # at most this many rows (steps are binned above it)
 TIMELINE_COLS = 100       # at most this many columns (ticks are binned above it)
 TABLE_POLICIES = ("msm", "hsm", "ism")  # built from the O(T^2 m) table
+SLOW_TABLE_T = 2000       # above this, warn that those take a while
 
 _TABLE_NOTE = ("Policies msm, hsm and ism solve a dynamic programme of O(T^2 * m) time (m = the budget in "
                "hidden-state units): about a second for T=1000 at 5%, growing with T squared and with the "
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy", choices=mb.POLICIES, default="msm", help="what to keep (default: %(default)s)")
     d.add_argument("--hidden", type=_positive_int, default=32, metavar="H", help="LSTM hidden size (default: %(default)s)")
     d.add_argument("--batch", type=_positive_int, default=32, metavar="N", help="sequences per update (default: %(default)s)")
+    d.add_argument("--dtype", choices=DTYPES, default="float64",
+                   help="floating-point type (default: %(default)s)")
     d.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate (default: %(default)s)")
     d.add_argument("--seed", type=_seed, default=0, help="random seed of the data and initial weights (default: %(default)s)")
     return parser
@@ -337,6 +341,13 @@ def _build_target(args: argparse.Namespace, T: int, *, alpha: float | None, abst
     return Target(model, opts["batch"], opts["dtype"], None, float(plain))
 
 
+def _warn_if_slow(T: int, policies: Seq[str]) -> None:
+    slow = [p for p in policies if p in TABLE_POLICIES]
+    if T > SLOW_TABLE_T and slow:
+        print(f"{PROG}: note: planning {'/'.join(slow)} for T={T} solves an O(T^2 * m) table and may take "
+              "minutes; --policy revolve or sqrt is instant", file=sys.stderr, flush=True)
+
+
 def _plan(target: Target, T: int, policy: str, *, budget: int | float | None = None,
           slots: float | None = None) -> mb.Schedule:
     if target.abstract:
@@ -347,15 +358,38 @@ def _plan(target: Target, T: int, policy: str, *, budget: int | float | None = N
     return mb.plan(T, budget=budget, model=target.model, batch=target.batch, dtype=target.dtype, policy=policy)
 
 
-def _least_text(exc: mb.MemoryBudgetError, target: Target) -> tuple[str, str]:
+def least_budget(exc: mb.MemoryBudgetError, target: Target, T: int, policy: str) -> float | None:
+    """The least budget that plans: bytes (model) or units (abstract), from a MemoryBudgetError.
+
+    The error's least can be a lower bound only (the initial state and working
+    buffers, before the policy's own needs are known), so it is tried and, if
+    it fails too, raised to the next error's least until a plan succeeds.
+    """
+    for _ in range(8):
+        least = exc.least_bytes if exc.least_bytes is not None else exc.least_units
+        if least is None:
+            return None
+        try:
+            if target.abstract:
+                _plan(target, T, policy, slots=float(least))
+            else:
+                _plan(target, T, policy, budget=int(least))
+            return least
+        except mb.MemoryBudgetError as again:
+            exc = again
+    return None
+
+
+def _least_text(exc: mb.MemoryBudgetError, target: Target, T: int, policy: str) -> tuple[str, str]:
     """(the least budget, the option that asks for it) from a MemoryBudgetError."""
-    if exc.least_bytes is not None:
-        return (f"{exc.least_bytes} bytes ({fmt_bytes(exc.least_bytes)}, {exc.least_bytes / target.plain:.2%} "
-                f"of plain BPTT)", f"--budget {exc.least_bytes}")
-    if exc.least_units is not None:
-        return (f"{exc.least_units:g} units ({exc.least_units / target.plain:.2%} of plain BPTT)",
-                f"--slots {exc.least_units:g}")
-    return "unknown", "a larger --budget"
+    least = least_budget(exc, target, T, policy)
+    if least is None:
+        return "unknown", "a larger budget"
+    if not target.abstract:
+        least = int(least)
+        return (f"{least} bytes ({fmt_bytes(least)}, {least / target.plain:.2%} of plain BPTT)",
+                f"--budget {least}")
+    return f"{least:g} units ({least / target.plain:.2%} of plain BPTT)", f"--slots {least:g}"
 
 
 # ---- the timeline ----------------------------------------------------------------
@@ -403,9 +437,9 @@ def ascii_timeline(schedule: mb.Schedule, *, rows: int = TIMELINE_ROWS, cols: in
         if rank[ch] > rank[grid[r][c]]:
             grid[r][c] = ch
     width = len(str(T))
-    out = [f"timeline: rows = steps ({per_row} per row, step {T} on top), columns = time "
-           f"({per_col} step computation{'s' if per_col > 1 else ''} per column); "
-           "F first forward, r replay, B backward"]
+    out = [f"timeline         rows: steps, {per_row} per row, step {T} on top; columns: time, "
+           f"{per_col} step computation{'s' if per_col > 1 else ''} each",
+           "                 F first forward, r replay, B backward, . idle"]
     for r in range(n_rows - 1, -1, -1):
         lo, hi = r * per_row + 1, min((r + 1) * per_row, T)
         label = f"{lo}" if lo == hi else f"{lo}-{hi}"
@@ -448,6 +482,21 @@ def _plot_schedule(schedule: mb.Schedule, path: str, title: str) -> None:
     _save(fig, path)
 
 
+_PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def _check_plot_path(path: str | None) -> None:
+    """Refuse an unwritable --plot before any work is done or printed."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise CliError(f"--plot {path}: the folder {folder!r} does not exist or is not writable; "
+                       "give a path in an existing folder")
+    if not path.lower().endswith(_PLOT_SUFFIXES):
+        raise CliError(f"--plot {path}: unknown image type; end the name with .png (or .pdf, .svg)")
+
+
 def _save(fig: Any, path: str) -> None:
     import matplotlib.pyplot as plt
     try:
@@ -462,6 +511,7 @@ def _save(fig: Any, path: str) -> None:
 # ---- plan ----------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace, out: Any) -> int:
     T = args.steps
+    _check_plot_path(args.plot)
     abstract = args.slots is not None or args.alpha is not None
     if abstract:
         if args.slots is not None and args.budget is not None:
@@ -478,11 +528,12 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
     elif args.budget is None:
         raise CliError("--budget is required with a cell: give " + _BUDGET_HELP)
     target = _build_target(args, T, alpha=args.alpha, abstract=abstract)
+    _warn_if_slow(T, [args.policy])
     try:
         schedule = _plan(target, T, args.policy, budget=args.budget, slots=args.slots)
     except mb.MemoryBudgetError as exc:
         what = f"--slots {args.slots:g}" if args.slots is not None else "--budget"
-        least, fix = _least_text(exc, target)
+        least, fix = _least_text(exc, target, T, args.policy)
         raise CliError(f"{what} is below the least that works for T={T} with --policy {args.policy}: "
                        f"{least}; use {fix} or more") from None
     if args.format == "json":
@@ -542,6 +593,7 @@ def plan_text(schedule: mb.Schedule, target: Target) -> list[str]:
 # ---- compare ---------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace, out: Any) -> int:
     T = args.steps
+    _check_plot_path(args.plot)
     abstract = args.alpha is not None
     if abstract:
         for text, value in args.budgets:
@@ -549,6 +601,7 @@ def cmd_compare(args: argparse.Namespace, out: Any) -> int:
                 raise CliError(f"--budgets entry {text!r} is in bytes, which needs a cell; with --alpha give "
                                "fractions (e.g. --budgets 1%,5%,20%)")
     target = _build_target(args, T, alpha=args.alpha, abstract=abstract)
+    _warn_if_slow(T, args.policies)
     rows = []
     for text, value in args.budgets:
         amount = value * target.plain if isinstance(value, float) else float(value)
@@ -557,8 +610,7 @@ def cmd_compare(args: argparse.Namespace, out: Any) -> int:
             try:
                 s = _plan(target, T, policy, budget=value)
             except mb.MemoryBudgetError as exc:
-                least = exc.least_bytes if exc.least_bytes is not None else exc.least_units
-                row.update(fits=False, least=least)
+                row.update(fits=False, least=least_budget(exc, target, T, policy))
             else:
                 row.update(fits=True, forward_steps=s.forward_steps, time_ratio=s.time_ratio,
                            peak=s.peak_units if abstract else s.peak_bytes)
@@ -650,7 +702,7 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> int:
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    T, B, dtype = args.steps, args.batch, "float32"
+    T, B, dtype = args.steps, args.batch, args.dtype
     model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=args.hidden), output_size=1, loss="mse")
     params = model.init_params(seed=args.seed, dtype=dtype)
     rng = np.random.default_rng(args.seed)
@@ -659,7 +711,7 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> int:
     try:
         schedule = mb.plan(T, budget=args.budget, model=model, batch=B, dtype=dtype, policy=args.policy)
     except mb.MemoryBudgetError as exc:
-        least, fix = _least_text(exc, target)
+        least, fix = _least_text(exc, target, T, args.policy)
         raise CliError(f"--budget is below the least that works for the demo (T={T}, batch {B}) with "
                        f"--policy {args.policy}: {least}; use {fix} or more") from None
     print(f"{PROG} demo: {model.describe()} on the adding problem, T={T}, batch {B}, {dtype}, "
@@ -678,9 +730,9 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> int:
     moment2 = {k: np.zeros_like(v) for k, v in params.items()}
     losses = []
     bar = tqdm(range(1, args.updates + 1), desc="training", unit="update", file=sys.stderr,
-               dynamic_ncols=True, disable=None)
+               dynamic_ncols=True, mininterval=0.5)
     for n in bar:
-        xs, ys = adding_batch(rng, T, B)
+        xs, ys = adding_batch(rng, T, B, dtype)
         loss, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
         losses.append(loss)
         for k, g in grads.items():
@@ -692,9 +744,10 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> int:
     bar.close()
     k = max(1, min(5, len(losses) // 2))
     print(f"loss: {np.mean(losses[:k]):.4f} (mean of the first {k} updates) -> {np.mean(losses[-k:]):.4f} "
-          f"(last {k}); predicting the mean target would give {_baseline_loss(rng, T, B):.4f}", file=out)
+          f"(last {k}); for scale, the best constant prediction scores {_baseline_loss(rng, T, B):.4f}: "
+          "solving the task itself takes thousands of updates", file=out)
 
-    xs, ys = adding_batch(rng, T, B)
+    xs, ys = adding_batch(rng, T, B, dtype)
     loss, grads, report = mb.value_and_grad(model, params, xs, ys, schedule=schedule, return_report=True)
     plain_loss, plain_grads = mb.value_and_grad(model, params, xs, ys, policy="full", budget=1.0)
     print(f"memory: measured peak {fmt_bytes(report.measured_peak_bytes)} (tracemalloc, one update) "
