@@ -9,8 +9,11 @@ see MEASURING.md; plus tracemalloc's peak, which does not see Numba's
 allocations), the size of the DP tables (computed from T and the budget), and
 the time per emitted action. Configurations whose estimated time or table
 size exceeds the limits are skipped with "skipped: estimated N s / M GB"; the
-time estimate extrapolates the last measured T of the same policy and budget
-with an exponent fitted on T = 300 and 600.
+time estimate is the planner's DP work (cells x inner loop, from T and the
+budget) times the seconds per unit of work measured at the last smaller T of
+the same policy and budget (or at T = 400). Where the exact MSM table would
+be too much work the planner's ``msm`` returns the better of ism and revolve
+with a warning; those rows say "fallback" and are estimated from ism + revolve.
 
 Part 2 - what the schedules cost. For the same LSTM at T = 1000 and budgets
 of 1, 2, 5, 10 and 20% of plain BPTT: forward steps and the predicted time
@@ -35,6 +38,9 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import warnings
+
+import numpy as np
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
@@ -43,9 +49,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "bench_planner.json")
 
 INPUT, HIDDEN, BATCH, DTYPE, OUTPUT = 64, 256, 16, "float32", 1
-POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
+POLICIES = ("hsm", "revolve", "ism", "msm", "sqrt", "full")  # ism before msm: msm's fallback uses it
 TABLE_POLICIES = ("msm", "hsm", "ism")
-CALIBRATION_T = (300, 600)  # 1% of plain BPTT needs T >= ~300 to fit at all
+CALIBRATION_T = 400  # 1% of plain BPTT needs T >= ~300 to fit at all
 HEADLINE = {"source": "Gruslys et al. 2016 (arXiv 1606.03401), T=1000", "memory_fraction": 0.05,
             "time_ratio": 1.33}
 
@@ -74,6 +80,17 @@ def free_quanta(T, fraction, lay):
     return max((budget - lay["working_bytes"] - lay["hq"] * lay["quantum_bytes"]) // lay["quantum_bytes"], 0)
 
 
+def msm_falls_back(T, fraction, lay):
+    """Whether plan(policy="msm") skips its exact table (too much work) and returns
+    the better of ism and revolve with a warning (memopt_bptt._planner's rule)."""
+    from memopt_bptt import _planner
+    work = getattr(_planner, "msm_table_work", None)
+    limit = getattr(_planner, "MSM_EXACT_MAX_WORK", None)
+    if work is None or limit is None:
+        return False
+    return work(T, free_quanta(T, fraction, lay), lay["hq"], lay["kq"]) > limit
+
+
 def table_bytes(policy, T, fraction, lay):
     """Bytes of the planner's DP tables (int64 cost + int32 choice per cell).
 
@@ -83,6 +100,8 @@ def table_bytes(policy, T, fraction, lay):
     M = free_quanta(T, fraction, lay)
     hq, kq = lay["hq"], lay["kq"]
     if policy == "msm":
+        if msm_falls_back(T, fraction, lay):
+            return table_bytes("ism", T, fraction, lay)
         return 12 * 2 * (T + 1) * (min(M, (T - 1) * kq) + 1)
     if policy == "hsm":
         return 12 * 2 * (T + 1) * (min(M, (T - 1) * hq) + 1)
@@ -124,17 +143,22 @@ def worker(T, fraction, policy, max_repeat_seconds):
     rss0 = _status_kib("VmRSS")
     t0 = time.perf_counter()
     try:
-        s = mb.plan(T, budget=fraction, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s = mb.plan(T, budget=fraction, **kw)
     except mb.MemoryBudgetError as exc:
         row.update(status="does not fit", least_bytes=exc.least_bytes,
                    least_fraction=exc.least_bytes / full_bytes(T, _layout()))
         return row
     times = [time.perf_counter() - t0]
     hwm = _status_kib("VmHWM")
+    if caught:
+        row["warning"] = str(caught[0].message)
     row.update(status="ok", forward_steps=s.forward_steps, time_ratio=s.time_ratio, n_actions=int(len(s.codes)),
                peak_bytes=s.peak_bytes, budget_bytes=s.budget_bytes,
                rss_peak_bytes=(hwm - rss0) * 1024 if reset_ok else None)
     del s
+    warnings.simplefilter("ignore")
     while len(times) < 5 and sum(times) < max_repeat_seconds:
         t0 = time.perf_counter()
         mb.plan(T, budget=fraction, **kw)
@@ -166,25 +190,38 @@ def run_worker(T, fraction, policy, max_repeat_seconds, timeout):
 
 
 # ---- calibration for the skip estimates --------------------------------------------
-def calibrate(fractions):
-    """Planning time at T = 300 and 600 per (table policy, fraction) -> exponent p."""
+def work(policy, T, fraction, lay):
+    """Inner-loop iterations of the planner's DP for this policy: the time model.
+
+    msm: both start kinds, H and I options, m up to what t-1 internal states
+    need; hsm: T^2 x (capped quanta); ism: binary search, T x slots x log2 T."""
+    M = free_quanta(T, fraction, lay)
+    hq, kq = lay["hq"], lay["kq"]
+    if policy == "msm":
+        t = np.arange(1, T + 1, dtype=np.float64)
+        return float(np.sum(4.0 * t * np.minimum(float(M), (t - 1) * kq)))
+    if policy == "hsm":
+        return float(T) * (T + 1) * (min(M, (T - 1) * hq) + 1)
+    if policy == "ism":
+        return float(T + 1) * (min(M // kq, T - 1) + 1) * max(1.0, math.log2(T))
+    return None
+
+
+def calibrate(fractions, lay):
+    """Seconds per unit of work() at T = CALIBRATION_T, per (table policy, fraction)."""
     import memopt_bptt as mb
     model = _model()
-    exponents = {}
+    rates = {}
     for policy in TABLE_POLICIES:
         mb.plan(64, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
         for f in fractions:
-            t = []
-            for T in CALIBRATION_T:
-                runs = []
-                while len(runs) < 3 and sum(runs) < 2.0:
-                    t0 = time.perf_counter()
-                    mb.plan(T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
-                    runs.append(time.perf_counter() - t0)
-                t.append(statistics.median(runs))
-            p = math.log(max(t[1], 1e-6) / max(t[0], 1e-6)) / math.log(CALIBRATION_T[1] / CALIBRATION_T[0])
-            exponents[(policy, f)] = {"p": min(max(p, 1.0), 4.0), "anchor": (CALIBRATION_T[1], t[1])}
-    return exponents
+            runs = []
+            while len(runs) < 5 and sum(runs) < 2.0:
+                t0 = time.perf_counter()
+                mb.plan(CALIBRATION_T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+                runs.append(time.perf_counter() - t0)
+            rates[(policy, f)] = statistics.median(runs) / work(policy, CALIBRATION_T, f, lay)
+    return rates
 
 
 def fmt_bytes(n):
@@ -203,38 +240,49 @@ def fmt_seconds(s):
 def part1(Ts, fractions, max_seconds, max_gb, lay):
     print(f"Part 1: planning cost, LSTM(in={INPUT}, hidden={HIDDEN}), batch {BATCH}, {DTYPE}; "
           f"limits ~{max_seconds:.0f} s / ~{max_gb:g} GB per configuration")
-    exponents = calibrate(fractions)
-    print("  time exponents fitted on T=300..600: "
-          + ", ".join(f"{p}@{f:.0%}: {v['p']:.2f}" for (p, f), v in exponents.items()))
+    rates = calibrate(fractions, lay)
+    print(f"  ns per unit of DP work at T={CALIBRATION_T}: "
+          + ", ".join(f"{p}@{f:.0%}: {1e9 * v:.2f}" for (p, f), v in rates.items()))
     rows = []
     header = (f"{'T':>8} {'budget':>6} {'policy':>7} {'plan time':>12} {'us/action':>9} {'actions':>9} "
               f"{'forwards':>9} {'DP tables':>10} {'RSS peak':>10} {'tracemalloc':>11}  note")
     print(header)
     print("-" * len(header))
     anchors = {}
+    by_key = {}
     for policy in POLICIES:
         for f in fractions:
             skipping = False
             for T in Ts:
                 tb = table_bytes(policy, T, f, lay)
                 est = None
-                if policy in TABLE_POLICIES:
-                    p = exponents[(policy, f)]["p"]
-                    T0, t0 = anchors.get((policy, f), exponents[(policy, f)]["anchor"])
-                    est = t0 * (T / T0) ** p
-                if skipping or (est is not None and est > max_seconds) or tb > max_gb * 2**30:
+                fallback = policy == "msm" and msm_falls_back(T, f, lay)
+                skip_now = skipping
+                if fallback:
+                    # msm = the better of ism and revolve here: it costs what they cost
+                    parts = [by_key.get((T, f, p), {}) for p in ("ism", "revolve")]
+                    est = sum(r.get("seconds") or r.get("estimated_seconds") or 0.0 for r in parts)
+                    skip_now = any(r.get("status") == "skipped" for r in parts)
+                elif policy in TABLE_POLICIES:
+                    est = anchors.get((policy, f), rates[(policy, f)]) * work(policy, T, f, lay)
+                if skip_now or (est is not None and est > max_seconds) or tb > max_gb * 2**30:
                     note = f"skipped: estimated {est:.3g} s / {tb / 2**30:.3g} GB" if est is not None else "skipped"
+                    if fallback:
+                        note += " (msm falls back to ism/revolve here)"
                     row = {"T": T, "fraction": f, "policy": policy, "status": "skipped",
-                           "estimated_seconds": est, "table_bytes": tb}
+                           "estimated_seconds": est, "table_bytes": tb, "msm_fallback": fallback}
                     print(f"{T:>8} {f:>6.0%} {policy:>7}  {note}")
                     rows.append(row)
-                    skipping = True
+                    by_key[(T, f, policy)] = row
+                    skipping = not fallback  # a fallback's cost does not grow like the exact table's
                     continue
                 row = run_worker(T, f, policy, max_repeat_seconds=min(10.0, max_seconds),
                                  timeout=max(4 * max_seconds, 60))
                 row["table_bytes"] = tb
                 row["estimated_seconds"] = est
+                row["msm_fallback"] = fallback
                 rows.append(row)
+                by_key[(T, f, policy)] = row
                 if row["status"] != "ok":
                     note = row["status"]
                     if "least_fraction" in row:
@@ -243,13 +291,16 @@ def part1(Ts, fractions, max_seconds, max_gb, lay):
                     if row["status"] != "does not fit":
                         skipping = True
                     continue
-                anchors[(policy, f)] = (T, row["seconds"])
-                est_note = f"est. {est:.3g} s" if est is not None else ""
+                if not fallback and policy in TABLE_POLICIES:
+                    anchors[(policy, f)] = row["seconds"] / work(policy, T, f, lay)
+                note = f"est. {est:.3g} s" if est is not None else ""
+                if "warning" in row:
+                    note += " fallback: best of ism/revolve (warned)"
                 print(f"{T:>8} {f:>6.0%} {policy:>7} {fmt_seconds(row['seconds']):>12} "
                       f"{row['us_per_action']:>9.3f} {row['n_actions']:>9} {row['forward_steps']:>9} "
                       f"{fmt_bytes(tb) if tb else '-':>10} {fmt_bytes(row['rss_peak_bytes']):>10} "
-                      f"{fmt_bytes(row.get('tracemalloc_peak_bytes')):>11}  {est_note}")
-    return rows, {f"{p}@{f}": v["p"] for (p, f), v in exponents.items()}
+                      f"{fmt_bytes(row.get('tracemalloc_peak_bytes')):>11}  {note}")
+    return rows, {f"{p}@{f}": v for (p, f), v in rates.items()}
 
 
 def part2(fractions, done, lay):
@@ -306,7 +357,6 @@ def main(argv=None):
         return 0
     import memopt_bptt as mb
     import numba
-    import numpy as np
     Ts = (10**3, 10**4) if args.quick else (10**3, 10**4, 10**5, 10**6)
     max_seconds = args.max_seconds if args.max_seconds is not None else (20.0 if args.quick else 120.0)
     fractions = (0.01, 0.05, 0.2)
@@ -326,7 +376,7 @@ def main(argv=None):
         "model": {"cell": "LSTM", "input_size": INPUT, "hidden_size": HIDDEN, "output_size": OUTPUT,
                   "batch": BATCH, "dtype": DTYPE, **lay},
         "limits": {"max_seconds": max_seconds, "max_gb": args.max_gb},
-        "time_exponents": exps,
+        "seconds_per_work_unit_at_calibration": exps,
         "planning": rows,
         "schedules_T1000": table2,
         "headline": HEADLINE,

@@ -168,6 +168,7 @@ def test_codes_do_not_alias_the_callers_buffer():
 
 # ---- JSON ------------------------------------------------------------------------
 MODEL = mb.Sequence(mb.GRU(input_size=2, hidden_size=3), output_size=1, loss="mse")
+_FULL_BYTES = mb.plan(30, budget=1.0, model=MODEL, batch=3, dtype="float32", policy="full").peak_bytes
 
 
 @pytest.mark.parametrize("make", [
@@ -175,8 +176,8 @@ MODEL = mb.Sequence(mb.GRU(input_size=2, hidden_size=3), output_size=1, loss="ms
     lambda: mb.plan(25, slots=7.5, alpha=3.5),
     lambda: mb.plan(25, slots=7.5, alpha=3.5, policy="ism"),
     lambda: mb.plan(1, slots=1, policy="revolve"),
-    lambda: mb.plan(30, budget=0.3, model=MODEL, batch=3, policy="sqrt"),
-    lambda: mb.plan(30, budget="2KiB", model=MODEL, batch=3, dtype="float32"),
+    lambda: mb.plan(30, budget=0.7, model=MODEL, batch=3, policy="sqrt"),
+    lambda: mb.plan(30, budget=f"{_FULL_BYTES * 3 // 4}B", model=MODEL, batch=3, dtype="float32"),
 ])
 def test_json_round_trip(make):
     s = make()
