@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
+
+import numpy as np
 
 __all__ = ["MemoryBudgetError", "parse_budget", "format_bytes"]
 
@@ -41,11 +44,13 @@ def parse_budget(budget: object, *, name: str = "budget") -> tuple[str, float]:
     """
     if isinstance(budget, bool):
         raise TypeError(f"{name}={budget!r}: expected bytes (int), a size string like '64MiB', or a fraction in (0, 1]")
-    if isinstance(budget, int):
+    if isinstance(budget, numbers.Integral):
+        budget = int(budget)
         if budget <= 0:
             raise ValueError(f"{name}={budget}: a byte budget must be a positive integer")
         return "bytes", float(budget)
-    if isinstance(budget, float):
+    if isinstance(budget, (float, np.floating)):
+        budget = float(budget)
         if not math.isfinite(budget) or not 0.0 < budget <= 1.0:
             raise ValueError(f"{name}={budget!r}: a float budget is a fraction of plain BPTT's memory, in (0, 1];"
                              " give bytes as an int or a string like '64MiB'")

@@ -145,23 +145,23 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
     H split): keeping I at y = 1 then frees that slot at once, so the right
     part gets hq quanta more. Every other start is *pinned*.
     """
-    cost = np.zeros((2, T + 1, M + 1), np.int64)
-    choice = np.zeros((2, T + 1, M + 1), np.int32)
+    cost = np.zeros((2, M + 1, T + 1), np.int64)  # [own, m, t]: the y-loops read along t
+    choice = np.zeros((2, M + 1, T + 1), np.int32)
     for t in range(1, T + 1):
         full_m = (t - 1) * kq
         for own in range(2):
             for m in range(M + 1):
                 if use_i and m >= full_m:
                     # room for every internal state: no replay at all (I at y = 1 down the chain)
-                    cost[own, t, m] = t
-                    choice[own, t, m] = -1 if t > 1 else 0
+                    cost[own, m, t] = t
+                    choice[own, m, t] = -1 if t > 1 else 0
                     continue
-                best = t + cost[own, t - 1, m]
+                best = t + cost[own, m, t - 1]
                 ch = 0
                 if use_h and m >= hq:
                     mh = m - hq
                     for y in range(1, t):
-                        c = y + cost[1, t - y, mh] + cost[own, y, m]
+                        c = y + cost[1, mh, t - y] + cost[own, m, y]
                         if c < best:
                             best = c
                             ch = y
@@ -169,20 +169,21 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
                     # y = 1: the start is not needed afterwards; an owned start is freed
                     m1 = m - kq + (hq if own == 1 else 0)
                     if m1 >= 0:
-                        c = 1 + cost[0, t - 1, min(m1, M)]
+                        c = 1 + cost[0, min(m1, M), t - 1]
                         if c < best:
                             best = c
                             ch = -1
                     if m >= kq:
                         mi = m - kq
                         for y in range(2, t):
-                            c = y + cost[0, t - y, mi] + cost[own, y - 1, m]
+                            c = y + cost[0, mi, t - y] + cost[own, m, y - 1]
                             if c < best:
                                 best = c
                                 ch = -y
-                cost[own, t, m] = best
-                choice[own, t, m] = ch
-    return cost, choice
+                cost[own, m, t] = best
+                choice[own, m, t] = ch
+    # hand back [own, t, m] views, the layout _emit and the tests index
+    return cost.transpose(0, 2, 1), choice.transpose(0, 2, 1)
 
 
 @njit(cache=True)
@@ -414,10 +415,12 @@ def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
     if policy == "full":
         return hq + max(T - 1, 0) * kq
     n_seg = -(-T // sqrt_k)
-    return hq + (n_seg - 1) * hq + (min(sqrt_k, T) - 1) * kq
+    # while segment j (0-based) is reversed, j hidden checkpoints and its internal states are alive
+    return hq + max(j * hq + (min(sqrt_k, T - j * sqrt_k) - 1) * kq for j in range(n_seg))
 
 
-MSM_EXACT_MAX_WORK = 4e9
+MSM_EXACT_MAX_WORK = 1e10
+HSM_TABLE_MAX_WORK = 4e8
 """Inner-loop iterations above which msm falls back to the better of ism and revolve
 (with a warning): the exact table is O(T^2 m)."""
 
@@ -459,6 +462,9 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
             "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
             UserWarning, stacklevel=3)
         return best
+    if policy == "hsm" and msm_table_work(T, M, hq, kq) > HSM_TABLE_MAX_WORK:
+        # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
     use_h = policy in ("msm", "hsm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing

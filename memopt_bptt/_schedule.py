@@ -63,11 +63,12 @@ class Schedule:
     description: str = ""
 
     def __post_init__(self) -> None:
-        codes = np.ascontiguousarray(self.codes, dtype=np.int64)
+        codes = np.array(self.codes, dtype=np.int64, order="C", copy=True)
         if codes.ndim != 2 or codes.shape[1] != 3:
             raise ValueError("Schedule.codes must have shape (n_actions, 3)")
-        codes.flags.writeable = False
-        object.__setattr__(self, "codes", codes)
+        # A private read-only buffer: nobody holds a writeable alias of it.
+        frozen = np.frombuffer(codes.tobytes(), dtype=np.int64).reshape(codes.shape)
+        object.__setattr__(self, "codes", frozen)
 
     # ---- views --------------------------------------------------------------
     @cached_property
@@ -172,27 +173,41 @@ class Schedule:
 
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Schedule.from_json: text is not JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != "memopt_bptt.Schedule/1":
             raise ValueError("Schedule.from_json: text is not a memopt_bptt schedule (format field missing)")
+        if "actions" not in data:
+            raise ValueError("Schedule.from_json: malformed schedule: no 'actions' list")
         try:
-            codes = np.array([[OP_CODES[op], step, slot] for op, step, slot in data["actions"]],
-                             dtype=np.int64).reshape(-1, 3)
-        except KeyError as exc:
-            raise ValueError(f"Schedule.from_json: unknown action {exc}") from None
-        kwargs = {k: data[k] for k in (
-            "T", "policy", "hidden_quanta", "internal_quanta", "pool_quanta", "forward_steps",
-            "backward_forward_ratio", "quantum_bytes", "working_bytes", "budget_bytes",
-            "budget_units", "description")}
+            rows = []
+            for op, step, slot in data["actions"]:
+                if op not in OP_CODES:
+                    raise ValueError(f"unknown action {op!r}")
+                rows.append([OP_CODES[op], int(step), int(slot)])
+            codes = np.array(rows, dtype=np.int64).reshape(-1, 3)
+            kwargs = {k: data[k] for k in (
+                "T", "policy", "hidden_quanta", "internal_quanta", "pool_quanta", "forward_steps",
+                "backward_forward_ratio", "quantum_bytes", "working_bytes", "budget_bytes",
+                "budget_units", "description")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"Schedule.from_json: malformed schedule ({exc!r})") from None
         return cls(codes=codes, **kwargs)
+
+    def _key(self) -> tuple:
+        return (self.T, self.policy, self.hidden_quanta, self.internal_quanta, self.pool_quanta,
+                self.forward_steps, self.backward_forward_ratio, self.quantum_bytes, self.working_bytes,
+                self.budget_bytes, self.budget_units, self.description, self.codes.shape, self.codes.tobytes())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.T, self.policy, self.forward_steps, self.codes.tobytes()))
+        return hash(self._key())
 
     def summary_lines(self) -> list[str]:
         lines = [

@@ -98,9 +98,6 @@ def test_numpy_floats_are_fractions():
     assert mb.parse_budget(np.float64(0.25)) == ("fraction", 0.25)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="core gap: parse_budget accepts int but not numpy integers (plan's T accepts "
-                          "np.integer); see the issue-3 test report")
 def test_numpy_integers_are_bytes():
     np = pytest.importorskip("numpy")
     assert mb.parse_budget(np.int64(4096)) == ("bytes", 4096)

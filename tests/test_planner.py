@@ -377,8 +377,6 @@ def test_least_budget_is_what_the_schedule_uses(policy):
         assert s.peak_bytes == info.value.least_bytes, T
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: _planner._fixed_pool over-counts sqrt's pool when T is "
-                   "not a multiple of the segment length (see the issue-3 test report)")
 def test_sqrt_least_budget_is_what_the_schedule_uses():
     for T in (4, 5, 10, 17):
         with pytest.raises(mb.MemoryBudgetError) as info:

@@ -139,25 +139,17 @@ def test_schedule_does_not_make_the_callers_array_read_only():
     s = mb.Schedule(T=3, policy="hand", codes=rows, hidden_quanta=1, internal_quanta=1, pool_quanta=2,
                     forward_steps=5)
     s.validate()
-    try:
-        rows[1, 1] = 2  # the caller edits its own array afterwards
-    except ValueError:
-        pytest.xfail("core bug: Schedule.__post_init__ sets writeable=False on the caller's array "
-                     "instead of copying it (see the issue-3 test report)")
+    rows[1, 1] = 2  # the caller edits its own array afterwards
     assert s.codes[1, 1] == 1
     s.validate()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Schedule.codes owns its buffer, so writeable can be "
-                   "switched back on (see the issue-3 test report)")
 def test_codes_cannot_be_made_writeable_again():
     s = mb.plan(10, slots=3, policy="hsm")
     with pytest.raises(ValueError):
         s.codes.flags.writeable = True
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Schedule keeps a view of the caller's buffer "
-                   "(see the issue-3 test report)")
 def test_codes_do_not_alias_the_callers_buffer():
     base = codes_of(HSM3)
     s = mb.Schedule(T=3, policy="hand", codes=base[:], hidden_quanta=1, internal_quanta=1, pool_quanta=2,
@@ -203,9 +195,6 @@ def test_json_changes_are_noticed():
         tampered.validate()
 
 
-@pytest.mark.xfail(strict=True, raises=mb.ScheduleError,
-                   reason="core bug: Schedule.__eq__ compares to_dict(), whose summary simulates the "
-                          "schedule, so comparing an invalid schedule raises (see the issue-3 test report)")
 def test_comparing_an_invalid_schedule_does_not_raise():
     s = mb.plan(10, slots=3, policy="hsm")
     data = json.loads(s.to_json())
@@ -239,15 +228,12 @@ GARBAGE = [
     pytest.param(_with(actions=[["advance", 1]]), id="short action"),
     pytest.param(_without("actions"), id="no actions"),
 ]
-FROM_JSON_BUG = pytest.mark.xfail(strict=True, raises=(KeyError, TypeError),
-                                  reason="core bug: Schedule.from_json lets KeyError/TypeError escape for "
-                                         "missing fields or non-list actions (see the issue-3 test report)")
 
 
 @pytest.mark.parametrize("text", GARBAGE + [
-    pytest.param(_without("T"), marks=FROM_JSON_BUG, id="no T"),
-    pytest.param(_with(actions=5), marks=FROM_JSON_BUG, id="actions not a list"),
-    pytest.param(_with(actions=[5]), marks=FROM_JSON_BUG, id="action not a list"),
+    pytest.param(_without("T"), id="no T"),
+    pytest.param(_with(actions=5), id="actions not a list"),
+    pytest.param(_with(actions=[5]), id="action not a list"),
 ])
 def test_from_json_rejects_garbage(text):
     with pytest.raises(ValueError):
