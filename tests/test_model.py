@@ -264,15 +264,7 @@ def test_bad_budget(mse, budget, exc):
         mb.plan(T, budget=budget, model=model, batch=B)
 
 
-# Core bug (reported): for "full" and "sqrt" a budget below working buffers +
-# initial state reports that smaller figure as least_bytes, although the policy
-# needs more. Remove the xfail once _plan_for_model asks plan_quanta first.
-_LEAST_BUG = pytest.mark.xfail(strict=True, raises=mb.MemoryBudgetError,
-                               reason="least_bytes of the first check ignores the policy's own minimum")
-
-
-@pytest.mark.parametrize("policy", ["msm", "hsm", "ism", "revolve",
-                                    pytest.param("full", marks=_LEAST_BUG), pytest.param("sqrt", marks=_LEAST_BUG)])
+@pytest.mark.parametrize("policy", ["msm", "hsm", "ism", "revolve", "full", "sqrt"])
 def test_budget_below_the_least(mse, policy):
     model, params, xs, ys = mse
     with pytest.raises(mb.MemoryBudgetError) as info:
