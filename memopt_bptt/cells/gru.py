@@ -12,19 +12,13 @@ contrasts it with the quadratic direct algorithm).
 
 from __future__ import annotations
 
-import math
-
 from numba import njit
 
+from ._activations import sigmoid, tanh
 from ._base import Cell
 from ._blas import gemm
 
 __all__ = ["GRU"]
-
-
-@njit(cache=True)
-def _sigmoid(v):
-    return 1.0 / (1.0 + math.exp(-v))
 
 
 @njit(cache=True)
@@ -43,10 +37,10 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     for b in range(B):
         for j in range(H):
             p = b * H + j
-            r = _sigmoid(gx[b, j] + gh[b, j])
-            z = _sigmoid(gx[b, H + j] + gh[b, H + j])
+            r = sigmoid(gx[b, j] + gh[b, j])
+            z = sigmoid(gx[b, H + j] + gh[b, H + j])
             hn = gh[b, 2 * H + j]
-            nn = math.tanh(gx[b, 2 * H + j] + r * hn)
+            nn = tanh(gx[b, 2 * H + j] + r * hn)
             hp = s_prev[p]
             internal[p] = r
             internal[n + p] = z

@@ -8,20 +8,14 @@ same expressions the forward uses.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
+from ._activations import sigmoid, tanh
 from ._base import Cell
 from ._blas import gemm
 
 __all__ = ["LSTM"]
-
-
-@njit(cache=True)
-def _sigmoid(v):
-    return 1.0 / (1.0 + math.exp(-v))
 
 
 @njit(cache=True)
@@ -41,17 +35,17 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
         row = b * H
         for j in range(H):
             p = row + j
-            internal[p] = _sigmoid(gates[b, j])
-            internal[n + p] = _sigmoid(gates[b, H + j])
-            internal[2 * n + p] = math.tanh(gates[b, 2 * H + j])
-            internal[3 * n + p] = _sigmoid(gates[b, 3 * H + j])
+            internal[p] = sigmoid(gates[b, j])
+            internal[n + p] = sigmoid(gates[b, H + j])
+            internal[2 * n + p] = tanh(gates[b, 2 * H + j])
+            internal[3 * n + p] = sigmoid(gates[b, 3 * H + j])
             internal[4 * n + p] = c_prev[p]
             internal[6 * n + p] = s_prev[p]
             # From the *stored* (dtype-rounded) values, with the same expressions as
             # lstm_state_from_internal, so a rebuilt state is bit-identical in float32 too.
             c = internal[n + p] * internal[4 * n + p] + internal[p] * internal[2 * n + p]
             s_new[n + p] = c
-            internal[5 * n + p] = math.tanh(s_new[n + p])
+            internal[5 * n + p] = tanh(s_new[n + p])
             s_new[p] = internal[3 * n + p] * internal[5 * n + p]
 
 

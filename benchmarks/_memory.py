@@ -1,0 +1,104 @@
+"""Peak resident memory of one call, measured the way MEASURING.md prescribes.
+
+glibc keeps freed heap, so a second iteration in the same process shows
+almost no peak: measure one configuration per fresh process. Inside it, warm
+up (compile, import), then ``malloc_trim(0)``, reset the kernel's high-water
+mark (``echo 5 > /proc/self/clear_refs``) and read VmHWM - VmRSS after the
+measured call. Linux only; elsewhere :func:`peak_of` returns ``None`` for the
+peak.
+
+Also: :func:`pin_threads` (call before numpy/numba/torch are imported) and
+:func:`run_worker` (run a benchmark's ``--worker`` mode in a fresh process and
+read the JSON line it prints last).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+__all__ = ["THREAD_VARS", "pin_threads", "malloc_trim", "reset_peak", "status_bytes", "peak_of",
+           "run_worker", "emit"]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def pin_threads(n: int) -> None:
+    """Pin BLAS/OpenMP/Numba thread pools to ``n`` (effective only before they load)."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+
+
+def malloc_trim() -> bool:
+    """Return freed heap to the OS (glibc); False where unavailable."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS; False where unavailable."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def status_bytes() -> dict[str, int]:
+    """VmRSS and VmHWM of this process, in bytes (empty where /proc is missing)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def peak_of(fn: Callable[[], Any]) -> tuple[int | None, float, Any]:
+    """(peak bytes above the starting RSS, wall seconds, fn's result) of one call.
+
+    Call it once per fresh process, after a warm-up: the peak of a repeated
+    configuration is hidden by the allocator's cached heap.
+    """
+    gc.collect()
+    malloc_trim()
+    ok = reset_peak()
+    before = status_bytes()
+    t0 = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - t0
+    after = status_bytes()
+    if not ok or "VmHWM" not in after or "VmRSS" not in before:
+        return None, wall, result
+    return after["VmHWM"] - before["VmRSS"], wall, result
+
+
+def emit(record: dict) -> None:
+    """Print a worker's result as the last line of stdout (read by run_worker)."""
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def run_worker(script: str, args: list[str], *, timeout: float = 3600.0) -> dict:
+    """Run ``python script --worker ARGS`` in a fresh process; its last stdout line, parsed."""
+    proc = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ))
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-4000:]}")
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"worker {args} printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])

@@ -1,0 +1,471 @@
+"""The executor's time and memory under a budget, beside plain BPTT and PyTorch CPU.
+
+LSTM input 64, hidden 256, readout 16 + mse loss, batch 16, float32, threads
+pinned for every side (shared MEASURING.md is the method):
+
+(a) Time against budget, T=1000: budgets of 1, 2, 5, 10, 20, 50 and 100% of
+    plain BPTT's memory for policies msm, hsm and sqrt. Each schedule's
+    measured time over our plain BPTT (policy "full"), interleaved
+    A B1 A B2 ... A (each B against the mean of its two neighbouring A's),
+    median over >= 5 rounds after a warm-up, beside the planner's predicted
+    ``schedule.time_ratio`` (b/f = 2); measured/predicted. Planning time is
+    reported separately (it is not part of the timed calls). A least-squares
+    fit of time = F*f + T*b over all schedules gives the measured b/f.
+(b) T in {10^3, 10^4, 10^5} with a fixed 16 MiB budget, one fresh process per
+    configuration: peak RSS of one value_and_grad call with a ready schedule
+    (malloc_trim + VmHWM - VmRSS, benchmarks/_memory.py), the gradients and
+    the lowered schedule (an int64 copy of schedule.codes) shown apart, and
+    time per step. msm at T=10^3 (its table is O(T^2 m) time, O(T m) memory);
+    revolve at every T (closed form, no table).
+(c) PyTorch CPU where installed: plain nn.LSTM, and torch.utils.checkpoint
+    (use_reentrant=False) over ceil(sqrt(T))-step segments of nn.LSTM (readout
+    and loss inside each segment): time (interleaved with ours plain and ours
+    msm at 5%) and peak memory (fresh process each), T=1000.
+
+    python benchmarks/bench_executor.py             # full run, several minutes
+    python benchmarks/bench_executor.py --quick     # short run: T=200, T<=10^4, 3 rounds
+    python benchmarks/bench_executor.py --threads 1 # on a machine shared with other jobs
+
+Prints tables; writes benchmarks/results/bench_executor.json and
+plots/bench_executor.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short run: T=200 in (a)/(c), T up to 10^4 in (b)")
+    p.add_argument("--threads", type=int, default=2, help="threads for BLAS, Numba and torch (default 2)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 5, quick 3)")
+    p.add_argument("--no-torch", action="store_true", help="skip part (c)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "bench_executor.json"))
+    p.add_argument("--plot", default=os.path.join(ROOT, "plots", "bench_executor.png"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON spec, fresh-process measurement
+    return p.parse_args(argv)
+
+
+ARGS = _parse_args() if __name__ == "__main__" else None
+sys.path.insert(0, HERE)
+from _memory import emit, peak_of, pin_threads, run_worker  # noqa: E402
+
+pin_threads(ARGS.threads if ARGS else 2)  # before numpy, numba or torch load their pools
+
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import memopt_bptt as mb  # noqa: E402
+
+INPUT, HIDDEN, OUTPUT, BATCH, DTYPE = 64, 256, 16, 16, "float32"
+FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+POLICIES_A = ("msm", "hsm", "sqrt")
+FIXED_BUDGET = "16MiB"
+MiB = 2**20
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def make_model():
+    return mb.Sequence(mb.LSTM(input_size=INPUT, hidden_size=HIDDEN), output_size=OUTPUT, loss="mse")
+
+
+def make_data(T, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((T, BATCH, INPUT), dtype=np.float32)
+    ys = rng.standard_normal((T, BATCH, OUTPUT), dtype=np.float32)
+    return xs, ys
+
+
+def plan(model, T, budget, policy):
+    """(schedule or None, planning seconds, note)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            schedule = mb.plan(T, budget=budget, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+        except mb.MemoryBudgetError as exc:
+            return None, time.perf_counter() - t0, f"needs {exc.least_bytes / MiB:.2f} MiB"
+    note = "; ".join(str(w.message).split(";")[0] for w in caught)
+    return schedule, time.perf_counter() - t0, note
+
+
+# ---- PyTorch side ----------------------------------------------------------------
+def torch_setup(torch, T, params, threads):
+    torch.set_num_threads(threads)
+    lstm = torch.nn.LSTM(INPUT, HIDDEN)
+    lin = torch.nn.Linear(HIDDEN, OUTPUT)
+    with torch.no_grad():  # the same weights as ours (PyTorch layout)
+        lstm.weight_ih_l0.copy_(torch.from_numpy(params["cell.weight_ih"]))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(params["cell.weight_hh"]))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(params["cell.bias_ih"]))
+        lstm.bias_hh_l0.copy_(torch.from_numpy(params["cell.bias_hh"]))
+        lin.weight.copy_(torch.from_numpy(params["readout.weight"]))
+        lin.bias.copy_(torch.from_numpy(params["readout.bias"]))
+    xs, ys = make_data(T)
+    x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+    seg = math.isqrt(T - 1) + 1 if T > 1 else 1
+    from torch.utils.checkpoint import checkpoint
+
+    def segment(xa, ya, h, c):
+        out, (h2, c2) = lstm(xa, (h, c))
+        return ((lin(out) - ya) ** 2).sum(), h2, c2
+
+    def zero_grads():
+        for p in list(lstm.parameters()) + list(lin.parameters()):
+            p.grad = None
+
+    def plain():
+        zero_grads()
+        out, _ = lstm(x)
+        loss = torch.nn.functional.mse_loss(lin(out), y)
+        loss.backward()
+        return float(loss.detach())
+
+    def checkpointed():
+        zero_grads()
+        h = torch.zeros(1, BATCH, HIDDEN)
+        c = torch.zeros(1, BATCH, HIDDEN)
+        total = 0.0
+        for a in range(0, T, seg):
+            part, h, c = checkpoint(segment, x[a: a + seg], y[a: a + seg], h, c, use_reentrant=False)
+            total = total + part
+        loss = total / (T * BATCH * OUTPUT)
+        loss.backward()
+        return float(loss.detach())
+
+    return {"torch plain": plain, "torch checkpoint": checkpointed}, seg
+
+
+# ---- fresh-process worker ----------------------------------------------------------
+def worker(spec: dict, threads: int) -> dict:
+    T = spec["T"]
+    model = make_model()
+    params = model.init_params(seed=0, dtype=DTYPE)
+    if spec["side"] == "torch":
+        torch = _torch()
+        fns, seg = torch_setup(torch, T, params, threads)
+        fn = fns[spec["mode"]]
+        fn()  # warm-up: first checkpoint call imports modules and grows the heap
+        peak, wall, loss = peak_of(fn)
+        return {**spec, "peak_bytes": peak, "wall": wall, "loss": loss, "segment": seg}
+    xs, ys = make_data(T)
+    # warm up (Numba loads its runtime and compiles the sweep on first use) on a tiny T
+    xs3, ys3 = make_data(3, seed=1)
+    mb.value_and_grad(model, params, xs3, ys3)
+    mb.value_and_grad(model, params, xs3, ys3, budget=1.0, policy=spec["policy"])
+    # plan (its table is measured apart), then the call with the ready schedule
+    plan_peak, plan_wall, (schedule, _, note) = peak_of(lambda: plan(model, T, spec["budget"], spec["policy"]))
+    peak, wall, (loss, grads) = peak_of(lambda: mb.value_and_grad(model, params, xs, ys, schedule=schedule))
+    # value_and_grad's input checks alone (np.isfinite makes T*batch*size temporaries)
+    check_peak, _, _ = peak_of(lambda: model.check_data(xs, ys, np.dtype(DTYPE)))
+    return {**spec, "peak_bytes": peak, "wall": wall, "loss": loss, "note": note,
+            "plan_peak_bytes": plan_peak, "plan_seconds": plan_wall, "check_peak_bytes": check_peak,
+            "grads_bytes": int(sum(g.nbytes for g in grads.values())),
+            "codes_bytes": int(schedule.codes.nbytes), "planned_bytes": int(schedule.peak_bytes),
+            "budget_bytes": int(schedule.budget_bytes), "forward_steps": int(schedule.forward_steps),
+            "predicted_ratio": schedule.time_ratio}
+
+
+def fresh(spec: dict, threads: int) -> dict:
+    return run_worker(os.path.abspath(__file__), [json.dumps(spec), "--threads", str(threads)])
+
+
+# ---- part (a) ------------------------------------------------------------------------
+def interleaved(fns: dict, reference: str, rounds: int) -> dict:
+    """Median of per-round ratios t(B)/mean(t(A) before, t(A) after), and median times.
+
+    Order per round: A B1 A B2 ... A Bn A (every B has an A on each side).
+    """
+    names = [n for n in fns if n != reference]
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {n: [] for n in fns}
+    ratios = {n: [] for n in names}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fns[reference]()
+        a_prev = time.perf_counter() - t0
+        times[reference].append(a_prev)
+        for n in names:
+            t0 = time.perf_counter()
+            fns[n]()
+            tb = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fns[reference]()
+            a_next = time.perf_counter() - t0
+            times[n].append(tb)
+            times[reference].append(a_next)
+            ratios[n].append(tb / (0.5 * (a_prev + a_next)))
+            a_prev = a_next
+    return {"median_seconds": {n: statistics.median(v) for n, v in times.items()},
+            "ratio": {n: statistics.median(v) for n, v in ratios.items()},
+            "ratio_spread": {n: [min(v), max(v)] for n, v in ratios.items()}}
+
+
+def part_a(T, rounds):
+    model = make_model()
+    params = model.init_params(seed=0, dtype=DTYPE)
+    xs, ys = make_data(T)
+    full = mb.plan(T, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy="full")
+    rows, fns = [], {"plain": lambda: mb.value_and_grad(model, params, xs, ys, schedule=full)}
+    for frac in FRACTIONS:
+        for policy in POLICIES_A:
+            schedule, secs, note = plan(model, T, frac, policy)
+            row = {"fraction": frac, "policy": policy, "plan_seconds": secs, "note": note}
+            if schedule is not None:
+                key = f"{policy}@{frac:g}"
+                fns[key] = (lambda s: lambda: mb.value_and_grad(model, params, xs, ys, schedule=s))(schedule)
+                row.update(key=key, forward_steps=int(schedule.forward_steps),
+                           predicted_ratio=schedule.time_ratio, budget_bytes=int(schedule.budget_bytes),
+                           planned_bytes=int(schedule.peak_bytes))
+            rows.append(row)
+            print(f"  planned {policy:5s} {frac:5.0%}: {secs:6.2f} s {note}", flush=True)
+    res = interleaved(fns, "plain", rounds)
+    for row in rows:
+        if "key" in row:
+            row["measured_ratio"] = res["ratio"][row["key"]]
+            row["ratio_spread"] = res["ratio_spread"][row["key"]]
+            row["seconds"] = res["median_seconds"][row["key"]]
+            row["measured_over_predicted"] = row["measured_ratio"] / row["predicted_ratio"]
+    # time = F * f + T * b (+ c): least squares over every schedule's median time
+    ok = [r for r in rows if "key" in r]
+    F = np.array([r["forward_steps"] for r in ok] + [T], float)
+    t = np.array([r["seconds"] for r in ok] + [res["median_seconds"]["plain"]])
+    A = np.stack([F, np.full_like(F, T), np.ones_like(F)], axis=1)
+    (f, b, c), *_ = np.linalg.lstsq(A, t, rcond=None)
+    fit = {"forward_seconds": f, "backward_seconds": b, "constant_seconds": c, "b_over_f": b / f}
+    rho = b / f
+    for r in ok:  # the planner's prediction redone with the measured b/f
+        r["predicted_ratio_fitted"] = (r["forward_steps"] / T + rho) / (1.0 + rho)
+        r["measured_over_fitted"] = r["measured_ratio"] / r["predicted_ratio_fitted"]
+    return {"T": T, "plain_seconds": res["median_seconds"]["plain"], "rows": rows, "fit": fit,
+            "full_bytes": int(full.budget_bytes)}
+
+
+def print_a(a):
+    print(f"\n(a) time against budget, T={a['T']}, plain BPTT {a['plain_seconds']:.3f} s, "
+          f"{a['full_bytes'] / MiB:.1f} MiB kept")
+    print(f"{'budget':>7} {'policy':>6} {'MiB':>7} {'fwd/T':>6} {'predicted':>9} {'measured':>9} "
+          f"{'[min, max]':>15} {'meas/pred':>9} {'pred(fit)':>9} {'plan s':>7}  note")
+    for r in a["rows"]:
+        if "key" not in r:
+            print(f"{r['fraction']:7.0%} {r['policy']:>6} {'-':>7} {'-':>6} {'n/a':>9} {'n/a':>9} {'':>15} "
+                  f"{'':>9} {'':>9} {r['plan_seconds']:7.2f}  {r['note']}")
+            continue
+        lo, hi = r["ratio_spread"]
+        print(f"{r['fraction']:7.0%} {r['policy']:>6} {r['planned_bytes'] / MiB:7.2f} "
+              f"{r['forward_steps'] / a['T']:6.3f} {r['predicted_ratio']:9.3f} {r['measured_ratio']:9.3f} "
+              f"{'[' + f'{lo:.2f}, {hi:.2f}' + ']':>15} {r['measured_over_predicted']:9.3f} "
+              f"{r['predicted_ratio_fitted']:9.3f} {r['plan_seconds']:7.2f}  {r['note']}")
+    fit = a["fit"]
+    print(f"fit time = F*f + T*b + c: f = {fit['forward_seconds'] * 1e3:.3f} ms, b = "
+          f"{fit['backward_seconds'] * 1e3:.3f} ms, c = {fit['constant_seconds'] * 1e3:.1f} ms, "
+          f"b/f = {fit['b_over_f']:.2f} (the planner assumes 2; pred(fit) uses the fitted b/f)")
+
+
+# ---- part (b) ------------------------------------------------------------------------
+def part_b(Ts, threads):
+    rows = []
+    for T in Ts:
+        policies = ("msm", "revolve") if T <= 1000 else ("revolve",)
+        for policy in policies:
+            r = fresh({"side": "ours", "T": T, "policy": policy, "budget": FIXED_BUDGET}, threads)
+            r["seconds_per_step"] = r["wall"] / T
+            rows.append(r)
+            print(f"  T={T} {policy}: {r['wall']:.1f} s, peak {_mib(r['peak_bytes'])} MiB", flush=True)
+    return rows
+
+
+def _mib(v):
+    return "n/a" if v is None else f"{v / MiB:.2f}"
+
+
+def print_b(rows):
+    print(f"\n(b) fixed budget {FIXED_BUDGET}, one fresh process per row (peak = VmHWM - VmRSS of one call)")
+    print(f"{'T':>7} {'policy':>7} {'planned':>8} {'peak':>8} {'grads':>6} {'codes':>7} {'peak-g-c':>8} "
+          f"{'fwd/T':>6} {'us/step':>8} {'plan s':>7} {'plan peak':>9} {'check peak':>10}")
+    for r in rows:
+        rest = None if r["peak_bytes"] is None else r["peak_bytes"] - r["grads_bytes"] - r["codes_bytes"]
+        print(f"{r['T']:>7} {r['policy']:>7} {r['planned_bytes'] / MiB:8.2f} {_mib(r['peak_bytes']):>8} "
+              f"{r['grads_bytes'] / MiB:6.2f} {r['codes_bytes'] / MiB:7.2f} {_mib(rest):>8} "
+              f"{r['forward_steps'] / r['T']:6.3f} {r['seconds_per_step'] * 1e6:8.1f} {r['plan_seconds']:7.2f} "
+              f"{_mib(r['plan_peak_bytes']):>9} {_mib(r['check_peak_bytes']):>10}")
+    print("MiB throughout; peak includes the returned gradients (grads) and the lowered schedule (codes);\n"
+          "plan peak: mb.plan alone; check peak: value_and_grad's input checks alone (model.check_data).")
+
+
+# ---- part (c) ------------------------------------------------------------------------
+def part_c(T, rounds, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    model = make_model()
+    params = model.init_params(seed=0, dtype=DTYPE)
+    xs, ys = make_data(T)
+    full = mb.plan(T, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy="full")
+    five, _, _ = plan(model, T, 0.05, "msm")
+    torch_fns, seg = torch_setup(torch, T, params, threads)
+    fns = {"ours plain": lambda: mb.value_and_grad(model, params, xs, ys, schedule=full),
+           "ours msm 5%": lambda: mb.value_and_grad(model, params, xs, ys, schedule=five), **torch_fns}
+    res = interleaved(fns, "ours plain", rounds)
+    ours_loss = mb.value_and_grad(model, params, xs, ys, schedule=full)[0]
+    torch_loss = torch_fns["torch plain"]()
+    mem = {"ours plain": fresh({"side": "ours", "T": T, "policy": "full", "budget": 1.0}, threads),
+           "ours msm 5%": fresh({"side": "ours", "T": T, "policy": "msm", "budget": 0.05}, threads),
+           "torch plain": fresh({"side": "torch", "T": T, "mode": "torch plain"}, threads),
+           "torch checkpoint": fresh({"side": "torch", "T": T, "mode": "torch checkpoint"}, threads)}
+    return {"T": T, "segment": seg, "torch_version": torch.__version__,
+            "seconds": res["median_seconds"], "ratio_to_ours_plain": {"ours plain": 1.0, **res["ratio"]},
+            "peak_bytes": {k: v["peak_bytes"] for k, v in mem.items()},
+            "loss": {"ours": ours_loss, "torch": torch_loss}}
+
+
+def print_c(c):
+    if c is None:
+        print("\n(c) PyTorch is not installed: skipped")
+        return
+    print(f"\n(c) PyTorch {c['torch_version']} CPU, T={c['T']}, checkpoint segments of {c['segment']} steps "
+          f"(loss ours {c['loss']['ours']:.6f}, torch {c['loss']['torch']:.6f})")
+    print(f"{'':>17} {'seconds':>8} {'/ ours plain':>12} {'peak MiB':>9}")
+    for k in ("ours plain", "ours msm 5%", "torch plain", "torch checkpoint"):
+        print(f"{k:>17} {c['seconds'][k]:8.3f} {c['ratio_to_ours_plain'][k]:12.3f} {_mib(c['peak_bytes'][k]):>9}")
+    r = c["ratio_to_ours_plain"]
+    print(f"ours msm 5% / torch checkpoint: time {r['ours msm 5%'] / r['torch checkpoint']:.2f}x"
+          + (f", memory {c['peak_bytes']['ours msm 5%'] / c['peak_bytes']['torch checkpoint']:.2f}x"
+             if c["peak_bytes"]["torch checkpoint"] else ""))
+
+
+# ---- plot ----------------------------------------------------------------------------
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    a = result["a"]
+    ax = axes[0]
+    for policy, color in zip(POLICIES_A, ("C0", "C1", "C2")):
+        rows = [r for r in a["rows"] if r["policy"] == policy and "key" in r]
+        if not rows:
+            continue
+        x = [100 * r["fraction"] for r in rows]
+        ax.plot(x, [r["predicted_ratio"] for r in rows], "--", color=color, label=f"{policy} predicted")
+        ax.plot(x, [r["measured_ratio"] for r in rows], "o-", color=color, label=f"{policy} measured")
+    ax.set_xscale("log")
+    ax.set_xlabel("budget, % of plain BPTT's memory")
+    ax.set_ylabel("time / plain BPTT")
+    ax.set_title(f"(a) LSTM 256, batch 16, T={a['T']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for policy, marker, color in (("msm", "s", "C0"), ("revolve", "o", "C1")):
+        rows = [r for r in result["b"] if r["policy"] == policy and r["peak_bytes"] is not None]
+        if rows:
+            Ts = [r["T"] for r in rows]
+            ax.plot(Ts, [r["peak_bytes"] / MiB for r in rows], marker + "-", color=color,
+                    label=f"{policy}: peak RSS of the call")
+            ax.plot(Ts, [(r["peak_bytes"] - r["grads_bytes"] - r["codes_bytes"]) / MiB for r in rows],
+                    marker + "--", color=color, alpha=0.6, label=f"{policy}: minus gradients and schedule")
+            ax.plot(Ts, [r["planned_bytes"] / MiB for r in rows], marker + ":", color=color, alpha=0.4,
+                    label=f"{policy}: planned (pool + working)")
+    rows = [r for r in result["b"] if r["policy"] == "revolve" and r.get("check_peak_bytes") is not None]
+    if rows:
+        ax.plot([r["T"] for r in rows], [r["check_peak_bytes"] / MiB for r in rows], "x-.", color="C3",
+                label="input checks alone (np.isfinite temporaries)")
+    ax.axhline(16, color="k", lw=0.8, label="budget 16 MiB")
+    ax.set_xscale("log")
+    ax.set_xlabel("T")
+    ax.set_ylabel("MiB")
+    ax.set_title("(b) fixed 16 MiB budget")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    c = result["c"]
+    if c is not None:
+        names = ["ours plain", "ours msm 5%", "torch plain", "torch checkpoint"]
+        secs = [c["seconds"][n] for n in names]
+        mems = [(c["peak_bytes"][n] or 0) / MiB for n in names]
+        xpos = np.arange(len(names))
+        ax.bar(xpos - 0.2, secs, 0.4, label="seconds (fwd+bwd)", color="C0")
+        ax2 = ax.twinx()
+        ax2.bar(xpos + 0.2, mems, 0.4, label="peak MiB", color="C3")
+        ax.set_xticks(xpos, [n.replace(" ", "\n", 1) for n in names], fontsize=8)
+        ax.set_ylabel("seconds")
+        ax2.set_ylabel("peak MiB")
+        ax.set_title(f"(c) against PyTorch CPU, T={c['T']}")
+        ax.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "PyTorch not installed", ha="center")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(args):
+    quick = args.quick
+    rounds = args.reps or (3 if quick else 5)
+    T_a = 200 if quick else 1000
+    Ts = (1000, 10_000) if quick else (1000, 10_000, 100_000)
+    t_start = time.perf_counter()
+    print(f"bench_executor: threads={args.threads}, rounds={rounds}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"(a) planning T={T_a} ...", flush=True)
+    a = part_a(T_a, rounds)
+    print_a(a)
+    print("\n(b) fresh processes ...", flush=True)
+    b = part_b(Ts, args.threads)
+    print_b(b)
+    c = None
+    if not args.no_torch:
+        print("\n(c) PyTorch ...", flush=True)
+        c = part_c(T_a, rounds, args.threads)
+        print_c(c)
+    result = {"config": {"input": INPUT, "hidden": HIDDEN, "output": OUTPUT, "batch": BATCH, "dtype": DTYPE,
+                         "threads": args.threads, "rounds": rounds, "quick": quick,
+                         "machine": platform.machine(), "cpus": os.cpu_count(),
+                         "load_at_start": os.getloadavg()[0], "numpy": np.__version__,
+                         "memopt_bptt": mb.__version__},
+              "a": a, "b": b, "c": c, "seconds_total": time.perf_counter() - t_start}
+    if c is not None:
+        five = next(r for r in a["rows"] if r["policy"] == "msm" and r["fraction"] == 0.05)
+        result["summary_5pct"] = {
+            "ours_msm_over_ours_plain": five.get("measured_ratio"),
+            "predicted": five.get("predicted_ratio"),
+            "measured_over_predicted": five.get("measured_over_predicted"),
+            "predicted_with_fitted_b_over_f": five.get("predicted_ratio_fitted"),
+            "ours_msm_over_torch_checkpoint_time": c["ratio_to_ours_plain"]["ours msm 5%"]
+            / c["ratio_to_ours_plain"]["torch checkpoint"],
+        }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    plot(result, args.plot)
+    print(f"\nwrote {os.path.relpath(args.out)} and {os.path.relpath(args.plot)} "
+          f"({result['seconds_total']:.0f} s)")
+
+
+if __name__ == "__main__":
+    if ARGS.worker is not None:
+        emit(worker(json.loads(ARGS.worker), ARGS.threads))
+    else:
+        main(ARGS)

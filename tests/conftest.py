@@ -1,0 +1,13 @@
+"""Test-session settings.
+
+OpenBLAS's worker threads spin while they wait; with the small per-step GEMMs
+of these tests and several test subprocesses at once, two BLAS threads per
+process on a 2-core machine slow everything down many times over. One BLAS
+thread per process keeps the suite fast and predictable (subprocesses inherit
+this). Benchmarks pin their own thread counts.
+"""
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")

@@ -1,0 +1,434 @@
+"""Tests for the executor (memopt_bptt._executor.value_and_grad).
+
+Oracles, none of them our own saved outputs:
+
+* exactness: plain BPTT (no budget, policy "full") is the reference; every
+  other policy and budget must give the same loss and gradient bits;
+* forward counts: Python counters wrapped around the LSTM kernels in a
+  ``NUMBA_DISABLE_JIT=1`` subprocess (tests/_count_forwards.py), checked
+  against ``schedule.forward_steps`` and, for T <= 8, against the exhaustive
+  search of tests/oracles.py and the closed form C(T, 1) = T(T+1)/2;
+* memory: tracemalloc around the call (buffers allocated in Python), and
+  Numba's NRT allocation counters in a ``NUMBA_NRT_STATS=1`` subprocess;
+* failures: budgets below the least, non-finite losses, invalid schedules.
+
+The jitted sweep compiles once per cell type per process (a few seconds), so
+sizes stay tiny and all cells are float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import memopt_bptt as mb
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from oracles import brute_force_cost  # noqa: E402
+
+POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
+CELLS = {
+    "lstm": lambda i, h: mb.LSTM(input_size=i, hidden_size=h),
+    "gru": lambda i, h: mb.GRU(input_size=i, hidden_size=h),
+    "elman_tanh": lambda i, h: mb.Elman(input_size=i, hidden_size=h, nonlinearity="tanh"),
+    "elman_relu": lambda i, h: mb.Elman(input_size=i, hidden_size=h, nonlinearity="relu"),
+    "jordan": lambda i, h: mb.Jordan(input_size=i, hidden_size=h),
+}
+LOSSES = ("mse", "cross_entropy")
+
+
+# ---- helpers -------------------------------------------------------------------
+def make_problem(kind, loss, *, T, batch, input_size=2, hidden=3, output=2, seed=0, with_h0=False):
+    model = mb.Sequence(CELLS[kind](input_size, hidden), output_size=output, loss=loss)
+    params = model.init_params(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    xs = rng.normal(size=(T, batch, input_size))
+    if loss == "mse":
+        ys = rng.normal(size=(T, batch, output))
+    else:
+        ys = rng.integers(0, output, size=(T, batch))
+    h0 = rng.normal(scale=0.5, size=model.state_shape(batch)) if with_h0 else None
+    return model, params, xs, ys, h0
+
+
+def least_bytes(model, T, batch, policy="msm", dtype="float64"):
+    """The least byte budget plan() accepts, read from MemoryBudgetError.least_bytes."""
+    budget = 1
+    for _ in range(4):
+        try:
+            mb.plan(T, budget=budget, model=model, batch=batch, policy=policy, dtype=dtype)
+            return budget
+        except mb.MemoryBudgetError as exc:
+            assert exc.least_bytes is not None and exc.least_bytes > budget
+            budget = exc.least_bytes
+    raise AssertionError("MemoryBudgetError.least_bytes does not lead to a budget that works")
+
+
+def full_bytes(model, T, batch, dtype="float64"):
+    return mb.plan(T, budget=1.0, model=model, batch=batch, policy="full", dtype=dtype).budget_bytes
+
+
+def between(model, T, batch, frac, dtype="float64"):
+    """A byte budget a fraction ``frac`` of the way from MSM's least to plain BPTT's."""
+    least = least_bytes(model, T, batch, dtype=dtype)
+    return least + int(frac * (full_bytes(model, T, batch, dtype) - least))
+
+
+def assert_same(result, reference, what):
+    loss, grads = result[0], result[1]
+    ref_loss, ref_grads = reference[0], reference[1]
+    assert loss == ref_loss, f"{what}: loss {loss!r} != plain BPTT {ref_loss!r}"
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert grads[name].dtype == ref_grads[name].dtype
+        assert np.array_equal(grads[name], ref_grads[name]), f"{what}: {name} differs from plain BPTT"
+
+
+# ---- subprocesses, started at once so they overlap the in-process tests ---------
+_COUNT_SCRIPT = os.path.join(HERE, "_count_forwards.py")
+
+_NRT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import memopt_bptt as mb
+    from numba.core.runtime import rtsys
+
+    model = mb.Sequence(mb.LSTM(input_size=3, hidden_size=4), output_size=2)
+    params = model.init_params(seed=0)
+    result = {}
+    for T in (20, 200, 20, 200):   # the first round warms up (compiles)
+        rng = np.random.default_rng(T)
+        xs = rng.normal(size=(T, 2, 3))
+        ys = rng.normal(size=(T, 2, 2))
+        try:
+            mb.plan(T, budget=1, model=model, batch=2)
+        except mb.MemoryBudgetError as exc:
+            least = exc.least_bytes
+        for policy, budget in (("msm", least + 3000), ("revolve", least + 1000), ("full", 1.0)):
+            schedule = mb.plan(T, budget=budget, model=model, batch=2, policy=policy)
+            mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+            before = rtsys.get_allocation_stats()
+            mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+            after = rtsys.get_allocation_stats()
+            result[f"{T}/{policy}"] = [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc,
+                                       after.free - before.free]
+    print(json.dumps(result))
+""")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subprocesses(tmp_path_factory):
+    out = tmp_path_factory.mktemp("executor") / "counts.npz"
+    procs = {
+        "count": (subprocess.Popen([sys.executable, _COUNT_SCRIPT, str(out)], env=_env(NUMBA_DISABLE_JIT="1"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out),
+        "nrt": (subprocess.Popen([sys.executable, "-c", _NRT_SCRIPT], env=_env(NUMBA_NRT_STATS="1"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), None),
+    }
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _finish(procs, key):
+    proc, out = procs[key]
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{key} subprocess failed:\n{stderr[-3000:]}"
+    return stdout, out
+
+
+@pytest.fixture(scope="module")
+def counted(_subprocesses):
+    _, out = _finish(_subprocesses, "count")
+    data = np.load(out)
+    return {key: data[key] for key in data.files}
+
+
+# ---- exactness -----------------------------------------------------------------
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(CELLS)), loss=st.sampled_from(LOSSES),
+       T=st.integers(1, 25), batch=st.integers(1, 3), hidden=st.integers(2, 5),
+       input_size=st.integers(1, 3), output=st.integers(2, 3), seed=st.integers(0, 2**16),
+       frac=st.floats(0.0, 1.25), with_h0=st.booleans())
+def test_every_policy_and_budget_is_bit_identical_to_plain_bptt(kind, loss, T, batch, hidden, input_size,
+                                                                  output, seed, frac, with_h0):
+    model, params, xs, ys, h0 = make_problem(kind, loss, T=T, batch=batch, input_size=input_size,
+                                             hidden=hidden, output=output, seed=seed, with_h0=with_h0)
+    reference = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
+    least = least_bytes(model, T, batch)
+    budget = least + int(frac * (full_bytes(model, T, batch) - least))
+    ran = []
+    for policy in POLICIES:
+        try:
+            result = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0,
+                                       return_h0_grad=True)
+        except mb.MemoryBudgetError as exc:
+            # only the fixed-shape baselines may need more than MSM's least
+            assert policy in ("sqrt", "full"), f"{policy} refused budget={budget} >= MSM's least {least}"
+            assert exc.least_bytes > budget
+            continue
+        ran.append(policy)
+        assert_same(result, reference, f"{kind}/{loss} T={T} {policy} budget={budget}")
+        assert result[2].shape == model.state_shape(batch)
+        assert np.array_equal(result[2], reference[2]), f"{policy}: dL/dh0 differs from plain BPTT"
+    assert {"msm", "hsm", "ism", "revolve"} <= set(ran)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("loss", LOSSES)
+def test_least_budget_is_bit_identical_and_replays_quadratically(kind, loss):
+    T, batch = 9, 2
+    model, params, xs, ys, h0 = make_problem(kind, loss, T=T, batch=batch, seed=3, with_h0=True)
+    reference = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
+    least = least_bytes(model, T, batch)
+    for policy in ("msm", "hsm", "ism", "revolve"):
+        result = mb.value_and_grad(model, params, xs, ys, budget=least, policy=policy, h0=h0,
+                                   return_h0_grad=True, return_report=True)
+        assert_same(result, reference, f"{kind} {policy} at the least budget")
+        assert np.array_equal(result[2], reference[2])
+        # one slot (the initial state): every reversal replays from s_0, C(T, 1) = T(T+1)/2
+        assert result[3].forward_steps == T * (T + 1) // 2
+    with pytest.raises(mb.MemoryBudgetError):
+        mb.value_and_grad(model, params, xs, ys, budget=least - 1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_float32_is_bit_identical_too(kind):
+    T, batch = 14, 2
+    model, params, xs, ys, h0 = make_problem(kind, "mse", T=T, batch=batch, hidden=4, seed=6, with_h0=True)
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    xs, ys, h0 = xs.astype(np.float32), ys.astype(np.float32), h0.astype(np.float32)
+    reference = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
+    assert reference[1]["cell.weight_hh"].dtype == np.float32
+    for frac in (0.0, 0.2, 0.6):
+        budget = between(model, T, batch, frac, "float32")
+        for policy in ("msm", "hsm", "ism", "revolve"):
+            result = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0,
+                                       return_h0_grad=True)
+            assert_same(result, reference, f"float32 {kind} {policy} budget={budget}")
+            assert np.array_equal(result[2], reference[2])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "jordan"])
+def test_ready_schedule_gives_the_same_gradients(kind):
+    T, batch = 17, 3
+    model, params, xs, ys, h0 = make_problem(kind, "mse", T=T, batch=batch, seed=5, with_h0=True)
+    reference = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
+    budget = between(model, T, batch, 0.6)
+    for policy in ("msm", "hsm", "sqrt"):
+        schedule = mb.plan(T, budget=budget, model=model, batch=batch, dtype="float64", policy=policy)
+        for s in (schedule, mb.Schedule.from_json(schedule.to_json())):
+            result = mb.value_and_grad(model, params, xs, ys, schedule=s, h0=h0, return_h0_grad=True)
+            assert_same(result, reference, f"schedule= {policy}")
+            assert np.array_equal(result[2], reference[2])
+        by_budget = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0)
+        assert_same(by_budget, reference, f"budget= {policy}")
+
+
+def test_schedule_for_another_T_batch_dtype_or_model_is_rejected():
+    T, batch = 10, 2
+    model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch)
+    budget = "1MiB"  # plenty for every variant below
+    good = mb.plan(T, budget=budget, model=model, batch=batch)
+    mb.value_and_grad(model, params, xs, ys, schedule=good)
+    other_model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=6), output_size=2)
+    wrong = {
+        "T": mb.plan(T + 1, budget=budget, model=model, batch=batch),
+        "batch": mb.plan(T, budget=budget, model=model, batch=batch + 1),
+        "dtype": mb.plan(T, budget=budget, model=model, batch=batch, dtype="float32"),
+        "model": mb.plan(T, budget=budget, model=other_model, batch=batch),
+    }
+    for what, schedule in wrong.items():
+        with pytest.raises(ValueError, match="schedule") as info:
+            mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        assert not isinstance(info.value, mb.MemoryBudgetError), what
+    with pytest.raises(ValueError, match="not both"):
+        mb.value_and_grad(model, params, xs, ys, schedule=good, budget=budget)
+    with pytest.raises(TypeError, match="schedule"):
+        mb.value_and_grad(model, params, xs, ys, schedule=good.to_json())
+
+
+def test_invalid_schedule_is_not_run():
+    T, batch = 10, 2
+    model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch)
+    good = mb.plan(T, budget=between(model, T, batch, 0.3), model=model, batch=batch, policy="msm")
+    lying = dataclasses.replace(good, forward_steps=good.forward_steps + 1)
+    short_pool = dataclasses.replace(good, pool_quanta=good.pool_quanta - 1)
+    dropped = dataclasses.replace(good, codes=good.codes[:-1])  # step 1 never reversed
+    for bad in (lying, short_pool, dropped):
+        with pytest.raises(mb.ScheduleError):
+            mb.value_and_grad(model, params, xs, ys, schedule=bad)
+
+
+# ---- forward counts, with the JIT off ------------------------------------------
+def _cases(counted):
+    return json.loads(str(counted["cases"]))
+
+
+def test_counted_forwards_equal_the_schedule(counted):
+    cases = _cases(counted)
+    assert len(cases) > 50
+    assert {c["policy"] for c in cases} == set(POLICIES)
+    for c in cases:
+        where = f"T={c['T']} {c['policy']} budget={c['budget']}"
+        assert c["forward"] == c["forward_steps"], f"{where}: counted {c['forward']} forwards"
+        assert c["backward"] == c["T"], f"{where}: counted {c['backward']} backwards"
+        assert c["rebuild"] == c["n_reverse_reads"], where
+        if c["policy"] == "full":
+            assert c["forward"] == c["T"]
+
+
+def test_counted_forwards_are_optimal_for_small_T(counted):
+    """Counted forwards against exhaustive search (tests/oracles.py) for T <= 8."""
+    model = mb.Sequence(mb.LSTM(input_size=3, hidden_size=4), output_size=2)
+    checked = 0
+    for c in _cases(counted):
+        if c["T"] > 8 or c["policy"] not in ("msm", "hsm", "ism"):
+            continue
+        s = mb.plan(c["T"], budget=c["budget"], model=model, batch=2, policy=c["policy"])
+        free = (c["budget"] - s.working_bytes - s.hidden_quanta * s.quantum_bytes) // s.quantum_bytes
+        best = brute_force_cost(c["T"], free, s.hidden_quanta, s.internal_quanta,
+                                allow_hidden=c["policy"] != "ism", allow_internal=c["policy"] != "hsm")
+        assert c["forward"] == best, f"{c['tag']}: counted {c['forward']}, optimum {best} (free={free})"
+        checked += 1
+    assert checked > 20
+
+
+def test_gradients_without_jit_match_jitted_and_each_other(counted):
+    model = mb.Sequence(mb.LSTM(input_size=3, hidden_size=4), output_size=2)
+    params = {k.split("/", 1)[1]: v for k, v in counted.items() if k.startswith("param/")}
+    for c in _cases(counted):
+        T, tag = c["T"], c["tag"]
+        xs, ys = counted[f"xs/{T}"], counted[f"ys/{T}"]
+        loss, grads = mb.value_and_grad(model, params, xs, ys, budget=c["budget"], policy=c["policy"])
+        nojit_loss = float(counted[f"loss/{tag}"])
+        assert np.isclose(nojit_loss, loss, rtol=1e-12, atol=0), tag
+        full_tag = next(d["tag"] for d in _cases(counted) if d["T"] == T and d["policy"] == "full")
+        assert nojit_loss == float(counted[f"loss/{full_tag}"]), f"{tag}: no-JIT loss differs across policies"
+        for name, g in grads.items():
+            nojit = counted[f"grad/{tag}/{name}"]
+            assert np.allclose(nojit, g, rtol=1e-12, atol=1e-12), f"{tag} {name}: no-JIT != jitted"
+            assert np.array_equal(nojit, counted[f"grad/{full_tag}/{name}"]), \
+                f"{tag} {name}: no-JIT gradients differ across policies"
+
+
+# ---- memory --------------------------------------------------------------------
+MEMORY_CASES = [(kind, frac, policy) for kind in ("lstm", "gru", "elman_tanh", "jordan")
+                for frac, policy in (("least", "msm"), (0.08, "msm"), (0.3, "msm"), (0.3, "hsm"),
+                                     (0.3, "sqrt"), (1.0, "msm"))]
+# The budget already charges the call's Python objects (CALL_OVERHEAD_BYTES);
+# what tracemalloc sees beyond that is well under 1 KiB, constant in T and sizes.
+OVERHEAD_BYTES = 2 * 1024
+
+
+@pytest.mark.parametrize("kind,frac,policy", MEMORY_CASES)
+def test_tracemalloc_peak_stays_within_the_budget(kind, frac, policy):
+    T, batch = 30, 8
+    model, params, xs, ys, _ = make_problem(kind, "mse", T=T, batch=batch, input_size=3, hidden=64, output=4)
+    least = least_bytes(model, T, batch, policy)
+    budget = least if frac == "least" else max(least, int(frac * full_bytes(model, T, batch)))
+    schedule = mb.plan(T, budget=budget, model=model, batch=batch, policy=policy).validate()
+    sizes = model.sizes(batch=batch, dtype="float64")
+    mb.value_and_grad(model, params, xs, ys, schedule=schedule)  # compile outside the measurement
+    tracemalloc.start()
+    try:
+        loss, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grads_bytes = sum(g.nbytes for g in grads.values())
+    # Outside the budget by the contract or by design, counted explicitly: the
+    # returned gradients, the schedule lowered to an integer array (one copy of
+    # schedule.codes) and the initial state as read from h0 (one state).
+    kept = peak - grads_bytes - schedule.codes.nbytes - sizes.state_bytes
+    assert kept <= schedule.budget_bytes + OVERHEAD_BYTES, \
+        f"kept {kept} bytes > budget {schedule.budget_bytes} (+{OVERHEAD_BYTES} overhead)"
+    assert abs(kept - schedule.peak_bytes) <= OVERHEAD_BYTES, \
+        f"kept {kept} bytes, planned {schedule.peak_bytes}"
+    # the budget is not met by skipping the work: the pool is really there
+    assert schedule.peak_bytes >= schedule.pool_bytes > 0
+
+
+def test_peak_grows_with_the_budget_not_with_T():
+    """The same byte budget at T and 4T keeps the same memory (inputs aside)."""
+    batch = 8
+    kept = {}
+    for T in (25, 100):
+        model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch, input_size=3, hidden=64, output=4)
+        schedule = mb.plan(T, budget=120_000, model=model, batch=batch, policy="revolve").validate()
+        mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        tracemalloc.start()
+        try:
+            _, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        kept[T] = peak - sum(g.nbytes for g in grads.values()) - schedule.codes.nbytes
+        assert kept[T] <= 120_000 + OVERHEAD_BYTES + model.sizes(batch=batch).state_bytes
+    assert abs(kept[100] - kept[25]) <= OVERHEAD_BYTES, kept
+
+
+def test_nrt_allocations_do_not_grow_with_T(_subprocesses):
+    stdout, _ = _finish(_subprocesses, "nrt")
+    counts = json.loads(stdout.strip().splitlines()[-1])
+    for policy in ("msm", "revolve", "full"):
+        small, large = counts[f"20/{policy}"], counts[f"200/{policy}"]
+        assert small == large, f"{policy}: NRT (alloc, meminfo, free) {small} at T=20 but {large} at T=200"
+        assert small[0] == small[2], f"{policy}: NRT allocations not freed: {small}"
+
+
+# ---- failures ------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["msm", "sqrt", "full"])
+def test_budget_below_the_least_raises_with_the_least(policy):
+    T, batch = 12, 2
+    model, params, xs, ys, _ = make_problem("gru", "mse", T=T, batch=batch)
+    least = least_bytes(model, T, batch, policy)
+    with pytest.raises(mb.MemoryBudgetError, match=str(least)) as info:
+        mb.value_and_grad(model, params, xs, ys, budget=least - 1, policy=policy)
+    assert isinstance(info.value, ValueError)
+    assert info.value.least_bytes == least
+    reference = mb.value_and_grad(model, params, xs, ys)
+    assert_same(mb.value_and_grad(model, params, xs, ys, budget=least, policy=policy), reference, policy)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("policy", ["msm", "full"])
+def test_non_finite_loss_raises_instead_of_returning_gradients(loss, policy):
+    T, batch = 6, 2
+    model, params, xs, ys, _ = make_problem("elman_relu", loss, T=T, batch=batch, seed=2)
+    # positive inputs through huge positive weights: h overflows to inf by step 2
+    params = dict(params, **{"cell.weight_ih": np.full_like(params["cell.weight_ih"], 1e200),
+                             "cell.weight_hh": np.full_like(params["cell.weight_hh"], 1e200)})
+    xs = np.abs(xs) + 0.1
+    budget = None if policy == "full" else least_bytes(model, T, batch) + 500
+    with pytest.raises(FloatingPointError, match="not finite"):
+        mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy)
+
+
+def test_inf_loss_from_a_huge_readout_raises():
+    T, batch = 5, 2
+    model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch, seed=4)
+    params = dict(params, **{"readout.weight": np.full_like(params["readout.weight"], 1e200)})
+    with pytest.raises(FloatingPointError, match="not finite"):
+        mb.value_and_grad(model, params, xs, ys, budget=between(model, T, batch, 0.5))
