@@ -62,7 +62,7 @@ def _loss_step(kind, out, ys_f, ys_i, t, scale):
 @njit
 def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
            out_is_state, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf,
-           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms):
+           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems):
     """Run the lowered schedule. Returns (loss sum, forwards, dL/ds_0).
 
     ``ds_norms`` (length T+1, or 0 to skip) receives ||dL/dh_t|| at index t.
@@ -76,7 +76,8 @@ def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, y
     for i in range(codes.shape[0]):
         op = codes[i, 0]
         step = codes[i, 1]
-        off = codes[i, 2]
+        slot = codes[i, 2]
+        off = slot * quantum_elems if slot >= 0 else -1
         if op == 0:  # takeshot
             pool[off: off + S] = cur
         elif op == 1:  # restore
@@ -153,13 +154,6 @@ class Report(NamedTuple):
         ])
 
 
-def _lower(schedule: Schedule, quantum_elems: int) -> np.ndarray:
-    codes = np.array(schedule.codes, dtype=np.int64)
-    slots = codes[:, 2]
-    codes[:, 2] = np.where(slots >= 0, slots * quantum_elems, -1)
-    return codes
-
-
 def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *, budget: Any = None,
                    policy: str | None = None, schedule: Schedule | None = None, h0: np.ndarray | None = None,
                    return_h0_grad: bool = False, return_report: bool = False, ds_norms: np.ndarray | None = None):
@@ -209,7 +203,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         schedule.validate()
     g = math.gcd(sizes.state_width, sizes.internal_width)
     quantum_elems = g * B
-    codes = _lower(schedule, quantum_elems)
+    codes = schedule.codes  # read in place: slots are scaled to element offsets inside the sweep
 
     if ds_norms is None:
         norms = np.zeros(0, np.float64)
@@ -231,7 +225,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
                h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), np.zeros(sizes.internal_len, dtype),
                np.zeros(max(sizes.work_len, 1), dtype), np.zeros(sizes.output_len, dtype),
                *[np.zeros_like(a) for a in arrays], sizes.state_len, sizes.internal_len, scale,
-               np.zeros(0, np.float64))
+               np.zeros(0, np.float64), quantum_elems)
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
@@ -239,6 +233,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     pool = np.empty(schedule.pool_quanta * quantum_elems, dtype)
     cur = np.empty(sizes.state_len, dtype)
     cur[:] = h0_flat
+    del h0_flat  # the sweep's first action copies it into pool slot 0
     nxt = np.empty(sizes.state_len, dtype)
     ds = np.zeros(sizes.state_len, dtype)
     ds_prev = np.zeros(sizes.state_len, dtype)
@@ -249,7 +244,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     loss_sum, forwards, dh0 = _sweep(
         cell.forward_step, cell.backward_step, cell.state_from_internal, codes, *arrays, xs_c, ys_f, ys_i,
         loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev, work_int, work,
-        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale, norms)
+        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale, norms, quantum_elems)
     wall = time.perf_counter() - t0
     if forwards != schedule.forward_steps:
         raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "

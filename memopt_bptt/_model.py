@@ -48,6 +48,15 @@ class Sizes(NamedTuple):
         return buffers + CALL_OVERHEAD_BYTES
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or inf, without a temporary as large as ``a`` (min/max propagate NaN)."""
+    if a.size == 0:
+        return True
+    if np.issubdtype(a.dtype, np.integer):
+        return True
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+
+
 def _dtype_of(dtype: Any, *, where: str) -> np.dtype:
     try:
         dt = np.dtype(dtype)
@@ -148,7 +157,7 @@ class Sequence:
             elif a.dtype != dtype:
                 raise TypeError(f"{where}: params[{name!r}] is {a.dtype} but other parameters are {dtype}; "
                                 "use one dtype")
-            if not np.all(np.isfinite(a)):
+            if not _all_finite(a):
                 raise ValueError(f"{where}: params[{name!r}] contains NaN or inf")
             arrays.append(np.ascontiguousarray(a))
         return tuple(arrays)
@@ -164,7 +173,7 @@ class Sequence:
         if xs.dtype != dtype:
             raise TypeError(f"{where}: xs is {xs.dtype} but params are {dtype}; cast one to match "
                             f"(e.g. xs.astype(np.{dtype.name}))")
-        if not np.all(np.isfinite(xs)):
+        if not _all_finite(xs):
             raise ValueError(f"{where}: xs contains NaN or inf")
         T, B = xs.shape[:2]
         if not isinstance(ys, np.ndarray):
@@ -175,7 +184,7 @@ class Sequence:
                                  f"{(T, B, self.output_size)} for loss='mse'")
             if ys.dtype != dtype:
                 raise TypeError(f"{where}: ys is {ys.dtype} but params are {dtype}; cast ys to match")
-            if not np.all(np.isfinite(ys)):
+            if not _all_finite(ys):
                 raise ValueError(f"{where}: ys contains NaN or inf")
             ys_f = np.ascontiguousarray(ys)
             ys_i = np.zeros((1, 1), np.int64)
@@ -200,7 +209,7 @@ class Sequence:
                 raise ValueError(f"{where}: h0 has shape {got}, expected {expect}")
             if h0.dtype != dtype:
                 raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
-            if not np.all(np.isfinite(h0)):
+            if not _all_finite(h0):
                 raise ValueError(f"{where}: h0 contains NaN or inf")
             h0_arr = np.ascontiguousarray(h0).reshape(-1).copy()
         return np.ascontiguousarray(xs), ys_f, ys_i, h0_arr
