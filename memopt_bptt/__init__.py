@@ -16,6 +16,7 @@ Example::
 from ._actions import Action
 from ._actions import OPS
 from ._budget import MemoryBudgetError
+from ._budget import format_bytes
 from ._budget import parse_budget
 from ._executor import Report
 from ._executor import value_and_grad
@@ -61,6 +62,7 @@ __all__ = [
     "clip_by_global_norm",
     "copy_task",
     "Elman",
+    "format_bytes",
     "global_norm",
     "grad_norm_by_lag",
     "GRU",

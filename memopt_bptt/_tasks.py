@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ._model import _dtype_of
+
 __all__ = ["adding_problem", "copy_task", "char_lm", "load_text", "TEXT_FILE"]
 
 TEXT_FILE = "alice_ch1.txt"
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _positive_int(value: Any, *, name: str, where: str, least: int = 1) -> int:
@@ -43,14 +44,6 @@ def _seed(seed: Any, *, where: str) -> int:
     return int(seed)
 
 
-def _float_dtype(dtype: Any, *, where: str) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{where}: dtype={dtype!r} is not a dtype; use 'float32' or 'float64'") from None
-    if dt not in _DTYPES:
-        raise TypeError(f"{where}: dtype={dtype!r} is not supported; use 'float32' or 'float64'")
-    return dt
 
 
 def adding_problem(T: int, batch: int, *, seed: int, dtype: Any = "float64") -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +74,7 @@ def adding_problem(T: int, batch: int, *, seed: int, dtype: Any = "float64") -> 
     where = "adding_problem"
     T = _positive_int(T, name="T", where=where, least=2)
     batch = _positive_int(batch, name="batch", where=where)
-    dt = _float_dtype(dtype, where=where)
+    dt = _dtype_of(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     half = T // 2
     values = rng.uniform(0.0, 1.0, size=(T, batch))
@@ -128,7 +121,7 @@ def copy_task(T: int, batch: int, *, n_symbols: int, seed: int, length: int = 10
     if T < 2 * length + 1:
         raise ValueError(f"{where}: T={T} is too short for length={length}; need T >= 2 * length + 1 = "
                          f"{2 * length + 1} (or pass a smaller length=)")
-    dt = _float_dtype(dtype, where=where)
+    dt = _dtype_of(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     blank, delimiter = n_symbols, n_symbols + 1
     symbols = rng.integers(0, n_symbols, size=(length, batch))
@@ -182,7 +175,7 @@ def char_lm(T: int, batch: int, *, seed: int, dtype: Any = "float64",
     where = "char_lm"
     T = _positive_int(T, name="T", where=where)
     batch = _positive_int(batch, name="batch", where=where)
-    dt = _float_dtype(dtype, where=where)
+    dt = _dtype_of(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     if text is None:
         text = load_text()

@@ -267,16 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- formatting helpers --------------------------------------------------------
-def fmt_bytes(n: float | int | None) -> str:
-    """Bytes with a binary unit: '1.50 MiB'."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} TiB"
+fmt_bytes = mb.format_bytes
 
 
 def _elide(values: Seq[int], keep: int = 12) -> str:
