@@ -141,7 +141,8 @@ class Report(NamedTuple):
     wall_time: float            # seconds, the sweep and its setup
     planned_bytes: int          # schedule.peak_bytes
     allocated_bytes: int        # bytes of the buffers allocated for the sweep
-    measured_peak_bytes: int    # tracemalloc peak during the call, minus the returned gradients
+    measured_peak_bytes: int    # tracemalloc peak during the call, gradients excluded; includes
+                                # ~3 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
     predicted_time_ratio: float
 
     def __str__(self) -> str:

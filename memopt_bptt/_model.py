@@ -12,9 +12,11 @@ from .cells import Cell
 __all__ = ["Sequence", "Sizes", "LOSSES"]
 
 LOSSES = ("mse", "cross_entropy")
-CALL_OVERHEAD_BYTES = 4096
-"""Charged to every budget for what one call allocates besides its buffers
-(the buffers' Python objects, argument tuples; a constant ~3.0 KB measured with tracemalloc)."""
+PYTHON_OVERHEAD_BYTES = 3072
+"""Not charged to budgets: the Python objects of one call (array headers,
+argument tuples, small input copies), a constant 3-5 KB under tracemalloc whatever T and the
+sizes. The budget covers the data the sweep keeps (checkpoints and working
+buffers), as the contract says."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -42,10 +44,8 @@ class Sizes(NamedTuple):
     @property
     def working_bytes(self) -> int:
         """Buffers the executor keeps besides checkpoints: current state, rebuilt
-        state, two state gradients, one internal state, cell scratch, outputs,
-        plus CALL_OVERHEAD_BYTES for the Python objects of the call itself."""
-        buffers = (4 * self.state_len + self.internal_len + self.work_len + self.output_len) * self.itemsize
-        return buffers + CALL_OVERHEAD_BYTES
+        state, two state gradients, one internal state, cell scratch, outputs."""
+        return (4 * self.state_len + self.internal_len + self.work_len + self.output_len) * self.itemsize
 
 
 def _all_finite(a: np.ndarray) -> bool:
