@@ -24,8 +24,8 @@ class _Stats:
     pool_quanta: int
     n_hidden_slots: int
     n_internal_slots: int
-    hidden_positions: tuple[int, ...]
-    internal_positions: tuple[int, ...]
+    hidden_marks: bytearray    # 1 at each position ever kept as a hidden state
+    internal_marks: bytearray  # 1 at each step whose internal state is ever kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,8 +66,11 @@ class Schedule:
         codes = np.array(self.codes, dtype=np.int64, order="C", copy=True)
         if codes.ndim != 2 or codes.shape[1] != 3:
             raise ValueError("Schedule.codes must have shape (n_actions, 3)")
-        # A private read-only buffer: nobody holds a writeable alias of it.
-        frozen = np.frombuffer(codes.tobytes(), dtype=np.int64).reshape(codes.shape)
+        # A private copy, read-only, exposed through a view: a view of a
+        # read-only base cannot be made writeable again, and nobody else holds
+        # the base. One copy, so a long schedule is not duplicated twice over.
+        codes.flags.writeable = False
+        frozen = codes.view()
         object.__setattr__(self, "codes", frozen)
 
     # ---- views --------------------------------------------------------------
@@ -118,13 +121,13 @@ class Schedule:
 
     @property
     def hidden_positions(self) -> tuple[int, ...]:
-        """Positions ever stored as hidden checkpoints."""
-        return self._stats.hidden_positions
+        """Positions ever stored as hidden checkpoints, ascending."""
+        return tuple(int(v) for v in np.flatnonzero(np.frombuffer(self._stats.hidden_marks, np.uint8)))
 
     @property
     def internal_positions(self) -> tuple[int, ...]:
-        """Steps whose internal state is ever kept in the pool."""
-        return self._stats.internal_positions
+        """Steps whose internal state is ever kept in the pool, ascending."""
+        return tuple(int(v) for v in np.flatnonzero(np.frombuffer(self._stats.internal_marks, np.uint8)))
 
     def validate(self) -> "Schedule":
         """Simulate the actions; raise :class:`ScheduleError` on any violation.
@@ -239,6 +242,13 @@ class Schedule:
                 f"peak_units={self.peak_units:g}, n_actions={len(self.codes)})")
 
 
+def _rows(codes: np.ndarray, chunk: int = 4096):
+    """(index, (op, step, slot)) over the rows, converting a chunk at a time, so
+    simulating a long schedule does not build a Python list as long as it."""
+    for start in range(0, codes.shape[0], chunk):
+        yield from enumerate(codes[start: start + chunk].tolist(), start)
+
+
 def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> _Stats:
     """Run the actions on a model of the buffers; raise ScheduleError on misuse."""
     live: dict[int, tuple[str, int, int]] = {}  # offset -> (kind, position, size)
@@ -269,15 +279,16 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
     next_rev = T
     forwards = 0
     peak_h = peak_i = 0
-    hidden_pos: set[int] = set()
-    internal_pos: set[int] = set()
-    for i, (op, step, slot) in enumerate(codes.tolist()):
+    # one byte per position, not a Python set, so a long schedule stays cheap to check
+    hidden_pos = bytearray(T + 1)
+    internal_pos = bytearray(T + 1)
+    for i, (op, step, slot) in _rows(codes):
         name = OPS[op] if 0 <= op < len(OPS) else None
         if name == "takeshot":
             if step != cur:
                 raise ScheduleError(f"action {i}: takeshot of position {step} but current is {cur}")
             write(slot, "hidden", step, hq, i)
-            hidden_pos.add(step)
+            hidden_pos[step] = 1
         elif name == "restore":
             read(slot, "hidden", step, i)
             cur = step
@@ -300,7 +311,7 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
                 working = step
             else:
                 write(slot, "internal", step, kq, i)
-                internal_pos.add(step)
+                internal_pos[step] = 1
         elif name == "reverse":
             if step != next_rev:
                 raise ScheduleError(f"action {i}: reverse of step {step}, expected {next_rev}")
@@ -317,4 +328,4 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
         peak_i = max(peak_i, count["internal"])
     if next_rev != 0:
         raise ScheduleError(f"steps {next_rev}..1 are never reversed")
-    return _Stats(forwards, pool_quanta, peak_h, peak_i, tuple(sorted(hidden_pos)), tuple(sorted(internal_pos)))
+    return _Stats(forwards, pool_quanta, peak_h, peak_i, hidden_pos, internal_pos)
