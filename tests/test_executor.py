@@ -432,3 +432,14 @@ def test_inf_loss_from_a_huge_readout_raises():
     params = dict(params, **{"readout.weight": np.full_like(params["readout.weight"], 1e200)})
     with pytest.raises(FloatingPointError, match="not finite"):
         mb.value_and_grad(model, params, xs, ys, budget=between(model, T, batch, 0.5))
+
+
+def test_measure_step_times_feeds_the_time_model():
+    model = mb.Sequence(mb.Elman(input_size=3, hidden_size=8), output_size=2)
+    f, b = mb.measure_step_times(model, batch=2, dtype="float64", repeats=5)
+    assert f > 0 and b > 0
+    schedule = mb.plan(40, budget=0.5, model=model, batch=2, dtype="float64", backward_forward_ratio=b / f)
+    rho = b / f
+    assert schedule.time_ratio == pytest.approx((schedule.forward_steps + 40 * rho) / (40 * (1 + rho)))
+    with pytest.raises(ValueError, match="repeats"):
+        mb.measure_step_times(model, batch=2, repeats=0)
