@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy", choices=mb.POLICIES, default="msm", help="what to keep (default: %(default)s)")
     d.add_argument("--hidden", type=_positive_int, default=32, metavar="H", help="LSTM hidden size (default: %(default)s)")
     d.add_argument("--batch", type=_positive_int, default=32, metavar="N", help="sequences per update (default: %(default)s)")
-    d.add_argument("--dtype", choices=DTYPES, default="float64",
+    d.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="floating-point type (default: %(default)s)")
     d.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate (default: %(default)s)")
     d.add_argument("--seed", type=_seed, default=0, help="random seed of the data and initial weights (default: %(default)s)")
