@@ -27,7 +27,6 @@ Writes benchmarks/results/bench_planner.json.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
@@ -55,6 +54,10 @@ CALIBRATION_T = 400  # 1% of plain BPTT needs T >= ~300 to fit at all
 HEADLINE = {"source": "Gruslys et al. 2016 (arXiv 1606.03401), T=1000", "memory_fraction": 0.05,
             "time_ratio": 1.33}
 
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _memory import malloc_trim, reset_peak  # noqa: E402
 
 def _model():
     import memopt_bptt as mb
@@ -121,16 +124,8 @@ def _status_kib(field):
 
 def _reset_peak():
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+    malloc_trim()
+    return reset_peak()
 
 
 def worker(T, fraction, policy, max_repeat_seconds):
