@@ -196,14 +196,12 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
             raise TypeError("value_and_grad: schedule must be a memopt_bptt.Schedule from mb.plan")
         if schedule.T != T:
             raise ValueError(f"value_and_grad: schedule is for T={schedule.T} but xs has T={T}")
-        g = math.gcd(sizes.state_width, sizes.internal_width)
-        if (schedule.hidden_quanta, schedule.internal_quanta) != (sizes.state_width // g, sizes.internal_width // g) \
-                or schedule.quantum_bytes != g * B * sizes.itemsize:
+        if (schedule.hidden_quanta, schedule.internal_quanta) != sizes.quantum[1:] \
+                or schedule.quantum_bytes != sizes.quantum_bytes:
             raise ValueError("value_and_grad: schedule was planned for another model, batch or dtype; "
                              "plan it with mb.plan(T, budget=..., model=model, batch=..., dtype=...)")
         schedule.validate()
-    g = math.gcd(sizes.state_width, sizes.internal_width)
-    quantum_elems = g * B
+    quantum_elems = sizes.quantum[0] * B
     codes = schedule.codes  # read in place: slots are scaled to element offsets inside the sweep
 
     if ds_norms is None:
@@ -218,15 +216,20 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     loss_kind = 0 if model.loss == "mse" else 1
     cell = model.cell
 
+    def sweep(codes_, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, g_arrays_, norms_):
+        return _sweep(cell.forward_step, cell.backward_step, cell.state_from_internal, codes_, *arrays, xs_c,
+                      ys_f, ys_i, loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev,
+                      work_int, work, outbuf, *g_arrays_, sizes.state_len, sizes.internal_len, scale, norms_,
+                      quantum_elems)
+
     if return_report:
         # Compile (or load) the sweep first, on an empty schedule, so the
         # measured peak is the sweep's and not the compiler's.
-        _sweep(cell.forward_step, cell.backward_step, cell.state_from_internal, codes[:0], *arrays, xs_c, ys_f,
-               ys_i, loss_kind, cell.output_is_state, cell.hidden_size, np.zeros(1, dtype),
-               h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), h0_flat.copy(), np.zeros(sizes.internal_len, dtype),
-               np.zeros(max(sizes.work_len, 1), dtype), np.zeros(sizes.output_len, dtype),
-               *[np.zeros_like(a) for a in arrays], sizes.state_len, sizes.internal_len, scale,
-               np.zeros(0, np.float64), quantum_elems)
+        state = np.zeros(sizes.state_len, dtype)
+        sweep(codes[:0], np.zeros(1, dtype), state, state.copy(), state.copy(), state.copy(),
+              np.zeros(sizes.internal_len, dtype), np.zeros(max(sizes.work_len, 1), dtype),
+              np.zeros(sizes.output_len, dtype), [np.zeros_like(a) for a in arrays], np.zeros(0, np.float64))
+        del state
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
@@ -242,10 +245,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     work = np.empty(max(sizes.work_len, 1), dtype)
     outbuf = np.empty(sizes.output_len, dtype)
     allocated = sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf)) + sizes.work_len * sizes.itemsize
-    loss_sum, forwards, dh0 = _sweep(
-        cell.forward_step, cell.backward_step, cell.state_from_internal, codes, *arrays, xs_c, ys_f, ys_i,
-        loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev, work_int, work,
-        outbuf, *g_arrays, sizes.state_len, sizes.internal_len, scale, norms, quantum_elems)
+    loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, g_arrays, norms)
     wall = time.perf_counter() - t0
     if forwards != schedule.forward_steps:
         raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "

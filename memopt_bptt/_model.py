@@ -42,6 +42,17 @@ class Sizes(NamedTuple):
         return self.internal_len * self.itemsize
 
     @property
+    def quantum(self) -> tuple[int, int, int]:
+        """(elements per batch row of one quantum, hidden quanta, internal quanta):
+        the planner's memory unit, the gcd of the state and internal widths."""
+        g = math.gcd(self.state_width, self.internal_width)
+        return g, self.state_width // g, self.internal_width // g
+
+    @property
+    def quantum_bytes(self) -> int:
+        return self.quantum[0] * self.batch * self.itemsize
+
+    @property
     def working_bytes(self) -> int:
         """Buffers the executor keeps besides checkpoints: current state, rebuilt
         state, two state gradients, one internal state, cell scratch, outputs."""

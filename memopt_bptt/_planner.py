@@ -452,17 +452,18 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         n_slots = min(M // kq, max(T - 1, 0))
         _, choice = _ism_table(T, n_slots)
         return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k)
-    if policy == "msm" and msm_table_work(T, M, hq, kq) > MSM_EXACT_MAX_WORK:
+    work = msm_table_work(T, M, hq, kq)
+    if policy == "msm" and work > MSM_EXACT_MAX_WORK:
         ism = plan_quanta(T, M, hq, kq, "ism")
         rev = plan_quanta(T, M, hq, kq, "revolve")
         best = ism if ism[1] <= rev[1] else rev
         warnings.warn(
-            f"plan: the exact MSM table for T={T} and {M} quanta (~{msm_table_work(T, M, hq, kq):.2g} steps) "
+            f"plan: the exact MSM table for T={T} and {M} quanta (~{work:.2g} steps) "
             f"is too slow; using the better of policy='ism' and 'revolve' ({best[1]} forward steps), which is "
             "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
             UserWarning, stacklevel=3)
         return best
-    if policy == "hsm" and msm_table_work(T, M, hq, kq) > HSM_TABLE_MAX_WORK:
+    if policy == "hsm" and work > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
     use_h = policy in ("msm", "hsm")
@@ -568,10 +569,8 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     if budget is None:
         raise ValueError("plan: give budget= (bytes, e.g. '64MiB', or a fraction of plain BPTT's memory)")
     sizes = model.sizes(batch=batch, dtype=dtype)
-    g = math.gcd(sizes.state_width, sizes.internal_width)
-    hq = sizes.state_width // g
-    kq = sizes.internal_width // g
-    quantum_bytes = g * sizes.batch * sizes.itemsize
+    _, hq, kq = sizes.quantum
+    quantum_bytes = sizes.quantum_bytes
     working = sizes.working_bytes
     full_bytes = working + (hq + max(T - 1, 0) * kq) * quantum_bytes
     kind, value = parse_budget(budget)
