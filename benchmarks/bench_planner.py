@@ -11,9 +11,11 @@ the time per emitted action. Configurations whose estimated time or table
 size exceeds the limits are skipped with "skipped: estimated N s / M GB"; the
 time estimate is the planner's DP work (cells x inner loop, from T and the
 budget) times the seconds per unit of work measured at the last smaller T of
-the same policy and budget (or at T = 400). Where the exact MSM table would
-be too much work the planner's ``msm`` returns the better of ism and revolve
-with a warning; those rows say "fallback" and are estimated from ism + revolve.
+the same policy and budget (or at T = 400). msm runs the pruned exact table
+(memopt_bptt._planner._msm_fast_table; its work unit is a table cell); where
+even that is too much work the planner's ``msm`` returns the better of ism
+and revolve with a warning; those rows say "fallback" and are estimated from
+ism + revolve.
 
 Part 2 - what the schedules cost. For the same LSTM at T = 1000 and budgets
 of 1, 2, 5, 10 and 20% of plain BPTT: forward steps and the predicted time
@@ -21,6 +23,8 @@ ratio (F + T*b/f) / (T*(1 + b/f)) for msm, hsm, ism, revolve and sqrt, next to
 Gruslys et al. (2016)'s headline: 5% of the memory for ~1.33x the time.
 
 Run:  python benchmarks/bench_planner.py [--quick]
+      python benchmarks/bench_planner.py --policies msm --T 1e3,1e4,1e5 --out /tmp/msm.json
+      (msm's planning times only; msm brings ism and revolve, its fallback)
 Writes benchmarks/results/bench_planner.json.
 """
 
@@ -105,7 +109,10 @@ def table_bytes(policy, T, fraction, lay):
     if policy == "msm":
         if msm_falls_back(T, fraction, lay):
             return table_bytes("ism", T, fraction, lay)
-        return 12 * 2 * (T + 1) * (min(M, (T - 1) * kq) + 1)
+        # _msm_fast_table: a 2-byte choice per cell (4 from T = 2^15), kq + 1 rows of int64 costs
+        # and slope maxima per start kind, 4 stacks of int64 pairs
+        cells = 2 * (T + 1) * (min(M, (T - 1) * kq) + 1)
+        return cells * (2 if T < 2**15 else 4) + 2 * 2 * (kq + 1) * (T + 1) * 8 + 4 * 2 * (T + 1) * 8
     if policy == "hsm":
         return 12 * 2 * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
@@ -188,13 +195,14 @@ def run_worker(T, fraction, policy, max_repeat_seconds, timeout):
 def work(policy, T, fraction, lay):
     """Inner-loop iterations of the planner's DP for this policy: the time model.
 
-    msm: both start kinds, H and I options, m up to what t-1 internal states
-    need; hsm: T^2 x (capped quanta); ism: binary search, T x slots x log2 T."""
+    msm: the planner's own msm_table_work (cells of the pruned exact table:
+    2 x (T+1) x (capped quanta + 1)); hsm: T^2 x (capped quanta); ism: binary
+    search, T x slots x log2 T."""
     M = free_quanta(T, fraction, lay)
     hq, kq = lay["hq"], lay["kq"]
     if policy == "msm":
-        t = np.arange(1, T + 1, dtype=np.float64)
-        return float(np.sum(4.0 * t * np.minimum(float(M), (t - 1) * kq)))
+        from memopt_bptt._planner import msm_table_work
+        return msm_table_work(T, M, hq, kq)
     if policy == "hsm":
         return float(T) * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
@@ -202,20 +210,24 @@ def work(policy, T, fraction, lay):
     return None
 
 
-def calibrate(fractions, lay):
-    """Seconds per unit of work() at T = CALIBRATION_T, per (table policy, fraction)."""
+def calibrate(fractions, lay, policies=TABLE_POLICIES):
+    """Seconds per unit of work() at T = CALIBRATION_T (doubled until the budget
+    fits the working buffers), per (table policy, fraction)."""
     import memopt_bptt as mb
     model = _model()
     rates = {}
-    for policy in TABLE_POLICIES:
+    for policy in policies:
         mb.plan(64, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
         for f in fractions:
+            T = CALIBRATION_T
+            while free_quanta(T, f, lay) < lay["kq"]:
+                T *= 2
             runs = []
             while len(runs) < 5 and sum(runs) < 2.0:
                 t0 = time.perf_counter()
-                mb.plan(CALIBRATION_T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+                mb.plan(T, budget=f, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
                 runs.append(time.perf_counter() - t0)
-            rates[(policy, f)] = statistics.median(runs) / work(policy, CALIBRATION_T, f, lay)
+            rates[(policy, f)] = statistics.median(runs) / work(policy, T, f, lay)
     return rates
 
 
@@ -232,10 +244,10 @@ def fmt_seconds(s):
     return "-" if s is None else (f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s")
 
 
-def part1(Ts, fractions, max_seconds, max_gb, lay):
+def part1(Ts, fractions, max_seconds, max_gb, lay, policies=POLICIES):
     print(f"Part 1: planning cost, LSTM(in={INPUT}, hidden={HIDDEN}), batch {BATCH}, {DTYPE}; "
           f"limits ~{max_seconds:.0f} s / ~{max_gb:g} GB per configuration")
-    rates = calibrate(fractions, lay)
+    rates = calibrate(fractions, lay, [p for p in TABLE_POLICIES if p in policies])
     print(f"  ns per unit of DP work at T={CALIBRATION_T}: "
           + ", ".join(f"{p}@{f:.0%}: {1e9 * v:.2f}" for (p, f), v in rates.items()))
     rows = []
@@ -245,7 +257,7 @@ def part1(Ts, fractions, max_seconds, max_gb, lay):
     print("-" * len(header))
     anchors = {}
     by_key = {}
-    for policy in POLICIES:
+    for policy in policies:
         for f in fractions:
             skipping = False
             for T in Ts:
@@ -343,6 +355,10 @@ def main(argv=None):
     ap.add_argument("--max-seconds", type=float, default=None, help="skip configurations estimated slower")
     ap.add_argument("--max-gb", type=float, default=4.0, help="skip configurations whose DP tables are larger")
     ap.add_argument("--out", default=RESULTS, help="JSON output path")
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="comma-separated policies for part 1 (msm brings ism and revolve, its fallback); "
+                         "part 2 is skipped unless all are run")
+    ap.add_argument("--T", default=None, help="comma-separated T values for part 1 (default 10^3..10^6)")
     ap.add_argument("--worker", nargs=4, metavar=("T", "FRACTION", "POLICY", "REPEAT_SECONDS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -353,13 +369,21 @@ def main(argv=None):
     import memopt_bptt as mb
     import numba
     Ts = (10**3, 10**4) if args.quick else (10**3, 10**4, 10**5, 10**6)
+    if args.T:
+        Ts = tuple(int(float(x)) for x in args.T.split(","))
+    wanted = set(args.policies.split(","))
+    if not wanted <= set(POLICIES):
+        ap.error(f"--policies: unknown {sorted(wanted - set(POLICIES))}; use {', '.join(POLICIES)}")
+    if "msm" in wanted:
+        wanted |= {"ism", "revolve"}
+    policies = tuple(p for p in POLICIES if p in wanted)
     max_seconds = args.max_seconds if args.max_seconds is not None else (20.0 if args.quick else 120.0)
     fractions = (0.01, 0.05, 0.2)
     lay = _layout()
     started = time.time()
-    rows, exps = part1(Ts, fractions, max_seconds, args.max_gb, lay)
+    rows, exps = part1(Ts, fractions, max_seconds, args.max_gb, lay, policies)
     done = {(r["T"], r["fraction"], r["policy"]): r for r in rows}
-    table2 = part2((0.01, 0.02, 0.05, 0.1, 0.2), done, lay)
+    table2 = part2((0.01, 0.02, 0.05, 0.1, 0.2), done, lay) if policies == POLICIES else None
     revolve_big = [r for r in rows if r["policy"] == "revolve" and r.get("status") == "ok"]
     if revolve_big:
         r = max(revolve_big, key=lambda r: (r["T"], r["fraction"]))

@@ -42,12 +42,24 @@ states.
 
 Speed: ``revolve`` (closed form) scales to T = 10^6. ISM counts memory in
 whole internal slots and finds each split by binary search (its cost is
-convex in t), O(T n log T) for n slots. The exact MSM table is O(T^2 m) time
-and O(T m) memory in quanta — MSM's cost is *not* convex in t, so no such
-shortcut is exact — and is used while its work stays under
-``MSM_EXACT_MAX_WORK`` (T of a few thousand at 5%); beyond that ``msm``
-returns the better of ``ism`` and ``revolve`` with a warning, which is optimal
-among single-kind schedules but not proven MSM-optimal.
+convex in t), O(T n log T) for n slots. MSM's cost is *not* convex in t, so
+no binary search is exact; ``msm`` runs ``_msm_fast_table``: the same
+recurrence, row by row in m (kq + 1 rows of costs kept, plus a 2-byte choice
+per cell while T < 2^15), with two proven devices instead of scanning every
+split: a lower bound R >= 2t - floor(m'/kq) - 1 that most cells reach at
+their first probe, and bounds on the cost's slopes that end each split scan
+after a few evaluations (see its docstring). It returns the naive table's
+costs exactly (every cell checked for T <= 300 in tests/test_planner_fast.py);
+it visits 2 (T+1)(m+1) cells, and the scans stay short on every size
+measured (about 1 to 60 evaluations per cell, more where the budget is small
+relative to T), though no better worst case than O(T^2 m) is proven. When the cells
+exceed ``MSM_EXACT_MAX_WORK`` ``msm`` returns the better of ``ism`` and
+``revolve`` with a warning, which is optimal among single-kind schedules but
+not proven MSM-optimal. With kq < hq (alpha < 1) rows would depend on
+larger m, so ``msm`` runs the naive full-scan table instead, under the same
+limit on its inner-loop iterations. Measured (one core, hq=2, kq=7): T = 10^4 takes
+about 3.5 s at 1% of plain BPTT's memory, 4.3 s at 5%, 6.5 s at 20%; T = 10^5 falls
+back (its table would be 1.4e9 to 2.8e10 cells).
 """
 
 from __future__ import annotations
@@ -184,6 +196,215 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
                 choice[own, m, t] = ch
     # hand back [own, t, m] views, the layout _emit and the tests index
     return cost.transpose(0, 2, 1), choice.transpose(0, 2, 1)
+
+
+# ---- the exact MSM table, pruned ------------------------------------------------
+@njit(cache=True)
+def _stack_push(stk, stkv, ssz, s, idx, val):
+    """Append D[idx] = val to stack s: the suffix minima of D[1..idx], values rising to the top."""
+    n = ssz[s]
+    while n > 0 and stkv[s, n - 1] >= val:
+        n -= 1
+    stk[s, n] = idx
+    stkv[s, n] = val
+    ssz[s] = n + 1
+
+
+@njit(cache=True)
+def _stack_min_from(stk, stkv, ssz, s, a):
+    """min D[a..top] of stack s (a huge number for an empty range)."""
+    lo = 0
+    hi = ssz[s]
+    while lo < hi:  # first stack entry with index >= a
+        mid = (lo + hi) // 2
+        if stk[s, mid] >= a:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == ssz[s]:
+        return 1 << 60
+    return stkv[s, lo]
+
+
+@njit(cache=True)
+def _stack_catch_up(cost, stk, stkv, ssz, upto, s, own, row, last):
+    """Push D[upto[s]+1 .. last] of cost[own, row] onto stack s."""
+    u = upto[s] + 1
+    while u <= last:
+        _stack_push(stk, stkv, ssz, s, u, cost[own, row, u] - cost[own, row, u - 1])
+        u += 1
+    if last > upto[s]:
+        upto[s] = last
+
+
+@njit(cache=True)
+def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, guess, lb):
+    """min over ylo <= y <= t-1 of y + A(t-y) + B(y-off), A = cost[oa, ra], B = cost[ob, rb].
+
+    Exact: starts at ``guess`` and stops in each direction only when a proven
+    bound shows that no further y is strictly cheaper, or when the cost
+    reaches ``lb``, a lower bound of the cell (see _msm_fast_table).
+    Returns (cost, its y, evaluations)."""
+    yhi = t - 1
+    g = min(max(guess, ylo), yhi)
+    best = 1 << 60
+    arg = g
+    n = 0
+    y = g
+    while True:
+        c = y + cost[oa, ra, t - y] + cost[ob, rb, y - off]
+        n += 1
+        if c < best:
+            best = c
+            arg = y
+            if best <= lb:
+                return best, arg, n
+        if y >= yhi:
+            break
+        # every y' > y costs >= t + B(y'-off) >= t + B(y-off)
+        if t + cost[ob, rb, y - off] >= best:
+            break
+        # cost(y') - cost(y) >= (y'-y) (1 + min D_B[y-off+1..t-1] - max D_A[1..t-y]) for y' > y
+        if 1 + _stack_min_from(stk, stkv, ssz, sb, y - off + 1) >= pmx[oa, ra, t - y]:
+            break
+        y += 1
+    y = g
+    while y > ylo:
+        # cost(y') - cost(y) >= (y-y') (min D_A[t-y+1..t-1] - 1 - max D_B[1..y-off]) for y' < y
+        if _stack_min_from(stk, stkv, ssz, sa, t - y + 1) >= 1 + pmx[ob, rb, y - off]:
+            break
+        y -= 1
+        c = y + cost[oa, ra, t - y] + cost[ob, rb, y - off]
+        n += 1
+        if c <= best:
+            best = c
+            arg = y
+            if best <= lb:
+                break
+    return best, arg, n
+
+
+@njit(cache=True)
+def _msm_fast_table(T, M, hq, kq, R, choice):
+    """The MSM table of _dp_table (use_h = use_i = True), same costs, in
+    O((M+1) (T+1)) cells with short split scans and R rows of costs kept.
+
+    Rows are computed in order of m (row m reads rows m-hq, m-kq and
+    m-kq+hq, so needs kq >= hq; R = kq + 1 keeps a ring, R = M + 1 the whole
+    table). Writes choice[own, m, t] (0 = W, y = H at y, -y = I at y) and
+    returns (cost [own, R, T+1] as kept, split evaluations).
+
+    Two proven facts make it exact without scanning every split:
+
+    * a lower bound: R(t, m) >= max(t, 2t - floor((m + own*hq) / kq) - 1).
+      A step forwarded only once must keep its internal state from that
+      forward to its backward; for two such steps i < j, the forward of j
+      comes after the forward of i and its backward before, so all of them
+      are held at once (the last may sit in the working buffer): at most
+      floor(m'/kq) + 1 of them with m' quanta (an owned start's hq quanta can
+      be reused), every other step costs >= 2. A cell whose cost reaches the
+      bound needs no more search (most cells at larger m).
+    * bounds on how far to scan. Each split option minimises
+      f(y) = y + A(t-y) + B(y-off) over y, with A the right part's row
+      (complete) and B the left part's (t' < t done). With D(u) = R(u) -
+      R(u-1) >= 1 (R rises by at least one per step: an induction over the
+      recurrence), for y' > y
+
+          f(y') - f(y) >= (y'-y) (1 + min D_B[y-off+1 .. t-1] - max D_A[1 .. t-y])
+
+      and for y' < y
+
+          f(y') - f(y) >= (y-y') (min D_A[t-y+1 .. t-1] - 1 - max D_B[1 .. y-off]),
+
+      so a scan from a guess (the previous t's split) stops in a direction as
+      soon as that factor is >= 0; upwards also when t + B(y-off) >= best
+      (f(y') >= y' + (t-y') + B(y'-off)).
+
+    The minimum found is the true one for any guess; the guess only sets how
+    far the scans go. max D over a prefix is kept per row (pmx); min D over
+    [a, t-1] comes from a stack of suffix minima per row in use, filled on
+    first need. Ties may resolve to a different split than _dp_table's; the
+    cost is the same (tests/test_planner_fast.py checks every cell).
+    """
+    cost = np.zeros((2, R, T + 1), np.int64)
+    pmx = np.zeros((2, R, T + 1), np.int64)
+    # stacks: 0 = (own 1, m-hq) [A of H], 1 = (own 0, m-kq) [A of I], 2 = (own 0, m), 3 = (own 1, m)
+    stk = np.zeros((4, T + 1), np.int64)
+    stkv = np.zeros((4, T + 1), np.int64)
+    ssz = np.zeros(4, np.int64)
+    upto = np.zeros(4, np.int64)
+    guess = np.ones((2, 2), np.int64)
+    evals = 0
+    for m in range(M + 1):
+        r = m % R
+        rh = (m - hq) % R
+        rk = (m - kq) % R
+        ssz[:] = 0
+        upto[:] = 0
+        guess[:, 0] = 1
+        guess[:, 1] = 2
+        for own in range(2):
+            cost[own, r, 0] = 0
+            pmx[own, r, 0] = 0
+            choice[own, m, 0] = 0
+        for t in range(1, T + 1):
+            saturated = m >= (t - 1) * kq
+            for own in range(2):
+                if saturated:
+                    best = t
+                    ch = -1 if t > 1 else 0
+                else:
+                    lb = 2 * t - (m + own * hq) // kq - 1
+                    best = t + cost[own, r, t - 1]
+                    ch = 0
+                    m1 = m - kq + (hq if own == 1 else 0)
+                    if m1 >= 0:
+                        c = 1 + cost[0, m1 % R, t - 1]
+                        if c < best:
+                            best = c
+                            ch = -1
+                    do_h = m >= hq
+                    do_i = m >= kq and t > 2
+                    # probe the previous splits first: most cells reach the lower bound there
+                    if best > lb and do_h:
+                        y = min(guess[own, 0], t - 1)
+                        c = y + cost[1, rh, t - y] + cost[own, r, y]
+                        evals += 1
+                        if c < best:
+                            best = c
+                            ch = y
+                    if best > lb and do_i:
+                        y = min(max(guess[own, 1], 2), t - 1)
+                        c = y + cost[0, rk, t - y] + cost[own, r, y - 1]
+                        evals += 1
+                        if c < best:
+                            best = c
+                            ch = -y
+                    if best > lb:
+                        if do_h:
+                            _stack_catch_up(cost, stk, stkv, ssz, upto, 0, 1, rh, t - 1)
+                            _stack_catch_up(cost, stk, stkv, ssz, upto, 2 + own, own, r, t - 1)
+                            c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 0, 1, rh, 2 + own, own, r, t, 0, 1,
+                                                guess[own, 0], lb)
+                            evals += n
+                            guess[own, 0] = y
+                            if c < best:
+                                best = c
+                                ch = y
+                        if do_i and best > lb:
+                            _stack_catch_up(cost, stk, stkv, ssz, upto, 1, 0, rk, t - 1)
+                            _stack_catch_up(cost, stk, stkv, ssz, upto, 2 + own, own, r, t - 1)
+                            c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 1, 0, rk, 2 + own, own, r, t, 1, 2,
+                                                guess[own, 1], lb)
+                            evals += n
+                            guess[own, 1] = y
+                            if c < best:
+                                best = c
+                                ch = -y
+                cost[own, r, t] = best
+                pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
+                choice[own, m, t] = ch
+    return cost, evals
 
 
 @njit(cache=True)
@@ -419,14 +640,20 @@ def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
     return hq + max(j * hq + (min(sqrt_k, T - j * sqrt_k) - 1) * kq for j in range(n_seg))
 
 
-MSM_EXACT_MAX_WORK = 1e10
+MSM_EXACT_MAX_WORK = 1e9
 HSM_TABLE_MAX_WORK = 4e8
-"""Inner-loop iterations above which msm falls back to the better of ism and revolve
-(with a warning): the exact table is O(T^2 m)."""
+"""msm_table_work above which msm falls back to the better of ism and revolve
+(with a warning)."""
 
 
 def msm_table_work(T: int, M: int, hq: int, kq: int) -> float:
-    """Inner-loop iterations of the exact MSM table (both start kinds, both options)."""
+    """Work of the exact MSM table for T steps and M free quanta: cells of the
+    pruned table (2 start kinds x (M'+1) x (T+1), M' = M capped at plain BPTT's
+    need) when kq >= hq, else inner-loop iterations of the full scan
+    (both start kinds, both options)."""
+    cap = min(M, max(T - 1, 0) * kq)
+    if kq >= hq:
+        return 2.0 * (cap + 1) * (T + 1)
     t = np.arange(1, T + 1, dtype=np.float64)
     m_used = np.minimum(float(M), (t - 1) * kq)
     return float(np.sum(4.0 * t * m_used))
@@ -470,6 +697,10 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
+    if policy == "msm" and kq >= hq:
+        choice = np.zeros((2, cap + 1, T + 1), np.int16 if T < 2 ** 15 else np.int32)
+        _msm_fast_table(T, cap, hq, kq, kq + 1, choice)
+        return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k)
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
     return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k)
 

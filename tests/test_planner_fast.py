@@ -42,3 +42,67 @@ def test_msm_fallback_warns_and_is_no_worse_than_single_kinds(monkeypatch):
         warnings.simplefilter("error")
         exact = plan_quanta(60, 40, 2, 7, "msm")[1]
     assert exact <= fallback
+
+
+# ---- the pruned exact MSM table (_msm_fast_table) --------------------------------
+@pytest.mark.parametrize("T,hq,kq", [(300, 2, 7), (300, 1, 1), (300, 2, 4), (160, 1, 3), (160, 3, 5), (160, 1, 2)])
+def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
+    # every (start kind, t <= T, m <= plain BPTT's need): the pruned table keeps all rows here
+    from memopt_bptt._planner import _msm_fast_table
+
+    M = (T - 1) * kq
+    naive, _ = _dp_table(T, M, hq, kq, True, True)
+    choice = np.zeros((2, M + 1, T + 1), np.int32)
+    fast, _ = _msm_fast_table(T, M, hq, kq, M + 1, choice)
+    np.testing.assert_array_equal(fast.transpose(0, 2, 1), naive)
+    # the recorded choices achieve the cost they are recorded for
+    rng = np.random.default_rng(0)
+    for own, t, m in zip(rng.integers(0, 2, 400), rng.integers(2, T + 1, 400), rng.integers(0, M + 1, 400)):
+        ch = int(choice[own, m, t])
+        if ch == 0:
+            c = t + naive[own, t - 1, m]
+        elif ch > 0:
+            c = ch + naive[1, t - ch, m - hq] + naive[own, ch, m]
+        elif ch == -1:
+            c = 1 if t == 1 else 1 + naive[0, t - 1, min(m - kq + (hq if own else 0), M)]
+        else:
+            y = -ch
+            c = y + naive[0, t - y, m - kq] + naive[own, y - 1, m]
+        assert c == naive[own, t, m], (own, t, m, ch)
+
+
+def test_fast_msm_ring_equals_full_table():
+    # the planner keeps kq + 1 rows; the last rows must equal the full table's
+    from memopt_bptt._planner import _msm_fast_table
+
+    T, M, hq, kq = 200, 500, 2, 7
+    full, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32))
+    ring, _ = _msm_fast_table(T, M, hq, kq, kq + 1, np.zeros((2, M + 1, T + 1), np.int16))
+    for m in range(M - kq, M + 1):
+        np.testing.assert_array_equal(ring[:, m % (kq + 1)], full[:, m])
+
+
+@pytest.mark.parametrize("hq,kq", [(2, 7), (1, 1), (1, 2)])
+def test_msm_plans_match_naive_cost_and_validate(hq, kq):
+    import memopt_bptt as mb
+
+    T = 300
+    Mmax = (T - 1) * kq
+    naive, _ = _dp_table(T, Mmax, hq, kq, True, True)
+    for M in sorted({0, 1, hq, kq, 13, 50, 137, 400, Mmax // 3, Mmax - 1, Mmax}):
+        if M > Mmax:
+            continue
+        codes, forwards, pool = plan_quanta(T, M, hq, kq, "msm")
+        assert forwards == naive[0, T, M], (M, forwards, naive[0, T, M])
+        assert pool <= hq + M
+        mb.Schedule(T=T, policy="msm", codes=codes, hidden_quanta=hq, internal_quanta=kq,
+                    pool_quanta=pool, forward_steps=int(forwards)).validate()
+
+
+def test_msm_is_exact_past_the_old_limit_without_warning():
+    # T = 4000 at 1% of plain BPTT (hq=2, kq=7): the old full scan (~1e10 steps) fell back here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes, forwards, pool = plan_quanta(4000, 280, 2, 7, "msm")
+    assert forwards <= min(plan_quanta(4000, 280, 2, 7, p)[1] for p in ("ism", "revolve"))
+    assert pool <= 2 + 280
