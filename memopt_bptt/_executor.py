@@ -59,9 +59,36 @@ def _loss_step(kind, out, ys_f, ys_i, t, scale):
     return total
 
 
+@njit(cache=True)
+def _no_flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
+              g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out):
+    """flush_grads of a cell that adds its weight gradients in backward_step."""
+    return
+
+
+_ADAPTED: dict = {}
+
+
+def _chunk_kernels(cell):
+    """(backward, flush, c) in the deferred-gradient form for any cell: a cell
+    with grad_chunk = 0 gets its backward wrapped to take (chunk, j) and a no-op
+    flush, with c = 1."""
+    if cell.grad_chunk:
+        return cell.backward_step, cell.flush_grads, cell.grad_chunk
+    bwd = cell.backward_step
+    if bwd not in _ADAPTED:
+        @njit
+        def backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
+                     g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j):
+            bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
+                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
+        _ADAPTED[bwd] = backward
+    return _ADAPTED[bwd], _no_flush, 1
+
+
 @njit
-def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
-           out_is_state, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf,
+def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
+           out_is_state, feature_major, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, c,
            g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems):
     """Run the lowered schedule. Returns (loss sum, forwards, dL/ds_0).
 
@@ -109,17 +136,25 @@ def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, y
                 for p in range(B * O):
                     ds[p] += outbuf[p]
             else:
-                h = nxt[: B * hidden].reshape((B, hidden))
                 for b in range(B):
                     for k in range(O):
                         out2[b, k] = b_out[k]
-                gemm(False, True, 1.0, h, w_out, 1.0, out2)
+                if feature_major:  # h is (hidden, B)
+                    h = nxt[: B * hidden].reshape((hidden, B))
+                    gemm(True, True, 1.0, h, w_out, 1.0, out2)
+                else:
+                    h = nxt[: B * hidden].reshape((B, hidden))
+                    gemm(False, True, 1.0, h, w_out, 1.0, out2)
                 loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, scale)
-                gemm(True, False, 1.0, out2, h, 1.0, g_w_out)
                 for b in range(B):
                     for k in range(O):
                         g_b_out[k] += out2[b, k]
-                gemm(False, False, 1.0, out2, w_out, 1.0, ds[: B * hidden].reshape((B, hidden)))
+                if feature_major:
+                    gemm(True, True, 1.0, out2, h, 1.0, g_w_out)
+                    gemm(True, True, 1.0, w_out, out2, 1.0, ds[: B * hidden].reshape((hidden, B)))
+                else:
+                    gemm(True, False, 1.0, out2, h, 1.0, g_w_out)
+                    gemm(False, False, 1.0, out2, w_out, 1.0, ds[: B * hidden].reshape((B, hidden)))
             if ds_norms.shape[0] > 0:
                 # ||dL/dh_t||: the h part of the state (all of it when the state is the output)
                 n_h = B * O if out_is_state else B * hidden
@@ -127,8 +162,14 @@ def _sweep(fwd, bwd, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, y
                 for p in range(n_h):
                     acc += float(ds[p]) * float(ds[p])
                 ds_norms[step] = math.sqrt(acc)
+            j = (step - 1) % c
             bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
-                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
+                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
+            if j == 0:  # the first step of a block of c: sum the block's weight gradients
+                first = step - 1
+                w = min(c, xs.shape[0] - first)
+                flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[first: first + w].reshape((w * B, xs.shape[2])),
+                      chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
             ds, ds_prev = ds_prev, ds
     return loss, forwards, ds
 
@@ -216,11 +257,13 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     loss_kind = 0 if model.loss == "mse" else 1
     cell = model.cell
 
-    def sweep(codes_, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, g_arrays_, norms_):
-        return _sweep(cell.forward_step, cell.backward_step, cell.state_from_internal, codes_, *arrays, xs_c,
-                      ys_f, ys_i, loss_kind, cell.output_is_state, cell.hidden_size, pool, cur, nxt, ds, ds_prev,
-                      work_int, work, outbuf, *g_arrays_, sizes.state_len, sizes.internal_len, scale, norms_,
-                      quantum_elems)
+    bwd, flush, c = _chunk_kernels(cell)
+
+    def sweep(codes_, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, g_arrays_, norms_):
+        return _sweep(cell.forward_step, bwd, flush, cell.state_from_internal, codes_, *arrays, xs_c,
+                      ys_f, ys_i, loss_kind, cell.output_is_state, cell.feature_major, cell.hidden_size, pool, cur,
+                      nxt, ds, ds_prev, work_int, work, outbuf, chunk, c, *g_arrays_, sizes.state_len,
+                      sizes.internal_len, scale, norms_, quantum_elems)
 
     if return_report:
         # Compile (or load) the sweep first, on an empty schedule, so the
@@ -228,7 +271,8 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         state = np.zeros(sizes.state_len, dtype)
         sweep(codes[:0], np.zeros(1, dtype), state, state.copy(), state.copy(), state.copy(),
               np.zeros(sizes.internal_len, dtype), np.zeros(max(sizes.work_len, 1), dtype),
-              np.zeros(sizes.output_len, dtype), [np.zeros_like(a) for a in arrays], np.zeros(0, np.float64))
+              np.zeros(sizes.output_len, dtype), np.zeros(max(sizes.chunk_len, 1), dtype),
+              [np.zeros_like(a) for a in arrays], np.zeros(0, np.float64))
         del state
         tracemalloc.start()
         tracemalloc.reset_peak()
@@ -244,8 +288,11 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     work_int = np.empty(sizes.internal_len, dtype)
     work = np.empty(max(sizes.work_len, 1), dtype)
     outbuf = np.empty(sizes.output_len, dtype)
-    allocated = sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf)) + sizes.work_len * sizes.itemsize
-    loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, g_arrays, norms)
+    chunk = np.empty(max(sizes.chunk_len, 1), dtype)
+    allocated = (sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf))
+                 + (sizes.work_len + sizes.chunk_len) * sizes.itemsize)
+    loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, g_arrays,
+                                    norms)
     wall = time.perf_counter() - t0
     if forwards != schedule.forward_steps:
         raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
@@ -256,7 +303,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
                                  "learning rate; no gradients returned")
     result: list[Any] = [loss_value, grads]
     if return_h0_grad:
-        result.append(np.array(dh0).reshape(model.state_shape(B)))
+        result.append(model.user_state(dh0, B))
     if return_report:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -267,14 +314,19 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
 
 
 @njit
-def _time_kernels(fwd, bwd, w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work,
-                  ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, repeats, which):
-    for _ in range(repeats):
+def _time_kernels(fwd, bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s_prev, s_new, internal, work,
+                  ds, ds_prev, chunk, c, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, repeats, which):
+    x = xs[0]
+    for r in range(repeats):
         if which == 0:
             fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work)
         else:
+            j = c - 1 - r % c
             bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
-                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
+                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
+            if j == 0:
+                flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs.reshape((c * xs.shape[1], xs.shape[2])), chunk, c,
+                      g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
 
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,
@@ -282,7 +334,8 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     """Seconds of one forward step and one backward step of ``model``'s cell.
 
     Median of 5 rounds of ``repeats`` calls each, after a warm-up, on random
-    data of the given batch and dtype. ``backward / forward`` is what
+    data of the given batch and dtype. A backward step includes its share of
+    the deferred weight-gradient GEMM (``Cell.grad_chunk``). ``backward / forward`` is what
     ``mb.plan(..., backward_forward_ratio=...)`` uses to predict time.
 
     Example::
@@ -297,20 +350,22 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     params = model.init_params(seed=seed, dtype=dt)
     arrays = model.check_params(params, where="measure_step_times")
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((sizes.batch, model.cell.input_size)).astype(dt)
+    cell = model.cell
+    bwd, flush, c = _chunk_kernels(cell)
+    xs = rng.standard_normal((c, sizes.batch, model.cell.input_size)).astype(dt)
     s_prev = (0.1 * rng.standard_normal(sizes.state_len)).astype(dt)
     s_new = np.zeros(sizes.state_len, dt)
     internal = np.zeros(sizes.internal_len, dt)
     work = np.zeros(max(sizes.work_len, 1), dt)
     ds = (0.1 * rng.standard_normal(sizes.state_len)).astype(dt)
     ds_prev = np.zeros(sizes.state_len, dt)
+    chunk = np.zeros(max(sizes.chunk_len, 1), dt)
     grads = [np.zeros_like(a) for a in arrays]
-    cell = model.cell
-    cell.forward_step(*arrays, x, s_prev, s_new, internal, work)
+    cell.forward_step(*arrays, xs[0], s_prev, s_new, internal, work)
     times = []
     for which in (0, 1):
-        args = (cell.forward_step, cell.backward_step, *arrays, x, s_prev, s_new, internal, work,
-                ds, ds_prev, *grads)
+        args = (cell.forward_step, bwd, flush, *arrays, xs, s_prev, s_new, internal, work,
+                ds, ds_prev, chunk, c, *grads)
         _time_kernels(*args, 1, which)
         rounds = []
         for _ in range(5):

@@ -32,6 +32,7 @@ class Sizes(NamedTuple):
     internal_len: int     # batch * internal_width
     work_len: int         # the cell's scratch, elements
     output_len: int       # batch * output_size (loss buffer)
+    chunk_len: int = 0    # deferred weight-gradient buffer, elements (Cell.grad_chunk)
 
     @property
     def state_bytes(self) -> int:
@@ -55,8 +56,10 @@ class Sizes(NamedTuple):
     @property
     def working_bytes(self) -> int:
         """Buffers the executor keeps besides checkpoints: current state, rebuilt
-        state, two state gradients, one internal state, cell scratch, outputs."""
-        return (4 * self.state_len + self.internal_len + self.work_len + self.output_len) * self.itemsize
+        state, two state gradients, one internal state, cell scratch, outputs and
+        the cell's deferred-gradient buffer."""
+        return (4 * self.state_len + self.internal_len + self.work_len + self.output_len
+                + self.chunk_len) * self.itemsize
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -138,9 +141,11 @@ class Sequence:
         sw = int(self.cell.state_width(self.output_size))
         iw = int(self.cell.internal_width(self.output_size))
         wl = int(self.cell.work_size(batch, self.output_size))
-        if sw < 1 or iw < 1 or wl < 0:
-            raise ValueError(f"cell {self.cell.kind!r} reports invalid sizes: state {sw}, internal {iw}, work {wl}")
-        return Sizes(batch, dt.name, dt.itemsize, sw, iw, batch * sw, batch * iw, wl, batch * self.output_size)
+        cl = int(self.cell.grad_chunk * self.cell.chunk_width(batch, self.output_size)) if self.cell.grad_chunk else 0
+        if sw < 1 or iw < 1 or wl < 0 or cl < 0:
+            raise ValueError(f"cell {self.cell.kind!r} reports invalid sizes: state {sw}, internal {iw}, work {wl}, "
+                             f"chunk {cl}")
+        return Sizes(batch, dt.name, dt.itemsize, sw, iw, batch * sw, batch * iw, wl, batch * self.output_size, cl)
 
     # ---- checking inputs -------------------------------------------------------
     def check_params(self, params: Any, *, where: str = "value_and_grad") -> tuple[np.ndarray, ...]:
@@ -222,8 +227,33 @@ class Sequence:
                 raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
             if not _all_finite(h0):
                 raise ValueError(f"{where}: h0 contains NaN or inf")
-            h0_arr = np.ascontiguousarray(h0).reshape(-1).copy()
+            h0_arr = self.flat_state(h0)
         return np.ascontiguousarray(xs), ys_f, ys_i, h0_arr
+
+    def _state_blocks(self, batch: int) -> tuple[int, bool]:
+        """(number of hidden-wide blocks, whether state_shape lists blocks first)."""
+        sw = self.cell.state_width(self.output_size)
+        return sw // self.cell.hidden_size, self.cell.kind == "lstm"
+
+    def flat_state(self, state: np.ndarray) -> np.ndarray:
+        """A new 1-D copy of a state of shape ``state_shape(batch)`` in the kernels' layout."""
+        a = np.ascontiguousarray(state)
+        if not self.cell.feature_major:
+            return a.reshape(-1).copy()
+        B, H = a.shape[-2] if a.ndim == 3 else a.shape[0], self.cell.hidden_size
+        P, blocks_first = self._state_blocks(B)
+        blocks = a.reshape(P, B, H) if blocks_first else a.reshape(B, P, H).transpose(1, 0, 2)
+        return np.ascontiguousarray(blocks.transpose(0, 2, 1)).reshape(-1)
+
+    def user_state(self, flat: np.ndarray, batch: int) -> np.ndarray:
+        """The inverse of :meth:`flat_state`: a new array of shape ``state_shape(batch)``."""
+        shape = self.state_shape(batch)
+        if not self.cell.feature_major:
+            return np.array(flat).reshape(shape)
+        P, blocks_first = self._state_blocks(batch)
+        blocks = np.asarray(flat).reshape(P, self.cell.hidden_size, batch).transpose(0, 2, 1)
+        out = blocks if blocks_first else blocks.transpose(1, 0, 2)
+        return np.ascontiguousarray(out).reshape(shape)
 
     def state_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of the initial state h0 (and of its gradient) for a batch.

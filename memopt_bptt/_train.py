@@ -382,7 +382,6 @@ def _truncated_passes(model: Sequence, get_params: Callable[[], Params], xs: np.
     T, B = xs.shape[:2]
     windows = truncation_windows(T, h=h, h_prime=h_prime)
     starts = {w[0] for w in windows}
-    state_shape = model.state_shape(B)
     stored: dict[int, np.ndarray] = {}
     cur = None
     for k, (start, loss_from, end) in enumerate(windows):
@@ -391,7 +390,7 @@ def _truncated_passes(model: Sequence, get_params: Callable[[], Params], xs: np.
         if cur is None:
             cur = np.zeros(model.sizes(batch=B, dtype=arrays[0].dtype).state_len, arrays[0].dtype)
             stored[0] = cur.copy()
-        h0 = stored[start].reshape(state_shape)
+        h0 = model.user_state(stored[start], B)
         # Advance the carried state through this window's new steps, keeping later starts.
         later = [s for s in starts if loss_from < s <= end]
         if k + 1 < len(windows):

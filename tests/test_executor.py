@@ -376,7 +376,7 @@ def test_peak_grows_with_the_budget_not_with_T():
     kept = {}
     for T in (25, 100):
         model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch, input_size=3, hidden=64, output=4)
-        schedule = mb.plan(T, budget=120_000, model=model, batch=batch, policy="revolve").validate()
+        schedule = mb.plan(T, budget=250_000, model=model, batch=batch, policy="revolve").validate()
         mb.value_and_grad(model, params, xs, ys, schedule=schedule)
         tracemalloc.start()
         try:
@@ -385,7 +385,7 @@ def test_peak_grows_with_the_budget_not_with_T():
         finally:
             tracemalloc.stop()
         kept[T] = peak - sum(g.nbytes for g in grads.values())
-        assert kept[T] <= 120_000 + OVERHEAD_BYTES
+        assert kept[T] <= 250_000 + OVERHEAD_BYTES
     assert abs(kept[100] - kept[25]) <= OVERHEAD_BYTES, kept
 
 

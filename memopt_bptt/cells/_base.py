@@ -9,7 +9,10 @@ Layout conventions (per batch of ``B`` rows, one float dtype throughout):
 * The *state* ``s_t`` (what the recurrence carries, one memory unit) is a 1-D
   array of ``B * state_width`` elements. Unless ``output_is_state`` is set, its
   first ``B * hidden_size`` elements are ``h_t`` in row-major ``(B, H)`` order;
-  the readout reads them.
+  the readout reads them. A ``feature_major`` cell stores every
+  ``hidden_size``-wide block of the state transposed instead, ``(H, B)``
+  (so ``state_width`` is a multiple of ``hidden_size``); the executor converts
+  h0 and its gradient at the boundary, so users never see the difference.
 * The *internal state* ``I_t`` is a 1-D array of ``B * internal_width``
   elements holding everything the backward of step t reads (besides ``x_t``
   and the parameters), and enough to rebuild ``s_t`` exactly
@@ -25,6 +28,22 @@ the same order)::
     backward_step(*P, x, internal, ds, ds_prev, *G, work)     # G += dL/dP via this step;
                                                               # ds_prev = dL/ds_{t-1}
     state_from_internal(*P, x, internal, s_out, work)         # s_out = s_t, bit-exact
+
+A cell may defer its weight gradients to sum several steps in one GEMM
+(``grad_chunk = c > 0``; the built-in LSTM does, c = 2 by default). Its
+backward then takes two more arguments and a third kernel flushes::
+
+    backward_step(*P, x, internal, ds, ds_prev, *G, work, chunk, j)
+    flush_grads(*P, xs_chunk, chunk, w, *G)
+
+``chunk`` is a buffer of ``c * chunk_width(B, output_size)`` elements that
+persists between calls (the forward never touches it); step t of the
+sequence uses column ``j = (t - 1) % c``. After reversing the first step of
+each block of c steps (steps ``q*c+1 .. q*c+w``, ``w <= c`` for the last
+block), the executor calls ``flush_grads`` with ``xs_chunk`` = those steps'
+inputs as a ``(w * B, input_size)`` array. The blocks are fixed by step
+index and reversal always runs T..1, so the summation order, hence every
+bit of the gradients, is the same under every schedule.
 
 ``ds`` holds dL/ds_t in full (from later steps and this step's loss); the
 kernel may overwrite it. Kernels must not allocate arrays per call (use
@@ -46,6 +65,12 @@ def _check_size(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_chunk(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"grad_chunk={value!r} must be a positive int (steps of weight gradients per GEMM)")
     return value
 
 
@@ -77,6 +102,11 @@ class Cell:
             applies the readout itself, as a Jordan network does).
         backward_forward_ratio: measured backward/forward time of one step,
             used only for time predictions.
+        feature_major: the state's blocks are stored ``(hidden, batch)``
+            (see the module docstring); the built-in Elman, GRU and LSTM do.
+        grad_chunk, chunk_width, flush_grads: deferred weight gradients (see
+            the module docstring); 0 / None for a cell that adds its weight
+            gradients in ``backward_step``.
     """
 
     kind: str
@@ -92,6 +122,10 @@ class Cell:
     recurrent_from_output: bool = False
     output_is_state: bool = False
     backward_forward_ratio: float = 2.0
+    feature_major: bool = False
+    grad_chunk: int = 0
+    chunk_width: Callable[[int, int], int] | None = None
+    flush_grads: Callable[..., None] | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +135,13 @@ class Cell:
         for name in ("forward_step", "backward_step", "state_from_internal"):
             if not callable(getattr(self, name)):
                 raise TypeError(f"Cell.{name} must be a Numba-jitted function")
+        if isinstance(self.grad_chunk, bool) or not isinstance(self.grad_chunk, int) or self.grad_chunk < 0:
+            raise ValueError(f"Cell: grad_chunk={self.grad_chunk!r} must be an int >= 0 (0: no deferred gradients)")
+        if self.grad_chunk and not (callable(self.chunk_width) and callable(self.flush_grads)):
+            raise TypeError("Cell: grad_chunk > 0 needs chunk_width (a function of batch, output_size) "
+                            "and a jitted flush_grads kernel")
+        if self.feature_major and self.output_is_state:
+            raise ValueError("Cell: feature_major=True needs output_is_state=False (the readout reads h_t)")
 
     def param_shapes(self, output_size: int) -> dict[str, tuple[int, ...]]:
         """Parameter names and shapes (PyTorch's nn.RNN/GRU/LSTM + nn.Linear)."""

@@ -67,7 +67,9 @@ def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, bet
 def gemm(trans_a, trans_b, alpha, a, b, beta, c):
     """Row-major ``c = alpha * op(a) @ op(b) + beta * c`` (op = transpose if flag).
 
-    All three arrays must be C-contiguous 2-D arrays of one float dtype.
+    All three are 2-D arrays of one float dtype whose rows are contiguous
+    (C-contiguous, or a column slice ``m[:, i:j]`` of one): the row stride is
+    passed to BLAS as the leading dimension.
     """
     m = c.shape[0]
     n = c.shape[1]
@@ -75,12 +77,20 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
     # Row-major C is column-major C^T = op(B)^T op(A)^T: swap the operands.
     ta = 84 if trans_b else 78  # 'T' or 'N' for the Fortran call's first operand (b)
     tb = 84 if trans_a else 78
-    _fortran_gemm(ta, tb, n, m, k, alpha, b, b.shape[1], a, a.shape[1], beta, c, n)
+    _fortran_gemm(ta, tb, n, m, k, alpha, b, _ld(b), a, _ld(a), beta, c, _ld(c))
+
+
+@njit(cache=True, inline="always")
+def _ld(a):
+    """Leading dimension of a row-major 2-D array with contiguous rows."""
+    return max(a.strides[0] // a.itemsize, a.shape[1], 1)
 
 
 if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_JIT subprocess test
     def gemm(trans_a, trans_b, alpha, a, b, beta, c):  # noqa: F811 - pure-numpy stand-in
         """Row-major ``c = alpha * op(a) @ op(b) + beta * c`` without Numba."""
+        if c.ndim != 2 or c.strides[1] != c.itemsize:
+            raise ValueError("gemm: c must be 2-D with contiguous rows")
         prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
         c *= beta
         c += alpha * prod

@@ -2,7 +2,10 @@
 
 State ``s_t = [h_t | c_t]`` (2H per batch row). Internal state, what the
 backward reads: ``[i | f | g | o | c_{t-1} | tanh(c_t) | h_{t-1}]`` (7H per
-row), so alpha = 3.5. ``h_t`` and ``c_t`` are rebuilt from it exactly with the
+row), so alpha = 3.5. Every block is feature-major, ``(H, B)``: the recurrent
+GEMM is then ``W_hh @ h`` with PyTorch's weight as stored, about twice as fast
+in OpenBLAS at batch 16 as ``h @ W_hh^T``, and the gate loops run over
+contiguous blocks. ``h_t`` and ``c_t`` are rebuilt from it exactly with the
 same expressions the forward uses.
 """
 
@@ -11,91 +14,154 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._activations import sigmoid, tanh
-from ._base import Cell
+from ._activations import one, sigmoid, tanh
+from ._base import Cell, _check_chunk
 from ._blas import gemm
 
 __all__ = ["LSTM"]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work):
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    gates = work[: 4 * n].reshape((B, 4 * H))
-    for b in range(B):
-        for j in range(4 * H):
-            gates[b, j] = b_ih[j] + b_hh[j]
-    h_prev = s_prev[:n].reshape((B, H))
-    gemm(False, True, 1.0, x, w_ih, 1.0, gates)
-    gemm(False, True, 1.0, h_prev, w_hh, 1.0, gates)
-    c_prev = s_prev[n: 2 * n]
-    for b in range(B):
-        row = b * H
-        for j in range(H):
-            p = row + j
-            internal[p] = sigmoid(gates[b, j])
-            internal[n + p] = sigmoid(gates[b, H + j])
-            internal[2 * n + p] = tanh(gates[b, 2 * H + j])
-            internal[3 * n + p] = sigmoid(gates[b, 3 * H + j])
-            internal[4 * n + p] = c_prev[p]
-            internal[6 * n + p] = s_prev[p]
-            # From the *stored* (dtype-rounded) values, with the same expressions as
-            # lstm_state_from_internal, so a rebuilt state is bit-identical in float32 too.
-            c = internal[n + p] * internal[4 * n + p] + internal[p] * internal[2 * n + p]
-            s_new[n + p] = c
-            internal[5 * n + p] = tanh(s_new[n + p])
-            s_new[p] = internal[3 * n + p] * internal[5 * n + p]
+    gates = work[: 4 * n]
+    gates2 = gates.reshape((4 * H, B))  # feature-major: gate row k, batch column b
+    for k in range(4 * H):
+        bias = b_ih[k] + b_hh[k]
+        for b in range(B):
+            gates2[k, b] = bias
+    gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, gates2)
+    gemm(False, True, 1.0, w_ih, x, 1.0, gates2)
+    # One simple loop per quantity, so each compiles to vector code.
+    _apply_sigmoid(gates[:n], internal[:n])
+    _apply_sigmoid(gates[n: 2 * n], internal[n: 2 * n])
+    _apply_tanh(gates[2 * n: 3 * n], internal[2 * n: 3 * n])
+    _apply_sigmoid(gates[3 * n: 4 * n], internal[3 * n: 4 * n])
+    internal[4 * n: 5 * n] = s_prev[n: 2 * n]
+    internal[6 * n: 7 * n] = s_prev[:n]
+    # From the stored values, with lstm_state_from_internal's expressions: a
+    # rebuilt state is bit-identical.
+    _cell_state(internal, s_new[n: 2 * n], n)
+    _apply_tanh(s_new[n: 2 * n], internal[5 * n: 6 * n])
+    _hidden(internal, s_new[:n], n)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _apply_sigmoid(src, dst):
+    for p in range(src.shape[0]):
+        dst[p] = sigmoid(src[p])
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_tanh(src, dst):
+    for p in range(src.shape[0]):
+        dst[p] = tanh(src[p])
+
+
+@njit(cache=True, error_model="numpy")
+def _cell_state(internal, c, n):
+    """c_t = f * c_{t-1} + i * g."""
+    i = internal[:n]
+    f = internal[n: 2 * n]
+    g = internal[2 * n: 3 * n]
+    c_prev = internal[4 * n: 5 * n]
+    for p in range(n):
+        c[p] = f[p] * c_prev[p] + i[p] * g[p]
+
+
+@njit(cache=True, error_model="numpy")
+def _hidden(internal, h, n):
+    """h_t = o * tanh(c_t)."""
+    o = internal[3 * n: 4 * n]
+    tc = internal[5 * n: 6 * n]
+    for p in range(n):
+        h[p] = o[p] * tc[p]
+
+
+@njit(cache=True, error_model="numpy")
 def lstm_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work):
     n = x.shape[0] * w_hh.shape[1]
-    for p in range(n):
-        # The same expressions, in the same order, as lstm_forward: bit-exact.
-        c = internal[n + p] * internal[4 * n + p] + internal[p] * internal[2 * n + p]
-        s_out[p] = internal[3 * n + p] * internal[5 * n + p]
-        s_out[n + p] = c
+    # The same functions as lstm_forward: bit-exact.
+    _cell_state(internal, s_out[n: 2 * n], n)
+    _hidden(internal, s_out[:n], n)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
-                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
+                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j):
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    d_pre = work[: 4 * n].reshape((B, 4 * H))
-    for b in range(B):
-        row = b * H
-        for j in range(H):
-            p = row + j
-            ig = internal[p]
-            fg = internal[n + p]
-            gg = internal[2 * n + p]
-            og = internal[3 * n + p]
-            cp = internal[4 * n + p]
-            tc = internal[5 * n + p]
-            dh = ds[p]
-            dc = ds[n + p] + dh * og * (1.0 - tc * tc)
-            d_pre[b, j] = dc * gg * ig * (1.0 - ig)
-            d_pre[b, H + j] = dc * cp * fg * (1.0 - fg)
-            d_pre[b, 2 * H + j] = dc * ig * (1.0 - gg * gg)
-            d_pre[b, 3 * H + j] = dh * tc * og * (1.0 - og)
-            ds_prev[n + p] = dc * fg
-    h_prev = internal[6 * n: 7 * n].reshape((B, H))
-    gemm(True, False, 1.0, d_pre, x, 1.0, g_w_ih)
-    gemm(True, False, 1.0, d_pre, h_prev, 1.0, g_w_hh)
-    for b in range(B):
-        for j in range(4 * H):
-            g_b_ih[j] += d_pre[b, j]
-            g_b_hh[j] += d_pre[b, j]
-    gemm(False, False, 1.0, d_pre, w_hh, 0.0, ds_prev[:n].reshape((B, H)))
+    i = internal[:n]
+    f = internal[n: 2 * n]
+    g = internal[2 * n: 3 * n]
+    o = internal[3 * n: 4 * n]
+    c_prev = internal[4 * n: 5 * n]
+    tc = internal[5 * n: 6 * n]
+    dh = ds[:n]
+    dc = ds_prev[n: 2 * n]  # dL/dc_t here first, then dL/dc_{t-1} = dc * f in place
+    d_pre = work[: 4 * n]
+    c1 = one(internal[0])
+    for p in range(n):
+        dc[p] = ds[n + p] + dh[p] * o[p] * (c1 - tc[p] * tc[p])
+    d_i = d_pre[:n]
+    for p in range(n):
+        d_i[p] = dc[p] * g[p] * i[p] * (c1 - i[p])
+    d_f = d_pre[n: 2 * n]
+    for p in range(n):
+        d_f[p] = dc[p] * c_prev[p] * f[p] * (c1 - f[p])
+    d_g = d_pre[2 * n: 3 * n]
+    for p in range(n):
+        d_g[p] = dc[p] * i[p] * (c1 - g[p] * g[p])
+    d_o = d_pre[3 * n: 4 * n]
+    for p in range(n):
+        d_o[p] = dh[p] * tc[p] * o[p] * (c1 - o[p])
+    for p in range(n):
+        dc[p] = dc[p] * f[p]
+    d2 = d_pre.reshape((4 * H, B))
+    gemm(True, False, 1.0, w_hh, d2, 0.0, ds_prev[:n].reshape((H, B)))
+    # Defer the weight gradients: this step's columns of the block.
+    D, Hp = _chunk_views(chunk, H, B)
+    D[:, j * B: (j + 1) * B] = d2
+    Hp[:, j * B: (j + 1) * B] = internal[6 * n: 7 * n].reshape((H, B))
 
 
+@njit(cache=True)
+def _chunk_views(chunk, H, B):
+    """The block's (4H, c*B) pre-activation gradients and (H, c*B) previous hidden states."""
+    c = chunk.shape[0] // (5 * H * B)
+    D = chunk[: 4 * H * c * B].reshape((4 * H, c * B))
+    Hp = chunk[4 * H * c * B: 5 * H * c * B].reshape((H, c * B))
+    return D, Hp
 
-def LSTM(input_size: int, hidden_size: int) -> Cell:
+
+@njit(cache=True, error_model="numpy")
+def lstm_flush_grads(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
+                     g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out):
+    """Weight gradients of w steps in one GEMM each (K = w * batch)."""
+    H = w_hh.shape[1]
+    B = xs_chunk.shape[0] // w
+    D, Hp = _chunk_views(chunk, H, B)
+    Dw = D[:, : w * B]
+    gemm(False, False, 1.0, Dw, xs_chunk, 1.0, g_w_ih)
+    gemm(False, True, 1.0, Dw, Hp[:, : w * B], 1.0, g_w_hh)
+    for k in range(4 * H):
+        acc = Dw[k, 0]
+        for col in range(1, w * B):
+            acc += Dw[k, col]
+        g_b_ih[k] += acc
+        g_b_hh[k] += acc
+
+
+def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
     """An LSTM cell (PyTorch nn.LSTM parameter layout, gate order i, f, g, o).
+
+    ``grad_chunk`` steps of weight gradients are summed in one GEMM (faster
+    than one small GEMM per step) at a cost of ``grad_chunk * batch * 5 *
+    hidden_size`` elements of working memory, charged to the budget; 1 keeps
+    the least. Gradients are bit-identical across schedules for a given value.
 
     Example::
 
@@ -113,4 +179,9 @@ def LSTM(input_size: int, hidden_size: int) -> Cell:
         internal_width=lambda output_size: 7 * hidden_size,
         work_size=lambda batch, output_size: 4 * batch * hidden_size,
         backward_forward_ratio=2.0,
+        feature_major=True,
+        grad_chunk=_check_chunk(grad_chunk),
+        chunk_width=lambda batch, output_size: 5 * batch * hidden_size,
+        flush_grads=lstm_flush_grads,
+        options={} if grad_chunk == 2 else {"grad_chunk": grad_chunk},
     )
