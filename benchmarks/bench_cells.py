@@ -18,7 +18,12 @@ What it measures (see shared MEASURING.md for the method):
    backward).
 
 Every figure is a median of >= 5 repetitions after warm-up, the two sides
-interleaved (A B A B ...), threads pinned the same for everyone.
+interleaved (A B A B ...), threads pinned the same for everyone, with a 0.3 s
+pause before each timed run: OpenBLAS and OpenMP workers spin for a while
+after a call, and without the pause one side's spinning threads steal a core
+from the other (measured: torch hidden 64 took 3x longer right after ours).
+Ours runs its BLAS on one thread where the GEMMs are small
+(memopt_bptt._executor.SMALL_GEMM_MACS), as value_and_grad does.
 
     python benchmarks/bench_cells.py            # full run, a few minutes
     python benchmarks/bench_cells.py --quick    # short run (fewer sizes and steps)
@@ -59,6 +64,8 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 import memopt_bptt as mb  # noqa: E402
+from memopt_bptt._executor import _chunk_kernels, _sweep_threads  # noqa: E402
+from memopt_bptt.cells._blas import blas_threads  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -66,6 +73,7 @@ except ImportError:  # the torch columns are left empty
     torch = None
 
 BATCH, INPUT, OUTPUT = 16, 64, 16
+PAUSE = 0.3  # seconds between timed runs, see _median_interleaved
 
 
 # ---- jitted drivers: call a cell's kernels in a loop, as plain BPTT does -------
@@ -81,15 +89,21 @@ def _drive_forward(fwd, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s0, internals,
 
 
 @njit
-def _drive_backward(bwd, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, internals, inject, ds, ds_prev,
-                    g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
+def _drive_backward(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, internals, inject, ds, ds_prev,
+                    g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c):
+    B = xs.shape[1]
     for t in range(xs.shape[0] - 1, -1, -1):
         # a step's loss gradient joins dL/ds_t, as in training (and keeps
         # float32 out of denormals over long runs)
         for p in range(inject.shape[0]):
             ds[p] += inject[p]
+        j = t % c
         bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], internals[t], ds, ds_prev,
-            g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
+            g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
+        if j == 0:  # deferred weight gradients, as the executor flushes them
+            w = min(c, xs.shape[0] - t)
+            flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t: t + w].reshape((w * B, xs.shape[2])), chunk, w,
+                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
         ds, ds_prev = ds_prev, ds
     return ds
 
@@ -110,6 +124,8 @@ def _median_interleaved(variants: dict, reps: int, warmup: int = 1) -> dict:
     times = {name: [] for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
+            # Let the other side's spinning thread pools (OpenBLAS, OpenMP) go idle first.
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -183,13 +199,18 @@ def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> d
     ds = np.zeros(sizes.state_len, dtype)
     ds_prev = np.zeros(sizes.state_len, dtype)
     grads = tuple(np.zeros_like(a) for a in P)
+    bwd, flush, c = _chunk_kernels(cell)
+    chunk = np.zeros(max(sizes.chunk_len, 1), dtype)
+    threads = _sweep_threads(P[1], BATCH)  # the BLAS threads value_and_grad uses for this size
 
     def ours_fwd():
-        _drive_forward(cell.forward_step, *P, xs, s0, internals, work)
+        with blas_threads(threads):
+            _drive_forward(cell.forward_step, *P, xs, s0, internals, work)
 
     def ours_bwd():
         ds[:] = 0.0
-        _drive_backward(cell.backward_step, *P, xs, internals, inject, ds, ds_prev, *grads, work)
+        with blas_threads(threads):
+            _drive_backward(bwd, flush, *P, xs, internals, inject, ds, ds_prev, *grads, work, chunk, c)
 
     def ours_vag():
         mb.value_and_grad(model, params, xs, ys)

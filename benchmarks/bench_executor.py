@@ -8,7 +8,8 @@ pinned for every side (shared MEASURING.md is the method):
     measured time over our plain BPTT (policy "full"), interleaved
     A B1 A B2 ... A (each B against the mean of its two neighbouring A's),
     median over >= 5 rounds after a warm-up, beside the planner's predicted
-    ``schedule.time_ratio`` (b/f = 2); measured/predicted. Planning time is
+    ``schedule.time_ratio``, planned with the b/f that mb.measure_step_times
+    measures on this machine first; measured/predicted. Planning time is
     reported separately (it is not part of the timed calls). A least-squares
     fit of time = F*f + T*b over all schedules gives the measured b/f.
 (b) T in {10^3, 10^4, 10^5} with a fixed 16 MiB budget, one fresh process per
@@ -20,7 +21,10 @@ pinned for every side (shared MEASURING.md is the method):
 (c) PyTorch CPU where installed: plain nn.LSTM, and torch.utils.checkpoint
     (use_reentrant=False) over ceil(sqrt(T))-step segments of nn.LSTM (readout
     and loss inside each segment): time (interleaved with ours plain and ours
-    msm at 5%) and peak memory (fresh process each), T=1000.
+    msm at 5%, and ours msm with a byte budget equal to torch checkpoint's
+    measured peak, "at the same memory") and peak memory (fresh process
+    each), T=1000. Every timed run is preceded by a 0.3 s pause so the
+    previous run's spinning OpenBLAS/OpenMP workers are idle.
 
     python benchmarks/bench_executor.py             # full run, several minutes
     python benchmarks/bench_executor.py --quick     # short run: T=200, T<=10^4, 3 rounds
@@ -96,13 +100,27 @@ def make_data(T, seed=0):
     return xs, ys
 
 
+RHO: dict = {}  # measured backward/forward step-time ratio, filled once by measured_rho()
+PAUSE = 0.3  # seconds before each timed run: spinning OpenBLAS/OpenMP workers of the previous run go idle
+
+
+def measured_rho(model) -> float:
+    """b/f of one LSTM step on this machine (mb.measure_step_times), for the planner's predictions."""
+    if "rho" not in RHO:
+        f, b = mb.measure_step_times(model, batch=BATCH, dtype=DTYPE, repeats=100)
+        RHO.update(rho=b / f, forward_seconds=f, backward_seconds=b)
+    return RHO["rho"]
+
+
 def plan(model, T, budget, policy):
-    """(schedule or None, planning seconds, note)."""
+    """(schedule or None, planning seconds, note); predictions use the measured b/f."""
+    rho = measured_rho(model)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            schedule = mb.plan(T, budget=budget, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+            schedule = mb.plan(T, budget=budget, model=model, batch=BATCH, dtype=DTYPE, policy=policy,
+                               backward_forward_ratio=rho)
         except mb.MemoryBudgetError as exc:
             return None, time.perf_counter() - t0, f"needs {exc.least_bytes / MiB:.2f} MiB"
     note = "; ".join(str(w.message).split(";")[0] for w in caught)
@@ -201,18 +219,19 @@ def interleaved(fns: dict, reference: str, rounds: int) -> dict:
         fn()
     times = {n: [] for n in fns}
     ratios = {n: [] for n in names}
-    for _ in range(rounds):
+
+    def timed(fn):
+        time.sleep(PAUSE)
         t0 = time.perf_counter()
-        fns[reference]()
-        a_prev = time.perf_counter() - t0
+        fn()
+        return time.perf_counter() - t0
+
+    for _ in range(rounds):
+        a_prev = timed(fns[reference])
         times[reference].append(a_prev)
         for n in names:
-            t0 = time.perf_counter()
-            fns[n]()
-            tb = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            fns[reference]()
-            a_next = time.perf_counter() - t0
+            tb = timed(fns[n])
+            a_next = timed(fns[reference])
             times[n].append(tb)
             times[reference].append(a_next)
             ratios[n].append(tb / (0.5 * (a_prev + a_next)))
@@ -264,7 +283,8 @@ def part_a(T, rounds):
 
 def print_a(a):
     print(f"\n(a) time against budget, T={a['T']}, plain BPTT {a['plain_seconds']:.3f} s, "
-          f"{a['full_bytes'] / MiB:.1f} MiB kept")
+          f"{a['full_bytes'] / MiB:.1f} MiB kept; measured step: forward {RHO['forward_seconds'] * 1e6:.1f} us, "
+          f"backward {RHO['backward_seconds'] * 1e6:.1f} us, b/f {RHO['rho']:.2f}")
     print(f"{'budget':>7} {'policy':>6} {'MiB':>7} {'fwd/T':>6} {'predicted':>9} {'measured':>9} "
           f"{'[min, max]':>15} {'meas/pred':>9} {'pred(fit)':>9} {'plan s':>7}  note")
     for r in a["rows"]:
@@ -280,7 +300,7 @@ def print_a(a):
     fit = a["fit"]
     print(f"fit time = F*f + T*b + c: f = {fit['forward_seconds'] * 1e3:.3f} ms, b = "
           f"{fit['backward_seconds'] * 1e3:.3f} ms, c = {fit['constant_seconds'] * 1e3:.1f} ms, "
-          f"b/f = {fit['b_over_f']:.2f} (the planner assumes 2; pred(fit) uses the fitted b/f)")
+          f"b/f = {fit['b_over_f']:.2f} (predictions use the b/f of mb.measure_step_times; pred(fit) the fitted one)")
 
 
 # ---- part (b) ------------------------------------------------------------------------
@@ -324,17 +344,27 @@ def part_c(T, rounds, threads):
     xs, ys = make_data(T)
     full = mb.plan(T, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy="full")
     five, _, _ = plan(model, T, 0.05, "msm")
+    # torch checkpoint's memory first (fresh process), so ours can also run at exactly that budget
+    mem = {"torch plain": fresh({"side": "torch", "T": T, "mode": "torch plain"}, threads),
+           "torch checkpoint": fresh({"side": "torch", "T": T, "mode": "torch checkpoint"}, threads)}
+    ckpt_bytes = mem["torch checkpoint"]["peak_bytes"]
+    same, _, _ = plan(model, T, int(ckpt_bytes), "msm") if ckpt_bytes else (None, 0, "")
     torch_fns, seg = torch_setup(torch, T, params, threads)
     fns = {"ours plain": lambda: mb.value_and_grad(model, params, xs, ys, schedule=full),
            "ours msm 5%": lambda: mb.value_and_grad(model, params, xs, ys, schedule=five), **torch_fns}
+    if same is not None:
+        fns["ours msm @ckpt mem"] = lambda: mb.value_and_grad(model, params, xs, ys, schedule=same)
     res = interleaved(fns, "ours plain", rounds)
     ours_loss = mb.value_and_grad(model, params, xs, ys, schedule=full)[0]
     torch_loss = torch_fns["torch plain"]()
-    mem = {"ours plain": fresh({"side": "ours", "T": T, "policy": "full", "budget": 1.0}, threads),
-           "ours msm 5%": fresh({"side": "ours", "T": T, "policy": "msm", "budget": 0.05}, threads),
-           "torch plain": fresh({"side": "torch", "T": T, "mode": "torch plain"}, threads),
-           "torch checkpoint": fresh({"side": "torch", "T": T, "mode": "torch checkpoint"}, threads)}
+    mem["ours plain"] = fresh({"side": "ours", "T": T, "policy": "full", "budget": 1.0}, threads)
+    mem["ours msm 5%"] = fresh({"side": "ours", "T": T, "policy": "msm", "budget": 0.05}, threads)
+    if same is not None:
+        mem["ours msm @ckpt mem"] = fresh({"side": "ours", "T": T, "policy": "msm", "budget": int(ckpt_bytes)},
+                                          threads)
     return {"T": T, "segment": seg, "torch_version": torch.__version__,
+            "forward_steps": {"ours msm 5%": int(five.forward_steps),
+                              **({"ours msm @ckpt mem": int(same.forward_steps)} if same is not None else {})},
             "seconds": res["median_seconds"], "ratio_to_ours_plain": {"ours plain": 1.0, **res["ratio"]},
             "peak_bytes": {k: v["peak_bytes"] for k, v in mem.items()},
             "loss": {"ours": ours_loss, "torch": torch_loss}}
@@ -347,12 +377,16 @@ def print_c(c):
     print(f"\n(c) PyTorch {c['torch_version']} CPU, T={c['T']}, checkpoint segments of {c['segment']} steps "
           f"(loss ours {c['loss']['ours']:.6f}, torch {c['loss']['torch']:.6f})")
     print(f"{'':>17} {'seconds':>8} {'/ ours plain':>12} {'peak MiB':>9}")
-    for k in ("ours plain", "ours msm 5%", "torch plain", "torch checkpoint"):
-        print(f"{k:>17} {c['seconds'][k]:8.3f} {c['ratio_to_ours_plain'][k]:12.3f} {_mib(c['peak_bytes'][k]):>9}")
+    for k in ("ours plain", "ours msm 5%", "ours msm @ckpt mem", "torch plain", "torch checkpoint"):
+        if k in c["seconds"]:
+            print(f"{k:>18} {c['seconds'][k]:8.3f} {c['ratio_to_ours_plain'][k]:12.3f} "
+                  f"{_mib(c['peak_bytes'][k]):>9}")
     r = c["ratio_to_ours_plain"]
-    print(f"ours msm 5% / torch checkpoint: time {r['ours msm 5%'] / r['torch checkpoint']:.2f}x"
-          + (f", memory {c['peak_bytes']['ours msm 5%'] / c['peak_bytes']['torch checkpoint']:.2f}x"
-             if c["peak_bytes"]["torch checkpoint"] else ""))
+    for k in ("ours msm 5%", "ours msm @ckpt mem"):
+        if k in r:
+            print(f"{k} / torch checkpoint: time {r[k] / r['torch checkpoint']:.2f}x"
+                  + (f", memory {c['peak_bytes'][k] / c['peak_bytes']['torch checkpoint']:.2f}x"
+                     if c["peak_bytes"]["torch checkpoint"] and c["peak_bytes"][k] else ""))
 
 
 # ---- plot ----------------------------------------------------------------------------
@@ -456,6 +490,10 @@ def main(args):
             "ours_msm_over_torch_checkpoint_time": c["ratio_to_ours_plain"]["ours msm 5%"]
             / c["ratio_to_ours_plain"]["torch checkpoint"],
         }
+        if "ours msm @ckpt mem" in c["ratio_to_ours_plain"]:
+            result["summary_5pct"]["ours_at_checkpoint_memory_over_torch_checkpoint_time"] = (
+                c["ratio_to_ours_plain"]["ours msm @ckpt mem"] / c["ratio_to_ours_plain"]["torch checkpoint"])
+    result["measured_step"] = dict(RHO)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=float)

@@ -24,9 +24,20 @@ from ._budget import MemoryBudgetError
 from ._model import Sequence
 from ._planner import plan
 from ._schedule import Schedule
-from .cells._blas import gemm
+from .cells._blas import blas_threads, gemm
 
 __all__ = ["value_and_grad", "Report", "measure_step_times"]
+
+SMALL_GEMM_MACS = 1 << 20
+"""A cell whose recurrent GEMM (weight_hh rows x columns x batch) is below this
+many multiply-adds runs its sweep with one BLAS thread: at hidden 64 and
+batch 16 (0.26 M) splitting each small GEMM over two threads costs more in
+synchronisation than it saves; at hidden 256 (4.2 M) two threads win
+(benchmarks/bench_cells.py measures both)."""
+
+
+def _sweep_threads(w_hh: np.ndarray, batch: int) -> int | None:
+    return 1 if w_hh.shape[0] * w_hh.shape[1] * batch < SMALL_GEMM_MACS else None
 
 
 @njit(cache=True)
@@ -291,8 +302,9 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     chunk = np.empty(max(sizes.chunk_len, 1), dtype)
     allocated = (sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf))
                  + (sizes.work_len + sizes.chunk_len) * sizes.itemsize)
-    loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, g_arrays,
-                                    norms)
+    with blas_threads(_sweep_threads(arrays[1], B)):
+        loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk,
+                                        g_arrays, norms)
     wall = time.perf_counter() - t0
     if forwards != schedule.forward_steps:
         raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
@@ -363,14 +375,16 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     grads = [np.zeros_like(a) for a in arrays]
     cell.forward_step(*arrays, xs[0], s_prev, s_new, internal, work)
     times = []
-    for which in (0, 1):
-        args = (cell.forward_step, bwd, flush, *arrays, xs, s_prev, s_new, internal, work,
-                ds, ds_prev, chunk, c, *grads)
-        _time_kernels(*args, 1, which)
-        rounds = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            _time_kernels(*args, repeats, which)
-            rounds.append((time.perf_counter() - t0) / repeats)
-        times.append(float(np.median(rounds)))
+    repeats = -(-repeats // c) * c  # whole blocks of deferred weight gradients
+    with blas_threads(_sweep_threads(arrays[1], sizes.batch)):  # as value_and_grad runs them
+        for which in (0, 1):
+            args = (cell.forward_step, bwd, flush, *arrays, xs, s_prev, s_new, internal, work,
+                    ds, ds_prev, chunk, c, *grads)
+            _time_kernels(*args, 1, which)
+            rounds = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                _time_kernels(*args, repeats, which)
+                rounds.append((time.perf_counter() - t0) / repeats)
+            times.append(float(np.median(rounds)))
     return times[0], times[1]

@@ -94,3 +94,70 @@ if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_
         prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
         c *= beta
         c += alpha * prod
+
+
+# ---- BLAS thread count ---------------------------------------------------------------------------
+def _openblas_thread_controls() -> list:
+    """(get, set) ctypes functions of every OpenBLAS loaded in this process (Linux; else none)."""
+    import ctypes
+
+    controls = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return controls
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("", "64_"):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype = ctypes.c_int
+                    put.argtypes = [ctypes.c_int]
+                    controls.append((get, put))
+                    break
+            else:
+                continue
+            break
+    return controls
+
+
+_THREAD_CONTROLS: list | None = None
+
+
+class blas_threads:
+    """Context manager: at most ``n`` OpenBLAS threads inside (None: unchanged).
+
+    Small GEMMs (hidden size 64 at batch 16) run faster on one thread than
+    split over two: the split's synchronisation costs more than it saves. The
+    previous counts are restored on exit. Without a recognisable OpenBLAS
+    (another BLAS, or not Linux) this does nothing.
+    """
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.saved: list = []
+
+    def __enter__(self):
+        global _THREAD_CONTROLS
+        if self.n is None:
+            return self
+        if _THREAD_CONTROLS is None:
+            _THREAD_CONTROLS = _openblas_thread_controls()
+        for get, put in _THREAD_CONTROLS:
+            old = get()
+            if old > self.n:
+                put(self.n)
+                self.saved.append((put, old))
+        return self
+
+    def __exit__(self, *exc):
+        for put, old in self.saved:
+            put(old)
+        self.saved = []
+        return False
