@@ -443,3 +443,40 @@ def test_measure_step_times_feeds_the_time_model():
     assert schedule.time_ratio == pytest.approx((schedule.forward_steps + 40 * rho) / (40 * (1 + rho)))
     with pytest.raises(ValueError, match="repeats"):
         mb.measure_step_times(model, batch=2, repeats=0)
+
+
+# ---- which BLAS ------------------------------------------------------------------
+_BLAS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import memopt_bptt as mb
+    from memopt_bptt.cells import _blas
+    out = {"blas": _blas.BLAS_LIBRARY}
+    for dtype in ("float64", "float32"):
+        model = mb.Sequence(mb.LSTM(input_size=5, hidden_size=7), output_size=3)
+        params = model.init_params(seed=3, dtype=dtype)
+        rng = np.random.default_rng(4)
+        xs = rng.standard_normal((9, 4, 5)).astype(dtype)
+        ys = rng.standard_normal((9, 4, 3)).astype(dtype)
+        loss, grads = mb.value_and_grad(model, params, xs, ys, budget=0.6)
+        out[dtype] = [loss] + [g.astype(float).ravel().tolist() for g in grads.values()]
+    print(json.dumps(out))
+""")
+
+
+def test_scipy_blas_fallback_gives_the_same_gradients():
+    """MEMOPT_BPTT_BLAS=scipy binds SciPy's LP64 ?gemm to the int64-argument call; the
+    gradients agree with the default (NumPy's ILP64 OpenBLAS where present)."""
+    runs = {}
+    for choice in ("", "scipy"):
+        env = dict(os.environ, MEMOPT_BPTT_BLAS=choice)
+        proc = subprocess.run([sys.executable, "-c", _BLAS_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["scipy"]["blas"] == "scipy.linalg.cython_blas"
+    for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
+        a, b = runs[""][dtype], runs["scipy"][dtype]
+        assert a[0] == pytest.approx(b[0], rel=tol)
+        for ga, gb in zip(a[1:], b[1:]):
+            np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol)
