@@ -199,6 +199,73 @@ def _dp_table(T, M, hq, kq, use_h, use_i):
 
 
 # ---- the exact MSM table, pruned ------------------------------------------------
+_LB_FAIL = -(1 << 40)
+
+
+@njit(cache=True)
+def _lb_of(t, m, own, hq, kq):
+    """The proven lower bound of R(t, m) for start kind own: max(t, 2t - floor((m + own*hq)/kq) - 1)."""
+    return max(t, 2 * t - (m + own * hq) // kq - 1)
+
+
+@njit(cache=True)
+def _lb_taus(M, hq, kq, T):
+    """tau[own, m] (capped at T): R(t, m) equals its lower bound for every t <= tau.
+
+    Proven by induction over m (needs kq >= hq), with the split _lb_choice
+    returns; see _msm_fast_table's docstring for the four ways to reach it.
+    """
+    tau = np.zeros((2, M + 1), np.int64)
+    for m in range(M + 1):
+        n0 = m // kq
+        for own in range(2):
+            n = (m + own * hq) // kq
+            best = max(n + 1, 2)
+            m1 = m - kq + own * hq
+            if m1 >= 0:
+                best = max(best, tau[0, m1] + 1)
+            if n == n0:
+                if m >= hq:
+                    best = max(best, tau[1, m - hq] + n0 + 1)
+                if m >= kq:
+                    best = max(best, tau[0, m - kq] + n0 + 2)
+            tau[own, m] = min(best, T)
+    return tau
+
+
+@njit(cache=True)
+def _lb_choice(t, m, own, hq, kq, tau):
+    """A split (0 = W, y = H, -y = I) whose cost is _lb_of(t, m, own), for t <= tau[own, m];
+    _LB_FAIL if none of the proven candidates applies (never, if the proof is right)."""
+    if t <= 1:
+        return 0
+    if m >= (t - 1) * kq:
+        return -1  # every internal state fits: the same choice as the table's
+    target = _lb_of(t, m, own, hq, kq)
+    m1 = m - kq + own * hq
+    if m1 >= 0 and t - 1 <= tau[0, m1] and 1 + _lb_of(t - 1, m1, 0, hq, kq) == target:
+        return -1
+    n0 = m // kq
+    if m >= hq:
+        # H at y <= n0 + 1: the left part keeps all its internal states (costs y)
+        tr = tau[1, m - hq]
+        for k in range(2):
+            y = n0 + 1 if k == 0 else t - n0 - 1
+            if 1 <= y <= min(t - 1, n0 + 1) and t - y <= tr and \
+                    2 * y + _lb_of(t - y, m - hq, 1, hq, kq) == target:
+                return y
+    if m >= kq:
+        # I at y <= n0 + 2: the left part (y - 1 steps) keeps all its internal states
+        tr = tau[0, m - kq]
+        for k in range(2):
+            y = n0 + 2 if k == 0 else t - n0
+            if 2 <= y <= min(t - 1, n0 + 2) and t - y <= tr and \
+                    2 * y - 1 + _lb_of(t - y, m - kq, 0, hq, kq) == target:
+                return -y
+    if t == 2 and target == 3:
+        return 0
+    return _LB_FAIL
+
 @njit(cache=True)
 def _stack_push(stk, stkv, ssz, s, idx, val):
     """Append D[idx] = val to stack s: the suffix minima of D[1..idx], values rising to the top."""
@@ -285,7 +352,7 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
 
 
 @njit(cache=True)
-def _msm_fast_table(T, M, hq, kq, R, choice):
+def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     """The MSM table of _dp_table (use_h = use_i = True), same costs, in
     O((M+1) (T+1)) cells with short split scans and R rows of costs kept.
 
@@ -347,9 +414,17 @@ def _msm_fast_table(T, M, hq, kq, R, choice):
             cost[own, r, 0] = 0
             pmx[own, r, 0] = 0
             choice[own, m, 0] = 0
+        nown0 = m // kq
+        nown1 = (m + hq) // kq
         for t in range(1, T + 1):
             saturated = m >= (t - 1) * kq
             for own in range(2):
+                if t <= tau[own, m]:
+                    # proven: R = its lower bound here (the split comes from _lb_choice)
+                    best = max(t, 2 * t - (nown1 if own == 1 else nown0) - 1)
+                    cost[own, r, t] = best
+                    pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
+                    continue
                 if saturated:
                     best = t
                     ch = -1 if t > 1 else 0
@@ -451,10 +526,13 @@ def _grow(a):
 
 
 @njit(cache=True)
-def _emit(T, M, hq, kq, mode, choice, sqrt_k):
+def _emit(T, M, hq, kq, mode, choice, sqrt_k, tau):
     """Walk the chosen splits and write the actions as (op, step, slot) rows.
 
-    Returns (codes, forwards, pool_quanta). Op codes follow _actions.OPS:
+    In table mode a cell with t <= tau[own, m] takes _lb_choice's split
+    instead of the table's (tau of shape (2, 1) with zeros: never).
+    Returns (codes, forwards, pool_quanta); forwards = -1 if _lb_choice
+    found no split (not expected: see _lb_taus). Op codes follow _actions.OPS:
     0 takeshot, 1 restore, 2 advance, 3 keep, 4 restore_internal, 5 reverse.
     """
     out = np.empty((max(16, 4 * T), 3), np.int64)
@@ -507,7 +585,12 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k):
             n += 1
             cur = a
         if mode == 0:
-            ch = choice[own, t, min(m, cap)]
+            if m < tau.shape[1] and t <= tau[own, m]:
+                ch = _lb_choice(t, m, own, hq, kq, tau)
+                if ch == _LB_FAIL:
+                    return out[:0].copy(), -1, peak
+            else:
+                ch = choice[own, t, min(m, cap)]
         elif mode == 4:
             ch = choice[0, t, min(m // kq, cap)]
         elif mode == 1:
@@ -578,7 +661,7 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k):
             if y == 1 and own == 1 and mode == 0:
                 # the owned start slot (just below top) is not needed again: reuse it
                 slot = top - hq
-                m_right = min(m - kq + hq, cap)
+                m_right = min(m - kq + hq, M)
             if y > 1:
                 out[n, 0] = 2
                 out[n, 1] = a + y - 1
@@ -647,12 +730,15 @@ HSM_TABLE_MAX_WORK = 4e8
 
 
 def msm_table_work(T: int, M: int, hq: int, kq: int) -> float:
-    """Work of the exact MSM table for T steps and M free quanta: cells of the
-    pruned table (2 start kinds x (M'+1) x (T+1), M' = M capped at plain BPTT's
-    need) when kq >= hq, else inner-loop iterations of the full scan
-    (both start kinds, both options)."""
+    """Work of the exact MSM table for T steps and M free quanta: 0 when the
+    optimum is its lower bound (T <= tau, no table), else cells of the pruned
+    table (2 start kinds x (M'+1) x (T+1), M' = M capped at plain BPTT's need)
+    when kq >= hq, else inner-loop iterations of the full scan (both start
+    kinds, both options)."""
     cap = min(M, max(T - 1, 0) * kq)
     if kq >= hq:
+        if T <= _lb_taus(cap, hq, kq, T)[0, cap]:
+            return 0.0
         return 2.0 * (cap + 1) * (T + 1)
     t = np.arange(1, T + 1, dtype=np.float64)
     m_used = np.minimum(float(M), (t - 1) * kq)
@@ -667,19 +753,30 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     M = max(int(free_quanta), 0)
     sqrt_k = _sqrt_segment(T)
     dummy = np.zeros((2, 1, 1), np.int32)
+    no_tau = np.zeros((2, 1), np.int64)
     if policy in ("full", "sqrt"):
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
         if need > hq + M:
             raise _TooSmall(need)
         mode = _MODE_FULL if policy == "full" else _MODE_SQRT
-        return _emit(T, M, hq, kq, mode, dummy, sqrt_k)
+        return _emit(T, M, hq, kq, mode, dummy, sqrt_k, no_tau)
     if policy == "revolve":
-        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     if policy == "ism":
         n_slots = min(M // kq, max(T - 1, 0))
         _, choice = _ism_table(T, n_slots)
-        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k)
+        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k, no_tau)
     work = msm_table_work(T, M, hq, kq)
+    if policy == "msm" and kq >= hq and work <= MSM_EXACT_MAX_WORK:
+        # memory above what keeping every internal state needs changes nothing
+        cap = min(M, max(T - 1, 0) * kq)
+        tau = _lb_taus(cap, hq, kq, T)
+        if T <= tau[0, cap]:
+            # R(T, cap) is its lower bound, reached by _lb_choice's splits alone: no table
+            res = _emit(T, cap, hq, kq, _MODE_TABLE, dummy, sqrt_k, tau)
+            if res[1] == _lb_of(T, cap, 0, hq, kq):
+                return res
+            work = 2.0 * (cap + 1) * (T + 1)  # not expected (see _lb_taus): the table decides
     if policy == "msm" and work > MSM_EXACT_MAX_WORK:
         ism = plan_quanta(T, M, hq, kq, "ism")
         rev = plan_quanta(T, M, hq, kq, "revolve")
@@ -692,17 +789,17 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         return best
     if policy == "hsm" and work > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
-        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k)
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     use_h = policy in ("msm", "hsm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
     if policy == "msm" and kq >= hq:
         choice = np.zeros((2, cap + 1, T + 1), np.int16 if T < 2 ** 15 else np.int32)
-        _msm_fast_table(T, cap, hq, kq, kq + 1, choice)
-        return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k)
+        _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
+        return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k, tau)
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
-    return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k)
+    return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, no_tau)
 
 
 class _TooSmall(Exception):

@@ -48,17 +48,18 @@ def test_msm_fallback_warns_and_is_no_worse_than_single_kinds(monkeypatch):
 @pytest.mark.parametrize("T,hq,kq", [(300, 2, 7), (300, 1, 1), (300, 2, 4), (160, 1, 3), (160, 3, 5), (160, 1, 2)])
 def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
     # every (start kind, t <= T, m <= plain BPTT's need): the pruned table keeps all rows here
-    from memopt_bptt._planner import _msm_fast_table
+    from memopt_bptt._planner import _lb_choice, _lb_taus, _msm_fast_table
 
     M = (T - 1) * kq
     naive, _ = _dp_table(T, M, hq, kq, True, True)
     choice = np.zeros((2, M + 1, T + 1), np.int32)
-    fast, _ = _msm_fast_table(T, M, hq, kq, M + 1, choice)
+    tau = _lb_taus(M, hq, kq, T)
+    fast, _ = _msm_fast_table(T, M, hq, kq, M + 1, choice, tau)
     np.testing.assert_array_equal(fast.transpose(0, 2, 1), naive)
-    # the recorded choices achieve the cost they are recorded for
+    # the recorded choices (or _lb_choice's, where t <= tau) achieve the cost they are recorded for
     rng = np.random.default_rng(0)
     for own, t, m in zip(rng.integers(0, 2, 400), rng.integers(2, T + 1, 400), rng.integers(0, M + 1, 400)):
-        ch = int(choice[own, m, t])
+        ch = int(choice[own, m, t]) if t > tau[own, m] else int(_lb_choice(t, m, own, hq, kq, tau))
         if ch == 0:
             c = t + naive[own, t - 1, m]
         elif ch > 0:
@@ -73,11 +74,15 @@ def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
 
 def test_fast_msm_ring_equals_full_table():
     # the planner keeps kq + 1 rows; the last rows must equal the full table's
-    from memopt_bptt._planner import _msm_fast_table
+    from memopt_bptt._planner import _lb_taus, _msm_fast_table
 
     T, M, hq, kq = 200, 500, 2, 7
-    full, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32))
-    ring, _ = _msm_fast_table(T, M, hq, kq, kq + 1, np.zeros((2, M + 1, T + 1), np.int16))
+    tau = _lb_taus(M, hq, kq, T)
+    full, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), tau)
+    ring, _ = _msm_fast_table(T, M, hq, kq, kq + 1, np.zeros((2, M + 1, T + 1), np.int16), tau)
+    # and with no cell given in closed form
+    bare, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), 0 * tau)
+    np.testing.assert_array_equal(bare, full)
     for m in range(M - kq, M + 1):
         np.testing.assert_array_equal(ring[:, m % (kq + 1)], full[:, m])
 
@@ -106,3 +111,63 @@ def test_msm_is_exact_past_the_old_limit_without_warning():
         codes, forwards, pool = plan_quanta(4000, 280, 2, 7, "msm")
     assert forwards <= min(plan_quanta(4000, 280, 2, 7, p)[1] for p in ("ism", "revolve"))
     assert pool <= 2 + 280
+
+
+# ---- where the optimum is its lower bound (_lb_taus, _lb_choice) -------------------
+LB_CASES = [(300, 2, 7), (300, 1, 1), (300, 2, 4), (200, 1, 3), (200, 3, 5), (200, 1, 2), (200, 2, 2),
+            (200, 3, 7), (150, 5, 7), (200, 1, 5), (150, 4, 9), (150, 2, 3)]
+
+
+@pytest.mark.parametrize("T,hq,kq", LB_CASES)
+def test_lower_bound_is_reached_exactly_up_to_tau(T, hq, kq):
+    # R(t, m) == max(t, 2t - floor((m + own*hq)/kq) - 1) exactly for t <= tau[own, m]
+    # (proven: _lb_choice's split reaches it) and, in every cell checked here, only there
+    from memopt_bptt._planner import _LB_FAIL, _lb_choice, _lb_of, _lb_taus
+
+    M = (T - 1) * kq
+    naive, _ = _dp_table(T, M, hq, kq, True, True)
+    tau = _lb_taus(M, hq, kq, T)
+    t = np.arange(T + 1)
+    for own in range(2):
+        for m in range(M + 1):
+            lb = np.maximum(t, 2 * t - (m + own * hq) // kq - 1)
+            row = naive[own, :, m]
+            assert (row >= lb).all(), (own, m)
+            np.testing.assert_array_equal(row == lb, t <= tau[own, m], err_msg=f"own={own} m={m}")
+    # the split _lb_choice gives costs the bound, with parts inside their own tau
+    for own in range(2):
+        for m in range(0, M + 1, max(1, M // 97)):
+            for tt in range(2, int(tau[own, m]) + 1):
+                ch = int(_lb_choice(tt, m, own, hq, kq, tau))
+                assert ch != _LB_FAIL, (own, m, tt)
+                target = _lb_of(tt, m, own, hq, kq)
+                if ch == 0:
+                    c = tt + naive[own, tt - 1, m]
+                elif ch > 0:
+                    assert tt - ch <= tau[1, m - hq]
+                    c = ch + naive[1, tt - ch, m - hq] + naive[own, ch, m]
+                elif ch == -1:
+                    m1 = min(m - kq + (hq if own else 0), M)
+                    c = 1 + naive[0, tt - 1, m1]
+                else:
+                    y = -ch
+                    assert tt - y <= tau[0, m - kq]
+                    c = y + naive[0, tt - y, m - kq] + naive[own, y - 1, m]
+                assert c == target == naive[own, tt, m], (own, m, tt, ch)
+
+
+def test_msm_closed_form_plans_long_sequences_exactly():
+    # LSTM (hq=2, kq=7) at T = 10^5 and 1%, 5%, 20% of plain BPTT: the optimum is the
+    # lower bound, planned without a table and without the fallback warning
+    import memopt_bptt as mb
+    from memopt_bptt._planner import _lb_of
+
+    T, hq, kq = 100_000, 2, 7
+    for M in (6969, 34970, 139973):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            codes, forwards, pool = plan_quanta(T, M, hq, kq, "msm")
+        assert forwards == _lb_of(T, min(M, (T - 1) * kq), 0, hq, kq)
+        assert pool <= hq + M
+    mb.Schedule(T=T, policy="msm", codes=codes, hidden_quanta=hq, internal_quanta=kq,
+                pool_quanta=pool, forward_steps=int(forwards)).validate()
