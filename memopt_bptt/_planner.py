@@ -70,7 +70,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._budget import MemoryBudgetError, parse_budget
 from ._schedule import Schedule
@@ -395,91 +395,109 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     """
     cost = np.zeros((2, R, T + 1), np.int64)
     pmx = np.zeros((2, R, T + 1), np.int64)
-    # stacks: 0 = (own 1, m-hq) [A of H], 1 = (own 0, m-kq) [A of I], 2 = (own 0, m), 3 = (own 1, m)
-    stk = np.zeros((4, T + 1), np.int64)
-    stkv = np.zeros((4, T + 1), np.int64)
-    ssz = np.zeros(4, np.int64)
-    upto = np.zeros(4, np.int64)
-    guess = np.ones((2, 2), np.int64)
+    # per start kind, stacks 0 = (own 1, m-hq) [A of H], 1 = (own 0, m-kq) [A of I], 2 = (own, m) [B]
+    stk = np.zeros((2, 3, T + 1), np.int64)
+    stkv = np.zeros((2, 3, T + 1), np.int64)
+    ssz = np.zeros((2, 3), np.int64)
+    upto = np.zeros((2, 3), np.int64)
     evals = 0
     for m in range(M + 1):
-        r = m % R
-        rh = (m - hq) % R
-        rk = (m - kq) % R
-        ssz[:] = 0
-        upto[:] = 0
-        guess[:, 0] = 1
-        guess[:, 1] = 2
-        for own in range(2):
-            cost[own, r, 0] = 0
-            pmx[own, r, 0] = 0
-            choice[own, m, 0] = 0
-        nown0 = m // kq
-        nown1 = (m + hq) // kq
-        for t in range(1, T + 1):
-            saturated = m >= (t - 1) * kq
+        if kq > hq:
+            # the two start kinds of a row read only lower rows: one thread each
+            evals += _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
+        else:
             for own in range(2):
-                if t <= tau[own, m]:
-                    # proven: R = its lower bound here (the split comes from _lb_choice)
-                    best = max(t, 2 * t - (nown1 if own == 1 else nown0) - 1)
-                    cost[own, r, t] = best
-                    pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
-                    continue
-                if saturated:
-                    best = t
-                    ch = -1 if t > 1 else 0
-                else:
-                    lb = 2 * t - (m + own * hq) // kq - 1
-                    best = t + cost[own, r, t - 1]
-                    ch = 0
-                    m1 = m - kq + (hq if own == 1 else 0)
-                    if m1 >= 0:
-                        c = 1 + cost[0, m1 % R, t - 1]
-                        if c < best:
-                            best = c
-                            ch = -1
-                    do_h = m >= hq
-                    do_i = m >= kq and t > 2
-                    # probe the previous splits first: most cells reach the lower bound there
-                    if best > lb and do_h:
-                        y = min(guess[own, 0], t - 1)
-                        c = y + cost[1, rh, t - y] + cost[own, r, y]
-                        evals += 1
-                        if c < best:
-                            best = c
-                            ch = y
-                    if best > lb and do_i:
-                        y = min(max(guess[own, 1], 2), t - 1)
-                        c = y + cost[0, rk, t - y] + cost[own, r, y - 1]
-                        evals += 1
-                        if c < best:
-                            best = c
-                            ch = -y
-                    if best > lb:
-                        if do_h:
-                            _stack_catch_up(cost, stk, stkv, ssz, upto, 0, 1, rh, t - 1)
-                            _stack_catch_up(cost, stk, stkv, ssz, upto, 2 + own, own, r, t - 1)
-                            c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 0, 1, rh, 2 + own, own, r, t, 0, 1,
-                                                guess[own, 0], lb)
-                            evals += n
-                            guess[own, 0] = y
-                            if c < best:
-                                best = c
-                                ch = y
-                        if do_i and best > lb:
-                            _stack_catch_up(cost, stk, stkv, ssz, upto, 1, 0, rk, t - 1)
-                            _stack_catch_up(cost, stk, stkv, ssz, upto, 2 + own, own, r, t - 1)
-                            c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 1, 0, rk, 2 + own, own, r, t, 1, 2,
-                                                guess[own, 1], lb)
-                            evals += n
-                            guess[own, 1] = y
-                            if c < best:
-                                best = c
-                                ch = -y
-                cost[own, r, t] = best
-                pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
-                choice[own, m, t] = ch
+                evals += _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk[own], stkv[own], ssz[own],
+                                  upto[own])
     return cost, evals
+
+
+@njit(cache=True, parallel=True)
+def _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto):
+    """_msm_row for both start kinds of row m, in parallel (needs kq > hq)."""
+    evals = 0
+    for own in prange(2):
+        evals += _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk[own], stkv[own], ssz[own], upto[own])
+    return evals
+
+
+@njit(cache=True)
+def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto):
+    """Row m of start kind own of _msm_fast_table; returns its split evaluations."""
+    r = m % R
+    rh = (m - hq) % R
+    rk = (m - kq) % R
+    ssz[:] = 0
+    upto[:] = 0
+    g_h = 1
+    g_i = 2
+    evals = 0
+    cost[own, r, 0] = 0
+    pmx[own, r, 0] = 0
+    choice[own, m, 0] = 0
+    n_own = (m + own * hq) // kq
+    m1 = m - kq + (hq if own == 1 else 0)
+    r1 = m1 % R
+    do_h = m >= hq
+    tau_m = tau[own, m]
+    for t in range(1, T + 1):
+        if t <= tau_m:
+            # proven: R = its lower bound here (the split comes from _lb_choice)
+            best = max(t, 2 * t - n_own - 1)
+            cost[own, r, t] = best
+            pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
+            continue
+        if m >= (t - 1) * kq:
+            best = t
+            ch = -1 if t > 1 else 0
+        else:
+            lb = 2 * t - n_own - 1
+            best = t + cost[own, r, t - 1]
+            ch = 0
+            if m1 >= 0:
+                c = 1 + cost[0, r1, t - 1]
+                if c < best:
+                    best = c
+                    ch = -1
+            do_i = m >= kq and t > 2
+            # probe the previous splits first: most cells reach the lower bound there
+            if best > lb and do_h:
+                y = min(g_h, t - 1)
+                c = y + cost[1, rh, t - y] + cost[own, r, y]
+                evals += 1
+                if c < best:
+                    best = c
+                    ch = y
+            if best > lb and do_i:
+                y = min(max(g_i, 2), t - 1)
+                c = y + cost[0, rk, t - y] + cost[own, r, y - 1]
+                evals += 1
+                if c < best:
+                    best = c
+                    ch = -y
+            if best > lb:
+                if do_h:
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, 0, 1, rh, t - 1)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, 2, own, r, t - 1)
+                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 0, 1, rh, 2, own, r, t, 0, 1, g_h, lb)
+                    evals += n
+                    g_h = y
+                    if c < best:
+                        best = c
+                        ch = y
+                if do_i and best > lb:
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, 1, 0, rk, t - 1)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, 2, own, r, t - 1)
+                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 1, 0, rk, 2, own, r, t, 1, 2, g_i, lb)
+                    evals += n
+                    g_i = y
+                    if c < best:
+                        best = c
+                        ch = -y
+        cost[own, r, t] = best
+        pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
+        choice[own, m, t] = ch
+    return evals
 
 
 @njit(cache=True)
