@@ -278,19 +278,17 @@ def _stack_push(stk, stkv, ssz, s, idx, val):
 
 
 @njit(cache=True)
-def _stack_min_from(stk, stkv, ssz, s, a):
-    """min D[a..top] of stack s (a huge number for an empty range)."""
+def _stack_first(stk, ssz, s, a):
+    """Position of the first entry of stack s with index >= a (ssz[s] if none)."""
     lo = 0
     hi = ssz[s]
-    while lo < hi:  # first stack entry with index >= a
+    while lo < hi:
         mid = (lo + hi) // 2
         if stk[s, mid] >= a:
             hi = mid
         else:
             lo = mid + 1
-    if lo == ssz[s]:
-        return 1 << 60
-    return stkv[s, lo]
+    return lo
 
 
 @njit(cache=True)
@@ -310,7 +308,10 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
 
     Exact: starts at ``guess`` and stops in each direction only when a proven
     bound shows that no further y is strictly cheaper, or when the cost
-    reaches ``lb``, a lower bound of the cell (see _msm_fast_table).
+    reaches ``lb``, a lower bound of the cell (see _msm_fast_table). The
+    bounds are checked after blocks of evaluations that double up to 16 (an
+    extra evaluation never changes the minimum; fewer checks are cheaper on
+    the long flat stretches of the low rows).
     Returns (cost, its y, evaluations)."""
     yhi = t - 1
     g = min(max(guess, ylo), yhi)
@@ -318,36 +319,52 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
     arg = g
     n = 0
     y = g
+    step = 1
+    # the suffix-minimum queries below move forward one index per check: walk the stacks
+    pb = _stack_first(stk, ssz, sb, y - off + 1)
     while True:
-        c = y + cost[oa, ra, t - y] + cost[ob, rb, y - off]
-        n += 1
-        if c < best:
-            best = c
-            arg = y
-            if best <= lb:
-                return best, arg, n
+        ye = min(y + step - 1, yhi)
+        for z in range(y, ye + 1):
+            c = z + cost[oa, ra, t - z] + cost[ob, rb, z - off]
+            if c < best:
+                best = c
+                arg = z
+        n += ye - y + 1
+        if best <= lb:
+            return best, arg, n
+        y = ye
         if y >= yhi:
             break
         # every y' > y costs >= t + B(y'-off) >= t + B(y-off)
         if t + cost[ob, rb, y - off] >= best:
             break
         # cost(y') - cost(y) >= (y'-y) (1 + min D_B[y-off+1..t-1] - max D_A[1..t-y]) for y' > y
-        if 1 + _stack_min_from(stk, stkv, ssz, sb, y - off + 1) >= pmx[oa, ra, t - y]:
+        while pb < ssz[sb] and stk[sb, pb] < y - off + 1:
+            pb += 1
+        if pb >= ssz[sb] or 1 + stkv[sb, pb] >= pmx[oa, ra, t - y]:
             break
         y += 1
+        step = min(2 * step, 16)
     y = g
+    step = 1
+    pa = _stack_first(stk, ssz, sa, t - y + 1)
     while y > ylo:
         # cost(y') - cost(y) >= (y-y') (min D_A[t-y+1..t-1] - 1 - max D_B[1..y-off]) for y' < y
-        if _stack_min_from(stk, stkv, ssz, sa, t - y + 1) >= 1 + pmx[ob, rb, y - off]:
+        while pa < ssz[sa] and stk[sa, pa] < t - y + 1:
+            pa += 1
+        if pa >= ssz[sa] or stkv[sa, pa] >= 1 + pmx[ob, rb, y - off]:
             break
-        y -= 1
-        c = y + cost[oa, ra, t - y] + cost[ob, rb, y - off]
-        n += 1
-        if c <= best:
-            best = c
-            arg = y
-            if best <= lb:
-                break
+        ys = max(y - step, ylo)
+        for z in range(y - 1, ys - 1, -1):
+            c = z + cost[oa, ra, t - z] + cost[ob, rb, z - off]
+            if c <= best:
+                best = c
+                arg = z
+        n += y - ys
+        y = ys
+        if best <= lb:
+            break
+        step = min(2 * step, 16)
     return best, arg, n
 
 
