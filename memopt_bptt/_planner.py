@@ -324,11 +324,15 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
     pb = _stack_first(stk, ssz, sb, y - off + 1)
     while True:
         ye = min(y + step - 1, yhi)
+        bm = best
         for z in range(y, ye + 1):
-            c = z + cost[oa, ra, t - z] + cost[ob, rb, z - off]
-            if c < best:
-                best = c
-                arg = z
+            bm = min(bm, z + cost[oa, ra, t - z] + cost[ob, rb, z - off])
+        if bm < best:
+            for z in range(y, ye + 1):
+                if z + cost[oa, ra, t - z] + cost[ob, rb, z - off] == bm:
+                    arg = z
+                    break
+            best = bm
         n += ye - y + 1
         if best <= lb:
             return best, arg, n
@@ -355,11 +359,15 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
         if pa >= ssz[sa] or stkv[sa, pa] >= 1 + pmx[ob, rb, y - off]:
             break
         ys = max(y - step, ylo)
-        for z in range(y - 1, ys - 1, -1):
-            c = z + cost[oa, ra, t - z] + cost[ob, rb, z - off]
-            if c <= best:
-                best = c
-                arg = z
+        bm = best
+        for z in range(ys, y):
+            bm = min(bm, z + cost[oa, ra, t - z] + cost[ob, rb, z - off])
+        if bm < best:
+            for z in range(ys, y):
+                if z + cost[oa, ra, t - z] + cost[ob, rb, z - off] == bm:
+                    arg = z
+                    break
+            best = bm
         n += y - ys
         y = ys
         if best <= lb:
@@ -375,10 +383,14 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
 
     Rows are computed in order of m (row m reads rows m-hq, m-kq and
     m-kq+hq, so needs kq >= hq; R = kq + 1 keeps a ring, R = M + 1 the whole
-    table). Writes choice[own, m, t] (0 = W, y = H at y, -y = I at y) and
-    returns (cost [own, R, T+1] as kept, split evaluations).
+    table). Writes choice[own, m, t] (0 = W, y = H at y, -y = I at y) for
+    t > tau[own, m] and returns (cost [own, R, T+1] as kept, split
+    evaluations). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
+    their lower bound, proven below; their splits come from _lb_choice. The
+    two start kinds of a row read only lower rows when kq > hq and run in
+    parallel (NUMBA_NUM_THREADS threads, at most 2 used).
 
-    Two proven facts make it exact without scanning every split:
+    Three proven facts make it exact without scanning every split:
 
     * a lower bound: R(t, m) >= max(t, 2t - floor((m + own*hq) / kq) - 1).
       A step forwarded only once must keep its internal state from that
@@ -388,6 +400,21 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
       floor(m'/kq) + 1 of them with m' quanta (an owned start's hq quanta can
       be reused), every other step costs >= 2. A cell whose cost reaches the
       bound needs no more search (most cells at larger m).
+    * where the bound is reached: for t <= tau[own, m] (_lb_taus), by
+      induction over m. With n = floor((m + own*hq)/kq), n0 = floor(m/kq)
+      and every part below within its own tau (so at its bound), a
+      non-saturated cell (t >= n0 + 2) reaches max(t, 2t - n - 1) by
+      (1) I at y = 1 for t <= tau[0, m - kq + own*hq] + 1 (the rest has
+      n - 1 internal slots: 1 + max(t-1, 2t - n - 2)); when n == n0,
+      (2) H at y = n0 + 1 (t >= 2 n0 + 2) or y = t - n0 - 1, for
+      t <= tau[1, m - hq] + n0 + 1: the left part keeps all its internal
+      states (cost y), the right part has n0 slots: 2y + max(t-y, 2(t-y) -
+      n0 - 1) = 2t - n0 - 1; (3) I at y = n0 + 2 or y = t - n0, for
+      t <= tau[0, m - kq] + n0 + 2, likewise; (4) W at t = 2 when n = 0;
+      and cells with t <= n + 1 (saturated, or own = 1 with t = n0 + 2 via
+      (1)). tau is the largest such t. Verified, not proven (and not needed
+      for exactness): R exceeds the bound for every t > tau (every cell for
+      T <= 300 and 12 (hq, kq) pairs, tests/test_planner_fast.py).
     * bounds on how far to scan. Each split option minimises
       f(y) = y + A(t-y) + B(y-off) over y, with A the right part's row
       (complete) and B the left part's (t' < t done). With D(u) = R(u) -
