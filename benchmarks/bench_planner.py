@@ -12,7 +12,8 @@ size exceeds the limits are skipped with "skipped: estimated N s / M GB"; the
 time estimate is the planner's DP work (cells x inner loop, from T and the
 budget) times the seconds per unit of work measured at the last smaller T of
 the same policy and budget (or at T = 400). msm runs the pruned exact table
-(memopt_bptt._planner._msm_fast_table; its work unit is a table cell); where
+(memopt_bptt._planner._msm_fast_table; its work unit is a table cell), or,
+where the optimum is its proven lower bound, no table at all (work T + M); where
 even that is too much work the planner's ``msm`` returns the better of ism
 and revolve with a warning; those rows say "fallback" and are estimated from
 ism + revolve.
@@ -98,6 +99,18 @@ def msm_falls_back(T, fraction, lay):
     return work(T, free_quanta(T, fraction, lay), lay["hq"], lay["kq"]) > limit
 
 
+def msm_closed_form(T, fraction, lay):
+    """Whether plan(policy="msm") needs no table: the optimum is its proven lower
+    bound (memopt_bptt._planner._lb_taus), planned in O(T + M)."""
+    from memopt_bptt import _planner
+    taus = getattr(_planner, "_lb_taus", None)
+    if taus is None:
+        return False
+    M = free_quanta(T, fraction, lay)
+    cap = min(M, (T - 1) * lay["kq"])
+    return T <= taus(cap, lay["hq"], lay["kq"], T)[0, cap]
+
+
 def table_bytes(policy, T, fraction, lay):
     """Bytes of the planner's DP tables (int64 cost + int32 choice per cell).
 
@@ -109,10 +122,14 @@ def table_bytes(policy, T, fraction, lay):
     if policy == "msm":
         if msm_falls_back(T, fraction, lay):
             return table_bytes("ism", T, fraction, lay)
+        cap = min(M, (T - 1) * kq)
+        tau = 2 * (cap + 1) * 8  # _lb_taus: where the optimum is its lower bound
+        if msm_closed_form(T, fraction, lay):
+            return tau
         # _msm_fast_table: a 2-byte choice per cell (4 from T = 2^15), kq + 1 rows of int64 costs
-        # and slope maxima per start kind, 4 stacks of int64 pairs
-        cells = 2 * (T + 1) * (min(M, (T - 1) * kq) + 1)
-        return cells * (2 if T < 2**15 else 4) + 2 * 2 * (kq + 1) * (T + 1) * 8 + 4 * 2 * (T + 1) * 8
+        # and slope maxima per start kind, 3 stacks of int64 pairs per start kind
+        cells = 2 * (T + 1) * (cap + 1)
+        return tau + cells * (2 if T < 2**15 else 4) + 2 * 2 * (kq + 1) * (T + 1) * 8 + 6 * 2 * (T + 1) * 8
     if policy == "hsm":
         return 12 * 2 * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
@@ -140,6 +157,8 @@ def worker(T, fraction, policy, max_repeat_seconds):
     model = _model()
     kw = dict(model=model, batch=BATCH, dtype=DTYPE, policy=policy)
     mb.plan(64, budget=1.0, **kw)  # warm-up: load the cached Numba code
+    if policy == "msm":
+        mb.plan(200, slots=10, alpha=3.5, policy="msm")  # and msm's table code (the LSTM's alpha, 7/2)
     row = {"T": T, "fraction": fraction, "policy": policy}
     reset_ok = _reset_peak()
     rss0 = _status_kib("VmRSS")
@@ -202,7 +221,8 @@ def work(policy, T, fraction, lay):
     hq, kq = lay["hq"], lay["kq"]
     if policy == "msm":
         from memopt_bptt._planner import msm_table_work
-        return msm_table_work(T, M, hq, kq)
+        # plus T + M: where the optimum is its lower bound there is no table (work 0), only that
+        return msm_table_work(T, M, hq, kq) + T + M
     if policy == "hsm":
         return float(T) * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
@@ -218,6 +238,8 @@ def calibrate(fractions, lay, policies=TABLE_POLICIES):
     rates = {}
     for policy in policies:
         mb.plan(64, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy=policy)
+        if policy == "msm":
+            mb.plan(200, slots=10, alpha=3.5, policy="msm")  # msm's table code too
         for f in fractions:
             T = CALIBRATION_T
             while free_quanta(T, f, lay) < lay["kq"]:

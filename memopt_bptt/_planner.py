@@ -43,23 +43,37 @@ states.
 Speed: ``revolve`` (closed form) scales to T = 10^6. ISM counts memory in
 whole internal slots and finds each split by binary search (its cost is
 convex in t), O(T n log T) for n slots. MSM's cost is *not* convex in t, so
-no binary search is exact; ``msm`` runs ``_msm_fast_table``: the same
-recurrence, row by row in m (kq + 1 rows of costs kept, plus a 2-byte choice
-per cell while T < 2^15), with two proven devices instead of scanning every
-split: a lower bound R >= 2t - floor(m'/kq) - 1 that most cells reach at
-their first probe, and bounds on the cost's slopes that end each split scan
-after a few evaluations (see its docstring). It returns the naive table's
-costs exactly (every cell checked for T <= 300 in tests/test_planner_fast.py);
-it visits 2 (T+1)(m+1) cells, and the scans stay short on every size
-measured (about 1 to 60 evaluations per cell, more where the budget is small
-relative to T), though no better worst case than O(T^2 m) is proven. When the cells
-exceed ``MSM_EXACT_MAX_WORK`` ``msm`` returns the better of ``ism`` and
-``revolve`` with a warning, which is optimal among single-kind schedules but
-not proven MSM-optimal. With kq < hq (alpha < 1) rows would depend on
-larger m, so ``msm`` runs the naive full-scan table instead, under the same
-limit on its inner-loop iterations. Measured (one core, hq=2, kq=7): T = 10^4 takes
-about 3.5 s at 1% of plain BPTT's memory, 4.3 s at 5%, 6.5 s at 20%; T = 10^5 falls
-back (its table would be 1.4e9 to 2.8e10 cells).
+no binary search is exact. ``msm`` (kq >= hq) first computes, in O(M),
+tau(m): the largest t up to which R(t, m) equals the lower bound
+max(t, 2t - floor(m'/kq) - 1) (m' = m, plus hq for an owned start). Both
+are proven: the bound by counting the steps forwarded only once, the
+equality by an induction over m with an explicit split (``_lb_taus``,
+``_lb_choice``, the proof in ``_msm_fast_table``'s docstring). Where
+T <= tau(M) the schedule is emitted from those splits alone, O(T + M) with
+no table, and its forward count is checked to equal the bound (so it is
+optimal). For the LSTM (hq=2, kq=7) tau(m) is about m^2/90 for large m, so
+this covers 5% and 20% of plain BPTT's memory at T = 10^4 and 1% to 20% at
+T = 10^5. Otherwise ``_msm_fast_table`` runs the same recurrence row by row
+in m (kq + 1 rows of costs kept, plus a 2-byte choice per cell while
+T < 2^15): cells with t <= tau(m) in closed form, the rest with a first
+probe at the previous split and split scans that end on proven bounds of
+the cost's slopes (see its docstring); the two start kinds of a row run on
+two threads when NUMBA_NUM_THREADS allows. It returns the naive table's
+costs exactly (every cell checked for T <= 300 and several (hq, kq) in
+tests/test_planner_fast.py); the scans are long (hundreds of evaluations
+per cell) in rows with few internal slots, and no better worst case than
+O(T^2 m) is proven. That R exceeds the bound wherever t > tau(m) is
+verified (every cell for T <= 300, 12 (hq, kq)), not proven, and not
+needed for exactness. When the table's cells exceed ``MSM_EXACT_MAX_WORK``
+``msm`` returns the better of ``ism`` and ``revolve`` with a warning, which
+is optimal among single-kind schedules but not proven MSM-optimal. With
+kq < hq (alpha < 1) rows would depend on larger m, so ``msm`` runs the
+naive full-scan table instead, under the same limit on its inner-loop
+iterations. Measured (LSTM hq=2, kq=7, one thread, ``benchmarks/bench_planner.py
+--policies msm``, budgets as fractions of plain BPTT's memory): T = 10^4 takes
+1.6 s of CPU at 1% (the table; 3.3 s wall while another job shared the core)
+and 1.4 to 2.3 ms at 5% and 20% (closed form); T = 10^5 takes 11 to 23 ms at
+1%, 5% and 20% (closed form); T = 10^3 about 9 ms at 1%, 0.15 ms at 5%, 20%.
 """
 
 from __future__ import annotations

@@ -171,3 +171,25 @@ def test_msm_closed_form_plans_long_sequences_exactly():
         assert pool <= hq + M
     mb.Schedule(T=T, policy="msm", codes=codes, hidden_quanta=hq, internal_quanta=kq,
                 pool_quanta=pool, forward_steps=int(forwards)).validate()
+
+
+def test_msm_plans_equal_the_full_table_across_tau():
+    # T = 2000 (hq=2, kq=7): budgets on both sides of T <= tau(M) give the cost of the
+    # pruned table run with no closed-form cells at all, and valid schedules
+    import memopt_bptt as mb
+    from memopt_bptt._planner import _lb_taus, _msm_fast_table
+
+    T, hq, kq = 2000, 2, 7
+    Mmax = 560
+    bare, _ = _msm_fast_table(T, Mmax, hq, kq, Mmax + 1, np.zeros((2, Mmax + 1, T + 1), np.int16),
+                              np.zeros((2, Mmax + 1), np.int64))
+    tau = _lb_taus(Mmax, hq, kq, T)
+    Ms = [m for m in range(0, Mmax + 1, 7)] + [Mmax - 1, Mmax]
+    assert any(T <= tau[0, m] for m in Ms) and any(T > tau[0, m] for m in Ms)
+    for M in Ms:
+        codes, forwards, pool = plan_quanta(T, M, hq, kq, "msm")
+        assert forwards == bare[0, M, T], (M, forwards, bare[0, M, T])
+        assert pool <= hq + M
+        if M % 70 == 0:
+            mb.Schedule(T=T, policy="msm", codes=codes, hidden_quanta=hq, internal_quanta=kq,
+                        pool_quanta=pool, forward_steps=int(forwards)).validate()
