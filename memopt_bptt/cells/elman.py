@@ -2,92 +2,133 @@
 
 State ``h_t`` (H per batch row). Internal state ``[h_{t-1} | h_t]`` (2H per
 row): the derivative of tanh and relu is a function of the output, so the
-pre-activation need not be kept. alpha = 2.
+pre-activation need not be kept. alpha = 2. Both blocks are feature-major,
+``(H, B)``: the recurrent GEMM is ``W_hh @ h`` with PyTorch's weight as
+stored (faster in OpenBLAS at small batch than ``h @ W_hh^T``), and the
+activation is a flat loop over a contiguous block with the exp-based tanh of
+``_activations`` in the arrays' own precision, so it compiles to vector code.
+The input term is ``W_ih @ x^T`` with x transposed into scratch first
+(OpenBLAS is faster so than transposing it itself); scratch is
+``H + input_size`` per row.
 """
 
 from __future__ import annotations
 
-import math
-
 from numba import njit
 
+from ._activations import one, tanh
 from ._base import Cell
 from ._blas import gemm
 
 __all__ = ["Elman"]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, relu):
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    pre = work[:n].reshape((B, H))
-    for b in range(B):
-        for j in range(H):
-            pre[b, j] = b_ih[j] + b_hh[j]
-    gemm(False, True, 1.0, x, w_ih, 1.0, pre)
-    gemm(False, True, 1.0, s_prev[:n].reshape((B, H)), w_hh, 1.0, pre)
-    for b in range(B):
-        for j in range(H):
-            p = b * H + j
-            v = pre[b, j]
-            h = (v if v > 0.0 else 0.0) if relu else math.tanh(v)
-            internal[p] = s_prev[p]
-            internal[n + p] = h
-            s_new[p] = h
+    pre = work[:n]
+    pre2 = pre.reshape((H, B))
+    for k in range(H):
+        bias = b_ih[k] + b_hh[k]
+        for b in range(B):
+            pre2[k, b] = bias
+    gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, pre2)
+    gemm(False, False, 1.0, w_ih, _transposed_input(x, work[n:]), 1.0, pre2)
+    internal[:n] = s_prev[:n]
+    if relu:
+        _apply_relu(pre, internal[n: 2 * n], s_new[:n])
+    else:
+        _apply_tanh(pre, internal[n: 2 * n], s_new[:n])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
+def _transposed_input(x, buf):
+    """x^T, (input_size, B), in buf: ``W_ih @ x^T`` is faster in OpenBLAS at
+    small batch than the same product with x transposed by the GEMM."""
+    B = x.shape[0]
+    I = x.shape[1]
+    xt = buf[: I * B].reshape((I, B))
+    for b in range(B):
+        for i in range(I):
+            xt[i, b] = x[b, i]
+    return xt
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_tanh(src, dst, dst2):
+    for p in range(src.shape[0]):
+        v = tanh(src[p])
+        dst[p] = v
+        dst2[p] = v
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_relu(src, dst, dst2):
+    zero = one(src[0]) - one(src[0])
+    for p in range(src.shape[0]):
+        v = src[p]
+        v = v if v > zero else zero
+        dst[p] = v
+        dst2[p] = v
+
+
+@njit(cache=True, error_model="numpy")
 def _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, work, relu):
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    d_pre = work[:n].reshape((B, H))
-    for b in range(B):
-        for j in range(H):
-            p = b * H + j
-            h = internal[n + p]
-            if relu:
-                d_pre[b, j] = ds[p] if h > 0.0 else 0.0
-            else:
-                d_pre[b, j] = ds[p] * (1.0 - h * h)
-    gemm(True, False, 1.0, d_pre, x, 1.0, g_w_ih)
-    gemm(True, False, 1.0, d_pre, internal[:n].reshape((B, H)), 1.0, g_w_hh)
-    for b in range(B):
-        for j in range(H):
-            g_b_ih[j] += d_pre[b, j]
-            g_b_hh[j] += d_pre[b, j]
-    gemm(False, False, 1.0, d_pre, w_hh, 0.0, ds_prev[:n].reshape((B, H)))
+    h = internal[n: 2 * n]
+    dh = ds[:n]
+    d_pre = work[:n]
+    c1 = one(internal[0])
+    if relu:
+        zero = c1 - c1
+        for p in range(n):
+            d_pre[p] = dh[p] if h[p] > zero else zero
+    else:
+        for p in range(n):
+            d_pre[p] = dh[p] * (c1 - h[p] * h[p])
+    d2 = d_pre.reshape((H, B))
+    gemm(False, False, 1.0, d2, x, 1.0, g_w_ih)
+    gemm(False, True, 1.0, d2, internal[:n].reshape((H, B)), 1.0, g_w_hh)
+    for k in range(H):
+        acc = d2[k, 0]
+        for b in range(1, B):
+            acc += d2[k, b]
+        g_b_ih[k] += acc
+        g_b_hh[k] += acc
+    gemm(True, False, 1.0, w_hh, d2, 0.0, ds_prev[:n].reshape((H, B)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def elman_tanh_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work):
     _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, False)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def elman_relu_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work):
     _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, True)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def elman_tanh_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                         g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
     _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, work, False)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def elman_relu_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                         g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
     _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, work, True)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def elman_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work):
     n = x.shape[0] * w_hh.shape[1]
-    for p in range(n):
-        s_out[p] = internal[n + p]
+    # h_t is stored as such: a copy is bit-exact.
+    s_out[:n] = internal[n: 2 * n]
 
 
 _KERNELS = {
@@ -116,7 +157,8 @@ def Elman(input_size: int, hidden_size: int, *, nonlinearity: str = "tanh") -> C
         state_from_internal=elman_state_from_internal,
         state_width=lambda output_size: hidden_size,
         internal_width=lambda output_size: 2 * hidden_size,
-        work_size=lambda batch, output_size: batch * hidden_size,
+        work_size=lambda batch, output_size: batch * (hidden_size + input_size),
         backward_forward_ratio=2.0,
+        feature_major=True,
         options={"nonlinearity": nonlinearity},
     )

@@ -7,21 +7,25 @@
 part of the recurrence, so the state is ``y_t`` itself (O per batch row) and
 the loss reads it directly. ``y_t`` is the readout's linear output (the
 logits for cross-entropy). Internal state ``[y_{t-1} | h_t | y_t]``.
+
+The state is what the loss reads, so it stays row-major ``(B, O)``
+(``feature_major`` needs ``output_is_state=False``). The activation is a flat
+loop with the exp-based tanh of ``_activations`` in the arrays' own
+precision, so it compiles to vector code.
 """
 
 from __future__ import annotations
 
-import math
-
 from numba import njit
 
+from ._activations import one, tanh
 from ._base import Cell
 from ._blas import gemm
 
 __all__ = ["Jordan"]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, relu):
     B = x.shape[0]
     H = w_hh.shape[0]
@@ -34,22 +38,36 @@ def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, inte
             pre[b, j] = b_ih[j] + b_hh[j]
     gemm(False, True, 1.0, x, w_ih, 1.0, pre)
     gemm(False, True, 1.0, s_prev[:no].reshape((B, O)), w_hh, 1.0, pre)
-    h = internal[no: no + nh].reshape((B, H))
-    for b in range(B):
-        for j in range(H):
-            v = pre[b, j]
-            h[b, j] = (v if v > 0.0 else 0.0) if relu else math.tanh(v)
+    h_flat = internal[no: no + nh]
+    if relu:
+        _apply_relu(work[:nh], h_flat)
+    else:
+        _apply_tanh(work[:nh], h_flat)
+    h = h_flat.reshape((B, H))
     y = internal[no + nh: 2 * no + nh].reshape((B, O))
     for b in range(B):
         for k in range(O):
             y[b, k] = b_out[k]
     gemm(False, True, 1.0, h, w_out, 1.0, y)
-    for p in range(no):
-        internal[p] = s_prev[p]
-        s_new[p] = internal[no + nh + p]
+    internal[:no] = s_prev[:no]
+    s_new[:no] = internal[no + nh: 2 * no + nh]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
+def _apply_tanh(src, dst):
+    for p in range(src.shape[0]):
+        dst[p] = tanh(src[p])
+
+
+@njit(cache=True, error_model="numpy")
+def _apply_relu(src, dst):
+    zero = one(src[0]) - one(src[0])
+    for p in range(src.shape[0]):
+        v = src[p]
+        dst[p] = v if v > zero else zero
+
+
+@njit(cache=True, error_model="numpy")
 def _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
                      g_w_out, g_b_out, work, relu):
     B = x.shape[0]
@@ -63,15 +81,18 @@ def _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh
     for b in range(B):
         for k in range(O):
             g_b_out[k] += dy[b, k]
-    d_pre = work[:nh].reshape((B, H))
+    d_flat = work[:nh]
+    d_pre = d_flat.reshape((B, H))
     gemm(False, False, 1.0, dy, w_out, 0.0, d_pre)
-    for b in range(B):
-        for j in range(H):
-            hv = h[b, j]
-            if relu:
-                d_pre[b, j] = d_pre[b, j] if hv > 0.0 else 0.0
-            else:
-                d_pre[b, j] = d_pre[b, j] * (1.0 - hv * hv)
+    h_flat = internal[no: no + nh]
+    c1 = one(internal[0])
+    if relu:
+        zero = c1 - c1
+        for p in range(nh):
+            d_flat[p] = d_flat[p] if h_flat[p] > zero else zero
+    else:
+        for p in range(nh):
+            d_flat[p] = d_flat[p] * (c1 - h_flat[p] * h_flat[p])
     gemm(True, False, 1.0, d_pre, x, 1.0, g_w_ih)
     gemm(True, False, 1.0, d_pre, internal[:no].reshape((B, O)), 1.0, g_w_hh)
     for b in range(B):
@@ -81,31 +102,31 @@ def _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh
     gemm(False, False, 1.0, d_pre, w_hh, 0.0, ds_prev[:no].reshape((B, O)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def jordan_tanh_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work):
     _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, False)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def jordan_relu_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work):
     _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, True)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def jordan_tanh_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                          g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
     _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
                      g_w_out, g_b_out, work, False)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def jordan_relu_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                          g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
     _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
                      g_w_out, g_b_out, work, True)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def jordan_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work):
     no = x.shape[0] * w_hh.shape[1]
     nh = x.shape[0] * w_hh.shape[0]
