@@ -31,7 +31,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
-__all__ = ["gemm"]
+__all__ = ["gemm", "transposed_input"]
 
 _SYMBOLS = {"float64": "memopt_bptt_dgemm_i64", "float32": "memopt_bptt_sgemm_i64"}
 
@@ -71,6 +71,10 @@ def _bind_blas() -> str:
 
 
 BLAS_LIBRARY = _bind_blas()
+# Kernels cached by memopt_bptt 0.1 call these names with 32-bit integers: keep
+# them bound to SciPy's LP64 routines so such a stale cache stays correct.
+_llvm.add_symbol("memopt_bptt_dgemm", get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+_llvm.add_symbol("memopt_bptt_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
 """Which BLAS the kernels call (see the module docstring)."""
 
 
@@ -131,6 +135,20 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
 def _ld(a):
     """Leading dimension of a row-major 2-D array with contiguous rows."""
     return max(a.strides[0] // a.itemsize, a.shape[1], 1)
+
+
+@njit(cache=True)
+def transposed_input(x, buf):
+    """x^T, (input_size, B), written into buf: ``W_ih @ x^T`` as an NN GEMM is
+    faster in OpenBLAS at small batch than the same product with x transposed
+    by the GEMM (the cells' feature-major input term)."""
+    B = x.shape[0]
+    I = x.shape[1]
+    xt = buf[: I * B].reshape((I, B))
+    for b in range(B):
+        for i in range(I):
+            xt[i, b] = x[b, i]
+    return xt
 
 
 if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_JIT subprocess test

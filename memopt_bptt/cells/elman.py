@@ -18,7 +18,7 @@ from numba import njit
 
 from ._activations import one, tanh
 from ._base import Cell
-from ._blas import gemm
+from ._blas import gemm, transposed_input
 
 __all__ = ["Elman"]
 
@@ -35,25 +35,12 @@ def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, rel
         for b in range(B):
             pre2[k, b] = bias
     gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, pre2)
-    gemm(False, False, 1.0, w_ih, _transposed_input(x, work[n:]), 1.0, pre2)
+    gemm(False, False, 1.0, w_ih, transposed_input(x, work[n:]), 1.0, pre2)
     internal[:n] = s_prev[:n]
     if relu:
         _apply_relu(pre, internal[n: 2 * n], s_new[:n])
     else:
         _apply_tanh(pre, internal[n: 2 * n], s_new[:n])
-
-
-@njit(cache=True, error_model="numpy")
-def _transposed_input(x, buf):
-    """x^T, (input_size, B), in buf: ``W_ih @ x^T`` is faster in OpenBLAS at
-    small batch than the same product with x transposed by the GEMM."""
-    B = x.shape[0]
-    I = x.shape[1]
-    xt = buf[: I * B].reshape((I, B))
-    for b in range(B):
-        for i in range(I):
-            xt[i, b] = x[b, i]
-    return xt
 
 
 @njit(cache=True, error_model="numpy")

@@ -25,7 +25,7 @@ from numba import njit
 
 from ._activations import one, sigmoid, tanh
 from ._base import Cell
-from ._blas import gemm
+from ._blas import gemm, transposed_input
 
 __all__ = ["GRU"]
 
@@ -40,7 +40,7 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     gates2 = gates.reshape((3 * H, B))
     xn = work[3 * n: 4 * n]
     xn2 = xn.reshape((H, B))
-    xt = _transposed_input(x, work[4 * n:])
+    xt = transposed_input(x, work[4 * n:])
     for k in range(2 * H):
         bias = b_ih[k] + b_hh[k]
         for b in range(B):
@@ -64,19 +64,6 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     # From the stored values, with gru_state_from_internal's function: a
     # rebuilt state is bit-identical.
     _hidden(internal, s_new[:n], n)
-
-
-@njit(cache=True, error_model="numpy")
-def _transposed_input(x, buf):
-    """x^T, (input_size, B), in buf: ``W_ih @ x^T`` is faster in OpenBLAS at
-    small batch than the same product with x transposed by the GEMM."""
-    B = x.shape[0]
-    I = x.shape[1]
-    xt = buf[: I * B].reshape((I, B))
-    for b in range(B):
-        for i in range(I):
-            xt[i, b] = x[b, i]
-    return xt
 
 
 @njit(cache=True, error_model="numpy")

@@ -16,7 +16,7 @@ from numba import njit
 
 from ._activations import one, sigmoid, tanh
 from ._base import Cell, _check_chunk
-from ._blas import gemm
+from ._blas import gemm, transposed_input
 
 __all__ = ["LSTM"]
 
@@ -33,7 +33,7 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
         for b in range(B):
             gates2[k, b] = bias
     gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, gates2)
-    gemm(False, True, 1.0, w_ih, x, 1.0, gates2)
+    gemm(False, False, 1.0, w_ih, transposed_input(x, work[4 * n:]), 1.0, gates2)
     # One simple loop per quantity, so each compiles to vector code.
     _apply_sigmoid(gates[:n], internal[:n])
     _apply_sigmoid(gates[n: 2 * n], internal[n: 2 * n])
@@ -177,7 +177,7 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
         state_from_internal=lstm_state_from_internal,
         state_width=lambda output_size: 2 * hidden_size,
         internal_width=lambda output_size: 7 * hidden_size,
-        work_size=lambda batch, output_size: 4 * batch * hidden_size,
+        work_size=lambda batch, output_size: batch * (4 * hidden_size + input_size),
         backward_forward_ratio=2.0,
         feature_major=True,
         grad_chunk=_check_chunk(grad_chunk),
