@@ -145,7 +145,7 @@ def Elman(input_size: int, hidden_size: int, *, nonlinearity: str = "tanh") -> C
         state_width=lambda output_size: hidden_size,
         internal_width=lambda output_size: 2 * hidden_size,
         work_size=lambda batch, output_size: batch * (hidden_size + input_size),
-        backward_forward_ratio=2.0,
+        backward_forward_ratio=1.3,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         feature_major=True,
         options={"nonlinearity": nonlinearity},
     )

@@ -174,6 +174,6 @@ def GRU(input_size: int, hidden_size: int) -> Cell:
         state_width=lambda output_size: hidden_size,
         internal_width=lambda output_size: 5 * hidden_size,
         work_size=lambda batch, output_size: batch * (4 * hidden_size + input_size),
-        backward_forward_ratio=2.0,
+        backward_forward_ratio=1.5,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         feature_major=True,
     )

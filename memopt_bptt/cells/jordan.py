@@ -163,6 +163,6 @@ def Jordan(input_size: int, hidden_size: int, *, nonlinearity: str = "tanh") -> 
         work_size=lambda batch, output_size: batch * hidden_size,
         recurrent_from_output=True,
         output_is_state=True,
-        backward_forward_ratio=2.0,
+        backward_forward_ratio=0.6,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         options={"nonlinearity": nonlinearity},
     )
