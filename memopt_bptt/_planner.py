@@ -802,9 +802,11 @@ def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
 
 
 MSM_EXACT_MAX_WORK = 1e9
-HSM_TABLE_MAX_WORK = 4e8
 """msm_table_work above which msm falls back to the better of ism and revolve
 (with a warning)."""
+HSM_TABLE_MAX_WORK = 4e8
+"""Inner-loop iterations (about T^2 m) of the HSM table above which ``hsm``
+uses the closed form instead (the same cost, proven equal on T <= 500, m <= 20)."""
 
 
 def msm_table_work(T: int, M: int, hq: int, kq: int) -> float:
@@ -865,7 +867,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
             "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
             UserWarning, stacklevel=3)
         return best
-    if policy == "hsm" and work > HSM_TABLE_MAX_WORK:
+    if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     use_h = policy in ("msm", "hsm")
