@@ -846,6 +846,9 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         n_slots = min(M // kq, max(T - 1, 0))
         _, choice = _ism_table(T, n_slots)
         return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k, no_tau)
+    if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
+        # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     work = msm_table_work(T, M, hq, kq)
     if policy == "msm" and kq >= hq and work <= MSM_EXACT_MAX_WORK:
         # memory above what keeping every internal state needs changes nothing
@@ -867,9 +870,6 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
             "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
             UserWarning, stacklevel=3)
         return best
-    if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
-        # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
-        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     use_h = policy in ("msm", "hsm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing
