@@ -57,8 +57,9 @@ T = 10^5. Otherwise ``_msm_fast_table`` runs the same recurrence row by row
 in m (kq + 1 rows of costs kept, plus a 2-byte choice per cell while
 T < 2^15): cells with t <= tau(m) in closed form, the rest with a first
 probe at the previous split and split scans that end on proven bounds of
-the cost's slopes (see its docstring); the two start kinds of a row run on
-two threads when NUMBA_NUM_THREADS allows. It returns the naive table's
+the cost's slopes (see its docstring); the two start kinds of a row are a
+two-iteration parallel loop, which plan_quanta runs on one thread (two were
+measured slower). It returns the naive table's
 costs exactly (every cell checked for T <= 300 and several (hq, kq) in
 tests/test_planner_fast.py); the scans are long (hundreds of evaluations
 per cell) in rows with few internal slots, and no better worst case than
@@ -86,6 +87,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 from ._budget import MemoryBudgetError, parse_budget
@@ -403,8 +405,8 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     t > tau[own, m] and returns (cost [own, R, T+1] as kept, split
     evaluations). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
     their lower bound, proven below; their splits come from _lb_choice. The
-    two start kinds of a row read only lower rows when kq > hq and run in
-    parallel (NUMBA_NUM_THREADS threads, at most 2 used).
+    two start kinds of a row read only lower rows when kq > hq and could run in
+    parallel; plan_quanta sets one Numba thread (two were measured slower).
 
     Three proven facts make it exact without scanning every split:
 
@@ -876,7 +878,14 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
     if policy == "msm" and kq >= hq:
         choice = np.zeros((2, cap + 1, T + 1), np.int16 if T < 2 ** 15 else np.int32)
-        _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
+        # One thread: the two-kind parallel rows measured slower on two (T=10^4 at 1%:
+        # 2.45 s against 1.65 s), their synchronisation per row outweighing the split.
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
+        finally:
+            numba.set_num_threads(threads)
         return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k, tau)
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
     return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, no_tau)
