@@ -111,6 +111,13 @@ def msm_closed_form(T, fraction, lay):
     return T <= taus(cap, lay["hq"], lay["kq"], T)[0, cap]
 
 
+def hsm_closed_form(T, fraction, lay):
+    """Whether plan_quanta emits hsm from the closed form (its table would exceed HSM_TABLE_MAX_WORK)."""
+    from memopt_bptt._planner import HSM_TABLE_MAX_WORK
+    M = free_quanta(T, fraction, lay)
+    return float(T) * T * min(M, max(T - 1, 0) * lay["hq"]) > HSM_TABLE_MAX_WORK
+
+
 def table_bytes(policy, T, fraction, lay):
     """Bytes of the planner's DP tables (int64 cost + int32 choice per cell).
 
@@ -131,6 +138,8 @@ def table_bytes(policy, T, fraction, lay):
         cells = 2 * (T + 1) * (cap + 1)
         return tau + cells * (2 if T < 2**15 else 4) + 2 * 2 * (kq + 1) * (T + 1) * 8 + 6 * 2 * (T + 1) * 8
     if policy == "hsm":
+        if hsm_closed_form(T, fraction, lay):
+            return 0
         return 12 * 2 * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
         return 12 * (T + 1) * (min(M // kq, T - 1) + 1)
@@ -224,6 +233,8 @@ def work(policy, T, fraction, lay):
         # plus T + M: where the optimum is its lower bound there is no table (work 0), only that
         return msm_table_work(T, M, hq, kq) + T + M
     if policy == "hsm":
+        if hsm_closed_form(T, fraction, lay):
+            return float(T)  # the closed form (Revolve), as plan_quanta chooses
         return float(T) * (T + 1) * (min(M, (T - 1) * hq) + 1)
     if policy == "ism":
         return float(T + 1) * (min(M // kq, T - 1) + 1) * max(1.0, math.log2(T))
