@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 import memopt_bptt as mb  # noqa: E402
-from memopt_bptt._executor import _chunk_kernels, _sweep_threads  # noqa: E402
+from memopt_bptt._executor import _chunk_kernels, _reverse_step, _sweep_threads  # noqa: E402
 from memopt_bptt.cells._blas import blas_threads  # noqa: E402
 
 try:
@@ -91,19 +91,13 @@ def _drive_forward(fwd, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s0, internals,
 @njit
 def _drive_backward(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, internals, inject, ds, ds_prev,
                     g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c):
-    B = xs.shape[1]
     for t in range(xs.shape[0] - 1, -1, -1):
         # a step's loss gradient joins dL/ds_t, as in training (and keeps
         # float32 out of denormals over long runs)
         for p in range(inject.shape[0]):
             ds[p] += inject[p]
-        j = t % c
-        bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], internals[t], ds, ds_prev,
-            g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
-        if j == 0:  # deferred weight gradients, as the executor flushes them
-            w = min(c, xs.shape[0] - t)
-            flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t: t + w].reshape((w * B, xs.shape[2])), chunk, w,
-                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
+        _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, internals[t], ds, ds_prev,
+                      g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)  # as the executor does
         ds, ds_prev = ds_prev, ds
     return ds
 

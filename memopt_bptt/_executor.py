@@ -98,6 +98,20 @@ def _chunk_kernels(cell):
 
 
 @njit
+def _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, internal, ds, ds_prev,
+                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c):
+    """Backward of the step whose input is xs[t]; after the first step of a block
+    of c (t % c == 0), the block's deferred weight gradients (Cell.grad_chunk)."""
+    j = t % c
+    bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], internal, ds, ds_prev,
+        g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
+    if j == 0:
+        w = min(c, xs.shape[0] - t)
+        flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t: t + w].reshape((w * xs.shape[1], xs.shape[2])),
+              chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
+
+
+@njit
 def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
            out_is_state, feature_major, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, c,
            g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems):
@@ -173,14 +187,8 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
                 for p in range(n_h):
                     acc += float(ds[p]) * float(ds[p])
                 ds_norms[step] = math.sqrt(acc)
-            j = (step - 1) % c
-            bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
-                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
-            if j == 0:  # the first step of a block of c: sum the block's weight gradients
-                first = step - 1
-                w = min(c, xs.shape[0] - first)
-                flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[first: first + w].reshape((w * B, xs.shape[2])),
-                      chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
+            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, step - 1, internal, ds, ds_prev,
+                          g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)
             ds, ds_prev = ds_prev, ds
     return loss, forwards, ds
 
@@ -333,12 +341,9 @@ def _time_kernels(fwd, bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s_p
         if which == 0:
             fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work)
         else:
-            j = c - 1 - r % c
-            bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
-                g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
-            if j == 0:
-                flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs.reshape((c * xs.shape[1], xs.shape[2])), chunk, c,
-                      g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
+            # xs holds c steps, reversed c-1 .. 0 like one block of the sweep
+            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, c - 1 - r % c, internal, ds,
+                          ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)
 
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,

@@ -230,7 +230,7 @@ class Sequence:
             h0_arr = self.flat_state(h0)
         return np.ascontiguousarray(xs), ys_f, ys_i, h0_arr
 
-    def _state_blocks(self, batch: int) -> tuple[int, bool]:
+    def _state_blocks(self) -> tuple[int, bool]:
         """(number of hidden-wide blocks, whether state_shape lists blocks first)."""
         sw = self.cell.state_width(self.output_size)
         return sw // self.cell.hidden_size, self.cell.kind == "lstm"
@@ -240,8 +240,9 @@ class Sequence:
         a = np.ascontiguousarray(state)
         if not self.cell.feature_major:
             return a.reshape(-1).copy()
-        B, H = a.shape[-2] if a.ndim == 3 else a.shape[0], self.cell.hidden_size
-        P, blocks_first = self._state_blocks(B)
+        P, blocks_first = self._state_blocks()
+        B = a.shape[-2] if blocks_first else a.shape[0]  # (P, B, H) or (B, P*H)
+        H = self.cell.hidden_size
         blocks = a.reshape(P, B, H) if blocks_first else a.reshape(B, P, H).transpose(1, 0, 2)
         return np.ascontiguousarray(blocks.transpose(0, 2, 1)).reshape(-1)
 
@@ -250,7 +251,7 @@ class Sequence:
         shape = self.state_shape(batch)
         if not self.cell.feature_major:
             return np.array(flat).reshape(shape)
-        P, blocks_first = self._state_blocks(batch)
+        P, blocks_first = self._state_blocks()
         blocks = np.asarray(flat).reshape(P, self.cell.hidden_size, batch).transpose(0, 2, 1)
         out = blocks if blocks_first else blocks.transpose(1, 0, 2)
         return np.ascontiguousarray(out).reshape(shape)

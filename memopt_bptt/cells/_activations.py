@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp", "sigmoid", "tanh", "one"]
+__all__ = ["exp", "sigmoid", "tanh", "one", "sigmoid_into", "tanh_into", "relu_into", "grad_through_output"]
 
 
 @intrinsic
@@ -163,3 +163,41 @@ def _tanh_overload(v):
     if v == types.float64:
         return _tanh64
     return None
+
+
+# ---- loops over arrays (one simple loop each, so each compiles to vector code) ----
+@njit(cache=True, error_model="numpy")
+def sigmoid_into(src, dst):
+    """dst = sigmoid(src), elementwise over 1-D arrays."""
+    for p in range(src.shape[0]):
+        dst[p] = sigmoid(src[p])
+
+
+@njit(cache=True, error_model="numpy")
+def tanh_into(src, dst):
+    """dst = tanh(src), elementwise over 1-D arrays."""
+    for p in range(src.shape[0]):
+        dst[p] = tanh(src[p])
+
+
+@njit(cache=True, error_model="numpy")
+def relu_into(src, dst):
+    """dst = max(src, 0), elementwise over 1-D arrays."""
+    zero = one(src[0]) - one(src[0])
+    for p in range(src.shape[0]):
+        v = src[p]
+        dst[p] = v if v > zero else zero
+
+
+@njit(cache=True, error_model="numpy")
+def grad_through_output(d, h, out, relu):
+    """out = d * f'(pre) for h = f(pre), f = relu or tanh, written from the output h
+    (relu' = [h > 0], tanh' = 1 - h^2); out may be d."""
+    c1 = one(h[0])
+    if relu:
+        zero = c1 - c1
+        for p in range(d.shape[0]):
+            out[p] = d[p] if h[p] > zero else zero
+    else:
+        for p in range(d.shape[0]):
+            out[p] = d[p] * (c1 - h[p] * h[p])

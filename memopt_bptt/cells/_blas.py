@@ -31,7 +31,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
-__all__ = ["gemm", "transposed_input"]
+__all__ = ["gemm", "transposed_input", "add_row_sums"]
 
 _SYMBOLS = {"float64": "memopt_bptt_dgemm_i64", "float32": "memopt_bptt_sgemm_i64"}
 
@@ -135,6 +135,17 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
 def _ld(a):
     """Leading dimension of a row-major 2-D array with contiguous rows."""
     return max(a.strides[0] // a.itemsize, a.shape[1], 1)
+
+
+@njit(cache=True)
+def add_row_sums(m, a, b):
+    """a += row sums of m, and b += the same (both bias gradients of a cell)."""
+    for k in range(m.shape[0]):
+        acc = m[k, 0]
+        for col in range(1, m.shape[1]):
+            acc += m[k, col]
+        a[k] += acc
+        b[k] += acc
 
 
 @njit(cache=True)

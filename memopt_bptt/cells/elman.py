@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import one, tanh
+from ._activations import grad_through_output, relu_into, tanh_into
 from ._base import Cell
-from ._blas import gemm, transposed_input
+from ._blas import add_row_sums, gemm, transposed_input
 
 __all__ = ["Elman"]
 
@@ -38,27 +38,10 @@ def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, rel
     gemm(False, False, 1.0, w_ih, transposed_input(x, work[n:]), 1.0, pre2)
     internal[:n] = s_prev[:n]
     if relu:
-        _apply_relu(pre, internal[n: 2 * n], s_new[:n])
+        relu_into(pre, internal[n: 2 * n])
     else:
-        _apply_tanh(pre, internal[n: 2 * n], s_new[:n])
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_tanh(src, dst, dst2):
-    for p in range(src.shape[0]):
-        v = tanh(src[p])
-        dst[p] = v
-        dst2[p] = v
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_relu(src, dst, dst2):
-    zero = one(src[0]) - one(src[0])
-    for p in range(src.shape[0]):
-        v = src[p]
-        v = v if v > zero else zero
-        dst[p] = v
-        dst2[p] = v
+        tanh_into(pre, internal[n: 2 * n])
+    s_new[:n] = internal[n: 2 * n]
 
 
 @njit(cache=True, error_model="numpy")
@@ -69,23 +52,11 @@ def _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih
     h = internal[n: 2 * n]
     dh = ds[:n]
     d_pre = work[:n]
-    c1 = one(internal[0])
-    if relu:
-        zero = c1 - c1
-        for p in range(n):
-            d_pre[p] = dh[p] if h[p] > zero else zero
-    else:
-        for p in range(n):
-            d_pre[p] = dh[p] * (c1 - h[p] * h[p])
+    grad_through_output(dh, h, d_pre, relu)
     d2 = d_pre.reshape((H, B))
     gemm(False, False, 1.0, d2, x, 1.0, g_w_ih)
     gemm(False, True, 1.0, d2, internal[:n].reshape((H, B)), 1.0, g_w_hh)
-    for k in range(H):
-        acc = d2[k, 0]
-        for b in range(1, B):
-            acc += d2[k, b]
-        g_b_ih[k] += acc
-        g_b_hh[k] += acc
+    add_row_sums(d2, g_b_ih, g_b_hh)
     gemm(True, False, 1.0, w_hh, d2, 0.0, ds_prev[:n].reshape((H, B)))
 
 

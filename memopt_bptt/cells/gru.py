@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import one, sigmoid, tanh
+from ._activations import one, sigmoid_into, tanh_into
 from ._base import Cell
-from ._blas import gemm, transposed_input
+from ._blas import add_row_sums, gemm, transposed_input
 
 __all__ = ["GRU"]
 
@@ -55,27 +55,15 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     gemm(False, False, 1.0, w_ih[: 2 * H], xt, 1.0, gates2[: 2 * H])
     gemm(False, False, 1.0, w_ih[2 * H:], xt, 1.0, xn2)
     # One simple loop per quantity, so each compiles to vector code.
-    _apply_sigmoid(gates[:n], internal[:n])
-    _apply_sigmoid(gates[n: 2 * n], internal[n: 2 * n])
+    sigmoid_into(gates[:n], internal[:n])
+    sigmoid_into(gates[n: 2 * n], internal[n: 2 * n])
     internal[3 * n: 4 * n] = gates[2 * n: 3 * n]
     internal[4 * n: 5 * n] = s_prev[:n]
     _add_product(xn, internal[:n], internal[3 * n: 4 * n])  # W_in x + b_in + r * hn
-    _apply_tanh(xn, internal[2 * n: 3 * n])
+    tanh_into(xn, internal[2 * n: 3 * n])
     # From the stored values, with gru_state_from_internal's function: a
     # rebuilt state is bit-identical.
     _hidden(internal, s_new[:n], n)
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_sigmoid(src, dst):
-    for p in range(src.shape[0]):
-        dst[p] = sigmoid(src[p])
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_tanh(src, dst):
-    for p in range(src.shape[0]):
-        dst[p] = tanh(src[p])
 
 
 @njit(cache=True, error_model="numpy")
@@ -139,12 +127,7 @@ def gru_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
     gemm(False, False, 1.0, d_rz2, x, 1.0, g_w_ih[: 2 * H])
     gemm(False, False, 1.0, d_n2, x, 1.0, g_w_ih[2 * H:])
     gemm(False, True, 1.0, d_h2, hp.reshape((H, B)), 1.0, g_w_hh)
-    for k in range(2 * H):
-        acc = d_rz2[k, 0]
-        for b in range(1, B):
-            acc += d_rz2[k, b]
-        g_b_ih[k] += acc
-        g_b_hh[k] += acc
+    add_row_sums(d_rz2, g_b_ih, g_b_hh)
     for k in range(H):
         acc_i = d_n2[k, 0]
         acc_h = d_h2[2 * H + k, 0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import one, tanh
+from ._activations import grad_through_output, relu_into, tanh_into
 from ._base import Cell
 from ._blas import gemm
 
@@ -40,9 +40,9 @@ def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, inte
     gemm(False, True, 1.0, s_prev[:no].reshape((B, O)), w_hh, 1.0, pre)
     h_flat = internal[no: no + nh]
     if relu:
-        _apply_relu(work[:nh], h_flat)
+        relu_into(work[:nh], h_flat)
     else:
-        _apply_tanh(work[:nh], h_flat)
+        tanh_into(work[:nh], h_flat)
     h = h_flat.reshape((B, H))
     y = internal[no + nh: 2 * no + nh].reshape((B, O))
     for b in range(B):
@@ -51,20 +51,6 @@ def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, inte
     gemm(False, True, 1.0, h, w_out, 1.0, y)
     internal[:no] = s_prev[:no]
     s_new[:no] = internal[no + nh: 2 * no + nh]
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_tanh(src, dst):
-    for p in range(src.shape[0]):
-        dst[p] = tanh(src[p])
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_relu(src, dst):
-    zero = one(src[0]) - one(src[0])
-    for p in range(src.shape[0]):
-        v = src[p]
-        dst[p] = v if v > zero else zero
 
 
 @njit(cache=True, error_model="numpy")
@@ -85,14 +71,7 @@ def _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh
     d_pre = d_flat.reshape((B, H))
     gemm(False, False, 1.0, dy, w_out, 0.0, d_pre)
     h_flat = internal[no: no + nh]
-    c1 = one(internal[0])
-    if relu:
-        zero = c1 - c1
-        for p in range(nh):
-            d_flat[p] = d_flat[p] if h_flat[p] > zero else zero
-    else:
-        for p in range(nh):
-            d_flat[p] = d_flat[p] * (c1 - h_flat[p] * h_flat[p])
+    grad_through_output(d_flat, h_flat, d_flat, relu)
     gemm(True, False, 1.0, d_pre, x, 1.0, g_w_ih)
     gemm(True, False, 1.0, d_pre, internal[:no].reshape((B, O)), 1.0, g_w_hh)
     for b in range(B):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._activations import one, sigmoid, tanh
+from ._activations import one, sigmoid_into, tanh_into
 from ._base import Cell, _check_chunk
-from ._blas import gemm, transposed_input
+from ._blas import add_row_sums, gemm, transposed_input
 
 __all__ = ["LSTM"]
 
@@ -35,29 +35,17 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
     gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, gates2)
     gemm(False, False, 1.0, w_ih, transposed_input(x, work[4 * n:]), 1.0, gates2)
     # One simple loop per quantity, so each compiles to vector code.
-    _apply_sigmoid(gates[:n], internal[:n])
-    _apply_sigmoid(gates[n: 2 * n], internal[n: 2 * n])
-    _apply_tanh(gates[2 * n: 3 * n], internal[2 * n: 3 * n])
-    _apply_sigmoid(gates[3 * n: 4 * n], internal[3 * n: 4 * n])
+    sigmoid_into(gates[:n], internal[:n])
+    sigmoid_into(gates[n: 2 * n], internal[n: 2 * n])
+    tanh_into(gates[2 * n: 3 * n], internal[2 * n: 3 * n])
+    sigmoid_into(gates[3 * n: 4 * n], internal[3 * n: 4 * n])
     internal[4 * n: 5 * n] = s_prev[n: 2 * n]
     internal[6 * n: 7 * n] = s_prev[:n]
     # From the stored values, with lstm_state_from_internal's expressions: a
     # rebuilt state is bit-identical.
     _cell_state(internal, s_new[n: 2 * n], n)
-    _apply_tanh(s_new[n: 2 * n], internal[5 * n: 6 * n])
+    tanh_into(s_new[n: 2 * n], internal[5 * n: 6 * n])
     _hidden(internal, s_new[:n], n)
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_sigmoid(src, dst):
-    for p in range(src.shape[0]):
-        dst[p] = sigmoid(src[p])
-
-
-@njit(cache=True, error_model="numpy")
-def _apply_tanh(src, dst):
-    for p in range(src.shape[0]):
-        dst[p] = tanh(src[p])
 
 
 @njit(cache=True, error_model="numpy")
@@ -147,12 +135,7 @@ def lstm_flush_grads(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
     Dw = D[:, : w * B]
     gemm(False, False, 1.0, Dw, xs_chunk, 1.0, g_w_ih)
     gemm(False, True, 1.0, Dw, Hp[:, : w * B], 1.0, g_w_hh)
-    for k in range(4 * H):
-        acc = Dw[k, 0]
-        for col in range(1, w * B):
-            acc += Dw[k, col]
-        g_b_ih[k] += acc
-        g_b_hh[k] += acc
+    add_row_sums(Dw, g_b_ih, g_b_hh)
 
 
 def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
