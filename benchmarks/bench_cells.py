@@ -96,8 +96,9 @@ def _drive_backward(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, intern
         # float32 out of denormals over long runs)
         for p in range(inject.shape[0]):
             ds[p] += inject[p]
-        _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, internals[t], ds, ds_prev,
-                      g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)  # as the executor does
+        _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, 0, xs.shape[1], internals[t], ds,
+                      ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c,
+                      xs[0])  # as the executor does for a whole batch
         ds, ds_prev = ds_prev, ds
     return ds
 

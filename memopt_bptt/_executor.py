@@ -13,6 +13,8 @@ bit-identical across policies.
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 import tracemalloc
 from typing import Any, NamedTuple
@@ -21,35 +23,29 @@ import numpy as np
 from numba import njit
 
 from ._budget import MemoryBudgetError
-from ._model import Sequence
+from ._model import SMALL_GEMM_MACS, Sequence
 from ._planner import plan
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
 
 __all__ = ["value_and_grad", "Report", "measure_step_times"]
-
-SMALL_GEMM_MACS = 1 << 20
-"""A cell whose recurrent GEMM (weight_hh rows x columns x batch) is below this
-many multiply-adds runs its sweep with one BLAS thread: at hidden 64 and
-batch 16 (0.26 M) splitting each small GEMM over two threads costs more in
-synchronisation than it saves; at hidden 256 (4.2 M) two threads win
-(benchmarks/bench_cells.py measures both)."""
-
+_ = SMALL_GEMM_MACS  # re-exported: memopt_bptt._executor.SMALL_GEMM_MACS
 
 def _sweep_threads(w_hh: np.ndarray, batch: int) -> int | None:
     return 1 if w_hh.shape[0] * w_hh.shape[1] * batch < SMALL_GEMM_MACS else None
 
 
 @njit(cache=True)
-def _loss_step(kind, out, ys_f, ys_i, t, scale):
-    """Add step t's loss to a float64 sum; overwrite ``out`` with dL/dout."""
+def _loss_step(kind, out, ys_f, ys_i, t, b0, scale):
+    """Step t's loss (a float64 sum) of batch rows b0.. (``out`` holds their
+    outputs); overwrite ``out`` with dL/dout."""
     B = out.shape[0]
     O = out.shape[1]
     total = 0.0
     if kind == 0:
         for b in range(B):
             for k in range(O):
-                d = out[b, k] - ys_f[t, b, k]
+                d = out[b, k] - ys_f[t, b0 + b, k]
                 total += float(d) * float(d)
                 out[b, k] = 2.0 * d * scale
     else:
@@ -62,7 +58,7 @@ def _loss_step(kind, out, ys_f, ys_i, t, scale):
             for k in range(O):
                 s += math.exp(float(out[b, k] - mx))
             lse = float(mx) + math.log(s)
-            label = ys_i[t, b]
+            label = ys_i[t, b0 + b]
             total += lse - float(out[b, label])
             for k in range(O):
                 p = math.exp(float(out[b, k]) - lse)
@@ -98,28 +94,40 @@ def _chunk_kernels(cell):
 
 
 @njit
-def _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, internal, ds, ds_prev,
-                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c):
-    """Backward of the step whose input is xs[t]; after the first step of a block
-    of c (t % c == 0), the block's deferred weight gradients (Cell.grad_chunk)."""
+def _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, b0, bl, internal, ds, ds_prev,
+                  g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c, xchunk):
+    """Backward of the step whose input is xs[t, b0:b0+bl]; after the first step
+    of a block of c (t % c == 0), the block's deferred weight gradients
+    (Cell.grad_chunk). A lane (bl < batch) gathers its rows of the block's
+    inputs into ``xchunk``, (c * bl, input) rows; the whole batch reads them in place."""
     j = t % c
-    bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], internal, ds, ds_prev,
+    bwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t, b0: b0 + bl], internal, ds, ds_prev,
         g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, j)
     if j == 0:
         w = min(c, xs.shape[0] - t)
-        flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t: t + w].reshape((w * xs.shape[1], xs.shape[2])),
-              chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out)
+        if bl == xs.shape[1]:
+            x_block = xs[t: t + w].reshape((w * bl, xs.shape[2]))
+        elif xchunk.shape[0] < w * bl:  # a cell without deferred gradients: its flush reads nothing
+            x_block = xchunk[:0]
+        else:
+            for q in range(w):
+                xchunk[q * bl: (q + 1) * bl] = xs[t + q, b0: b0 + bl]
+            x_block = xchunk[: w * bl]
+        flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x_block, chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
+              g_w_out, g_b_out)
 
 
-@njit
-def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind,
-           out_is_state, feature_major, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, c,
-           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems):
-    """Run the lowered schedule. Returns (loss sum, forwards, dL/ds_0).
+@njit(nogil=True)
+def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, b0, B, ys_f, ys_i,
+           loss_kind, out_is_state, feature_major, hidden, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf,
+           chunk, c, xchunk, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, S, K, scale, ds_norms,
+           quantum_elems):
+    """Run the lowered schedule on batch rows b0 .. b0+B-1 of xs (one lane;
+    every buffer is sized for B rows). Returns (loss sum, forwards, dL/ds_0).
 
-    ``ds_norms`` (length T+1, or 0 to skip) receives ||dL/dh_t|| at index t.
+    ``ds_norms`` (length T+1, or 0 to skip) receives ||dL/dh_t||^2 over these
+    rows at index t. Releases the GIL, so lanes run on separate threads.
     """
-    B = xs.shape[1]
     O = w_out.shape[0]
     pos = 0
     forwards = 0
@@ -137,27 +145,27 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
             pos = step
         elif op == 2:  # advance
             for t in range(pos, step):
-                fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], cur, nxt, work_int, work)
+                fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t, b0: b0 + B], cur, nxt, work_int, work)
                 cur, nxt = nxt, cur
             forwards += step - pos
             pos = step
         elif op == 3:  # keep
             target = work_int if off < 0 else pool[off: off + K]
-            fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], cur, nxt, target, work)
+            fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1, b0: b0 + B], cur, nxt, target, work)
             cur, nxt = nxt, cur
             forwards += 1
             pos = step
         elif op == 4:  # restore_internal
-            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], pool[off: off + K], cur, work)
+            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1, b0: b0 + B], pool[off: off + K], cur, work)
             pos = step
         else:  # reverse
             internal = work_int if off < 0 else pool[off: off + K]
-            x = xs[step - 1]
+            x = xs[step - 1, b0: b0 + B]
             rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, nxt, work)
             if out_is_state:
                 for p in range(B * O):
                     outbuf[p] = nxt[p]
-                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, scale)
+                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, b0, scale)
                 for p in range(B * O):
                     ds[p] += outbuf[p]
             else:
@@ -170,7 +178,7 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
                 else:
                     h = nxt[: B * hidden].reshape((B, hidden))
                     gemm(False, True, 1.0, h, w_out, 1.0, out2)
-                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, scale)
+                loss += _loss_step(loss_kind, out2, ys_f, ys_i, step - 1, b0, scale)
                 for b in range(B):
                     for k in range(O):
                         g_b_out[k] += out2[b, k]
@@ -186,9 +194,9 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
                 acc = 0.0
                 for p in range(n_h):
                     acc += float(ds[p]) * float(ds[p])
-                ds_norms[step] = math.sqrt(acc)
-            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, step - 1, internal, ds, ds_prev,
-                          g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)
+                ds_norms[step] = acc
+            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, step - 1, b0, B, internal, ds,
+                          ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c, xchunk)
             ds, ds_prev = ds_prev, ds
     return loss, forwards, ds
 
@@ -202,7 +210,7 @@ class Report(NamedTuple):
     planned_bytes: int          # schedule.peak_bytes
     allocated_bytes: int        # bytes of the buffers allocated for the sweep
     measured_peak_bytes: int    # tracemalloc peak during the call, gradients excluded; includes
-                                # ~3 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
+                                # 4-10 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
     predicted_time_ratio: float
 
     def __str__(self) -> str:
@@ -260,8 +268,11 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
                 or schedule.quantum_bytes != sizes.quantum_bytes:
             raise ValueError("value_and_grad: schedule was planned for another model, batch or dtype; "
                              "plan it with mb.plan(T, budget=..., model=model, batch=..., dtype=...)")
+        if schedule.working_bytes is not None and schedule.working_bytes != sizes.working_bytes:
+            raise ValueError(f"value_and_grad: schedule was planned with {schedule.working_bytes} working bytes but "
+                             f"this model needs {sizes.working_bytes} (another model, or lanes=); plan it with "
+                             "mb.plan(T, budget=..., model=model, batch=..., dtype=...)")
         schedule.validate()
-    quantum_elems = sizes.quantum[0] * B
     codes = schedule.codes  # read in place: slots are scaled to element offsets inside the sweep
 
     if ds_norms is None:
@@ -277,60 +288,126 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     cell = model.cell
 
     bwd, flush, c = _chunk_kernels(cell)
+    lanes = sizes.lanes or (B,)
+    n_lanes = len(lanes)
 
-    def sweep(codes_, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, g_arrays_, norms_):
-        return _sweep(cell.forward_step, bwd, flush, cell.state_from_internal, codes_, *arrays, xs_c,
-                      ys_f, ys_i, loss_kind, cell.output_is_state, cell.feature_major, cell.hidden_size, pool, cur,
-                      nxt, ds, ds_prev, work_int, work, outbuf, chunk, c, *g_arrays_, sizes.state_len,
-                      sizes.internal_len, scale, norms_, quantum_elems)
+    def sweep(b0, bl, codes_, bufs, g_arrays_, norms_):
+        return _sweep(cell.forward_step, bwd, flush, cell.state_from_internal, codes_, *arrays, xs_c, b0, bl,
+                      ys_f, ys_i, loss_kind, cell.output_is_state, cell.feature_major, cell.hidden_size,
+                      *bufs[:9], c, bufs[9], *g_arrays_, bl * sizes.state_width, bl * sizes.internal_width, scale, norms_,
+                      sizes.quantum[0] * bl)
+
+    def buffers(bl, b0, pool_quanta, n_grads=0):
+        """(pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, xchunk) of one lane, and
+        ``n_grads`` gradient accumulators. With several lanes, all but the pool are views of one
+        block with cache-line gaps, so no line is written by two lanes' threads."""
+        ls = model.sizes(batch=bl, dtype=dtype, split=False)
+        x_rows = model.lane_chunk_rows(bl) if n_lanes > 1 else 0
+        shapes = [(ls.state_len,)] * 4 + [(ls.internal_len,), (max(ls.work_len, 1),), (ls.output_len,),
+                                          (max(ls.chunk_len, 1),), (max(x_rows, 1), cell.input_size)]
+        shapes += [a.shape for a in arrays[:n_grads]]
+        pool = np.empty(pool_quanta * ls.quantum[0] * bl, dtype)
+        if n_lanes == 1:
+            views = [np.empty(shape, dtype) for shape in shapes]
+        else:
+            line = max(_CACHE_LINE // ls.itemsize, 1)
+            sizes_ = [math.prod(shape) for shape in shapes]
+            starts_ = np.cumsum([line] + [-(-n // line) * line for n in sizes_])
+            block = np.empty(int(starts_[-1]) + line, dtype)
+            views = [block[a: a + n].reshape(shape) for a, n, shape in zip(starts_, sizes_, shapes)]
+        model.lane_rows(views[0], bl, 0, bl)[...] = model.lane_rows(h0_flat, B, b0, b0 + bl)
+        for v in views[2:4] + views[9:]:
+            v[:] = 0.0
+        return (pool, *views[:9]), views[9:]
 
     if return_report:
         # Compile (or load) the sweep first, on an empty schedule, so the
         # measured peak is the sweep's and not the compiler's.
-        state = np.zeros(sizes.state_len, dtype)
-        sweep(codes[:0], np.zeros(1, dtype), state, state.copy(), state.copy(), state.copy(),
-              np.zeros(sizes.internal_len, dtype), np.zeros(max(sizes.work_len, 1), dtype),
-              np.zeros(sizes.output_len, dtype), np.zeros(max(sizes.chunk_len, 1), dtype),
-              [np.zeros_like(a) for a in arrays], np.zeros(0, np.float64))
-        del state
+        sweep(0, lanes[0], codes[:0], buffers(lanes[0], 0, 0)[0], [np.zeros_like(a) for a in arrays],
+              np.zeros(0, np.float64))
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
-    pool = np.empty(schedule.pool_quanta * quantum_elems, dtype)
-    cur = np.empty(sizes.state_len, dtype)
-    cur[:] = h0_flat
-    del h0_flat  # the sweep's first action copies it into pool slot 0
-    nxt = np.empty(sizes.state_len, dtype)
-    ds = np.zeros(sizes.state_len, dtype)
-    ds_prev = np.zeros(sizes.state_len, dtype)
-    work_int = np.empty(sizes.internal_len, dtype)
-    work = np.empty(max(sizes.work_len, 1), dtype)
-    outbuf = np.empty(sizes.output_len, dtype)
-    chunk = np.empty(max(sizes.chunk_len, 1), dtype)
-    allocated = (sum(a.nbytes for a in (pool, cur, nxt, ds, ds_prev, work_int, outbuf))
-                 + (sizes.work_len + sizes.chunk_len) * sizes.itemsize)
-    with blas_threads(_sweep_threads(arrays[1], B)):
-        loss_sum, forwards, dh0 = sweep(codes, pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk,
-                                        g_arrays, norms)
+    starts = np.cumsum((0,) + lanes[:-1])
+    # Lane 0 adds into the returned gradients, every other lane into its own
+    # (charged to the budget: Sequence.sizes); they are added in lane order.
+    lane_bufs, lane_grads = [], [g_arrays]
+    for k, bl in enumerate(lanes):
+        bufs, own_grads = buffers(bl, int(starts[k]), schedule.pool_quanta, 0 if k == 0 else len(arrays))
+        lane_bufs.append(bufs)
+        if k:
+            lane_grads.append(own_grads)
+    lane_norms = [norms] + [np.zeros_like(norms) for _ in lanes[1:]]
+    del h0_flat  # each lane's first action copies its rows into its pool
+    allocated = (sum(b.nbytes for bufs in lane_bufs for b in bufs)
+                 + sum(g.nbytes for gs in lane_grads[1:] for g in gs))
+    results: list[Any] = [None] * n_lanes
+
+    def run_lane(k: int) -> None:
+        try:
+            results[k] = sweep(int(starts[k]), lanes[k], codes, lane_bufs[k], lane_grads[k], lane_norms[k])
+        except BaseException as exc:  # re-raised by the calling thread
+            results[k] = exc
+
+    with blas_threads(1 if n_lanes > 1 else _sweep_threads(arrays[1], B)):
+        if n_lanes > 1 and _usable_cpus() > 1:
+            # every lane on a thread of its own: lane 0 run by the calling
+            # thread measured 10-30% slower (hidden 64, batch 16)
+            threads = [threading.Thread(target=run_lane, args=(k,)) for k in range(n_lanes)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        else:
+            for k in range(n_lanes):
+                run_lane(k)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    loss_sum = 0.0
+    for k, (lane_loss, forwards, _) in enumerate(results):
+        loss_sum += lane_loss
+        if forwards != schedule.forward_steps:
+            raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
+                               f"plans {schedule.forward_steps}; no gradients returned")
+    for gs in lane_grads[1:]:
+        for g, part in zip(g_arrays, gs):
+            g += part
+    if norms.shape[0]:
+        for part in lane_norms[1:]:
+            norms[1:] += part[1:]
+        np.sqrt(norms[1:], out=norms[1:])
     wall = time.perf_counter() - t0
-    if forwards != schedule.forward_steps:
-        raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
-                           f"plans {schedule.forward_steps}; no gradients returned")
     loss_value = float(loss_sum * scale)
     if not math.isfinite(loss_value):
         raise FloatingPointError("value_and_grad: the loss is not finite (NaN or inf); check the data and "
                                  "learning rate; no gradients returned")
     result: list[Any] = [loss_value, grads]
     if return_h0_grad:
+        dh0 = results[0][2]
+        if n_lanes > 1:
+            dh0 = np.empty(sizes.state_len, dtype)
+            for b0, bl, r in zip(starts, lanes, results):
+                model.lane_rows(dh0, B, b0, b0 + bl)[...] = model.lane_rows(r[2], bl, 0, bl)
         result.append(model.user_state(dh0, B))
     if return_report:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         measured = peak - base  # the gradients were allocated before tracing began
-        result.append(Report(schedule, int(forwards), wall, int(schedule.peak_bytes), int(allocated),
+        result.append(Report(schedule, int(results[0][1]), wall, int(schedule.peak_bytes), int(allocated),
                              int(measured), schedule.time_ratio))
     return tuple(result)
+
+
+_CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs them
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 @njit
@@ -342,8 +419,9 @@ def _time_kernels(fwd, bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s_p
             fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work)
         else:
             # xs holds c steps, reversed c-1 .. 0 like one block of the sweep
-            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, c - 1 - r % c, internal, ds,
-                          ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c)
+            _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, c - 1 - r % c, 0, xs.shape[1],
+                          internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c,
+                          xs[0])
 
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,

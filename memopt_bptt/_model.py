@@ -12,12 +12,34 @@ from .cells import Cell
 __all__ = ["Sequence", "Sizes", "LOSSES"]
 
 LOSSES = ("mse", "cross_entropy")
-PYTHON_OVERHEAD_BYTES = 3072
+PYTHON_OVERHEAD_BYTES = 10240
 """Not charged to budgets: the Python objects of one call (array headers,
-argument tuples, small input copies), a constant 3-5 KB under tracemalloc whatever T and the
-sizes. The budget covers the data the sweep keeps (checkpoints and working
+argument tuples, small input copies), a constant 4-10 KB under tracemalloc
+whatever T and the sizes (it depends on the cell's number of buffers). The budget covers the data the sweep keeps (checkpoints and working
 buffers), as the contract says."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SMALL_GEMM_MACS = 1 << 20
+"""A model whose recurrent GEMM (weight_hh rows x columns x batch) is below
+this many multiply-adds is small: its sweep runs BLAS on one thread, and by
+default its batch is split into two lanes that run on two cores (see
+:meth:`Sequence.lane_batches`). At hidden 64 and batch 16 (0.26 M) splitting
+each small GEMM over two BLAS threads costs more in synchronisation than it
+saves, and two lanes of batch 8 take 0.029 s where one lane of 16 takes 0.043 s
+(LSTM, T=1000); at hidden 256 (4.2 M) two BLAS threads on the whole batch
+are as fast as two lanes (0.27 s either way) and need no second gradient
+accumulator."""
+LANE_PYTHON_BYTES = 6144
+"""Charged to the budget for every lane when the batch is split: its thread,
+the Python objects of its buffers and their cache-line gaps (two lanes
+measured 10.5-13.4 KB under tracemalloc beyond one lane's, whatever T and
+the sizes)."""
+MIN_LANE_BATCH = 4
+"""Automatic lanes never get fewer batch rows than this."""
+MIN_LANE_MACS = 1 << 17
+"""Automatic lanes only for a recurrent GEMM of at least this many
+multiply-adds (LSTM hidden 64 at batch 8): below, a step takes a few
+microseconds, and a second gradient accumulator would be a large part of a
+small budget for little time saved."""
 
 
 class Sizes(NamedTuple):
@@ -33,6 +55,8 @@ class Sizes(NamedTuple):
     work_len: int         # the cell's scratch, elements
     output_len: int       # batch * output_size (loss buffer)
     chunk_len: int = 0    # deferred weight-gradient buffer, elements (Cell.grad_chunk)
+    lanes: tuple = ()     # batch rows per lane when the batch is split (Sequence.lane_batches), else ()
+    lane_extra_len: int = 0  # elements the split adds to the working buffers (see Sequence.sizes)
 
     @property
     def state_bytes(self) -> int:
@@ -57,9 +81,10 @@ class Sizes(NamedTuple):
     def working_bytes(self) -> int:
         """Buffers the executor keeps besides checkpoints: current state, rebuilt
         state, two state gradients, one internal state, cell scratch, outputs and
-        the cell's deferred-gradient buffer."""
+        the cell's deferred-gradient buffer; with lanes, each lane's own set and
+        the other lanes' gradient accumulators."""
         return (4 * self.state_len + self.internal_len + self.work_len + self.output_len
-                + self.chunk_len) * self.itemsize
+                + self.chunk_len + self.lane_extra_len) * self.itemsize
 
 
 def _all_finite(a: np.ndarray) -> bool:
@@ -94,19 +119,55 @@ class Sequence:
         params = model.init_params(seed=0)
     """
 
-    def __init__(self, cell: Cell, *, output_size: int, loss: str = "mse"):
+    def __init__(self, cell: Cell, *, output_size: int, loss: str = "mse", lanes: int | None = None):
         if not isinstance(cell, Cell):
             raise TypeError(f"Sequence: cell={cell!r} must be a memopt_bptt cell (mb.LSTM(...), mb.GRU(...), ...)")
         if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size < 1:
             raise ValueError(f"Sequence: output_size={output_size!r} must be a positive int")
         if loss not in LOSSES:
             raise ValueError(f"Sequence: loss={loss!r} is not known; use 'mse' or 'cross_entropy'")
+        if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1):
+            raise ValueError(f"Sequence: lanes={lanes!r} must be None (automatic) or a positive int "
+                             "(1: never split the batch)")
         self.cell = cell
         self.output_size = int(output_size)
         self.loss = loss
+        self.lanes = None if lanes is None else int(lanes)
 
     def __repr__(self) -> str:
-        return f"Sequence({self.cell!r}, output_size={self.output_size}, loss={self.loss!r})"
+        extra = "" if self.lanes is None else f", lanes={self.lanes}"
+        return f"Sequence({self.cell!r}, output_size={self.output_size}, loss={self.loss!r}{extra})"
+
+    def lane_batches(self, batch: int) -> tuple[int, ...]:
+        """How the batch is split into lanes: batch rows per lane, in order.
+
+        Batch rows are independent through the recurrence, so the executor runs
+        each lane's rows as a separate sweep of the same schedule, on its own
+        core when there is one, and adds the lanes' weight gradients at the end
+        in lane order. The split depends only on the model and the batch, never
+        on the machine, so a model's gradients are the same bits everywhere
+        (and bit-identical across policies, as always); they may differ from a
+        one-lane run's in the last bits (a sum taken in another order).
+
+        ``lanes=None`` (the default) splits a model whose recurrent GEMM has
+        ``MIN_LANE_MACS`` to ``SMALL_GEMM_MACS`` multiply-adds (LSTM hidden 64
+        at batch 8 to 16, GRU up to hidden 128 at batch 16 ...) into two lanes
+        when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
+        k lanes (at most one per batch row), ``lanes=1`` for none.
+
+        Example::
+
+            mb.Sequence(mb.LSTM(64, 64), output_size=16).lane_batches(16)   # (8, 8)
+        """
+        cell = self.cell
+        if self.lanes is None:
+            rec = self.output_size if cell.recurrent_from_output else cell.hidden_size
+            macs = cell.n_gates * cell.hidden_size * rec * batch
+            n = 2 if MIN_LANE_MACS <= macs < SMALL_GEMM_MACS and batch >= 2 * MIN_LANE_BATCH else 1
+        else:
+            n = min(self.lanes, batch)
+        q, r = divmod(batch, n)
+        return tuple(q + (1 if k < r else 0) for k in range(n))
 
     def describe(self) -> str:
         c = self.cell
@@ -132,12 +193,37 @@ class Sequence:
             out[name] = rng.uniform(-bound, bound, size=shape).astype(dt)
         return out
 
-    def sizes(self, *, batch: int, dtype: Any = None) -> Sizes:
-        """State, internal-state and working-buffer sizes for a batch and dtype."""
+    def sizes(self, *, batch: int, dtype: Any = None, split: bool = True) -> Sizes:
+        """State, internal-state and working-buffer sizes for a batch and dtype.
+
+        With ``split`` (the default) the working bytes include what splitting
+        the batch into lanes adds (:meth:`lane_batches`): each lane's own
+        buffers, a copy of its inputs' rows for deferred weight gradients, and
+        for every lane but the first a gradient accumulator, and
+        ``LANE_PYTHON_BYTES`` per lane for its thread.
+        """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch={batch!r} must be a positive int")
         dt = _dtype_of("float64" if dtype is None else dtype, where="sizes")
         batch = int(batch)
+        whole = self._sizes(batch, dt)
+        lanes = self.lane_batches(batch) if split else (batch,)
+        if len(lanes) == 1:
+            return whole
+        parts = [self._sizes(b, dt) for b in lanes]
+        own = sum(p.working_bytes // p.itemsize + self.lane_chunk_rows(b) * self.cell.input_size
+                  for p, b in zip(parts, lanes))
+        params = sum(math.prod(s) for s in self.param_shapes.values())
+        python = -(-LANE_PYTHON_BYTES // whole.itemsize)
+        extra = own - whole.working_bytes // whole.itemsize + (len(lanes) - 1) * params + len(lanes) * python
+        return whole._replace(lanes=lanes, lane_extra_len=extra)
+
+    def lane_chunk_rows(self, lane_batch: int) -> int:
+        """Rows of the input copy a lane keeps for deferred weight gradients
+        (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
+        return self.cell.grad_chunk * lane_batch
+
+    def _sizes(self, batch: int, dt: np.dtype) -> Sizes:
         sw = int(self.cell.state_width(self.output_size))
         iw = int(self.cell.internal_width(self.output_size))
         wl = int(self.cell.work_size(batch, self.output_size))
@@ -255,6 +341,15 @@ class Sequence:
         blocks = np.asarray(flat).reshape(P, self.cell.hidden_size, batch).transpose(0, 2, 1)
         out = blocks if blocks_first else blocks.transpose(1, 0, 2)
         return np.ascontiguousarray(out).reshape(shape)
+
+    def lane_rows(self, flat: np.ndarray, batch: int, b0: int, b1: int) -> np.ndarray:
+        """A view of batch rows b0..b1-1 of a flat state of ``batch`` rows (in the
+        kernels' layout); the same view of a lane's own flat state (b0=0, b1=its
+        rows) has the same shape, so states move between them without temporaries."""
+        if self.cell.feature_major:
+            P = self.cell.state_width(self.output_size) // self.cell.hidden_size
+            return flat.reshape(P, self.cell.hidden_size, batch)[:, :, b0:b1]
+        return flat.reshape(batch, -1)[b0:b1]
 
     def state_shape(self, batch: int) -> tuple[int, ...]:
         """Shape of the initial state h0 (and of its gradient) for a batch.

@@ -1,0 +1,184 @@
+"""Tests for lanes: the batch split into independent sweeps on separate threads.
+
+Oracles: finite differences of the independent numpy reference (tests/
+reference.py), a one-lane run of the same network (another summation order,
+so equal to rounding, not bit for bit), plain BPTT of the same lanes model
+(every policy and budget bit-identical to it), and a sequential run of the
+lanes (bit-identical to the threaded one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import memopt_bptt as mb
+import memopt_bptt._executor as executor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
+
+CELLS = {
+    "lstm": lambda i, h: mb.LSTM(input_size=i, hidden_size=h),
+    "lstm_chunk3": lambda i, h: mb.LSTM(input_size=i, hidden_size=h, grad_chunk=3),
+    "gru": lambda i, h: mb.GRU(input_size=i, hidden_size=h),
+    "elman_relu": lambda i, h: mb.Elman(input_size=i, hidden_size=h, nonlinearity="relu"),
+    "jordan": lambda i, h: mb.Jordan(input_size=i, hidden_size=h),
+}
+POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt")
+
+
+def problem(kind, loss, *, T, batch, lanes, input_size=2, hidden=3, output=2, seed=0):
+    model = mb.Sequence(CELLS[kind](input_size, hidden), output_size=output, loss=loss, lanes=lanes)
+    params = model.init_params(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    xs = rng.normal(size=(T, batch, input_size))
+    ys = rng.normal(size=(T, batch, output)) if loss == "mse" else rng.integers(0, output, size=(T, batch))
+    h0 = rng.normal(scale=0.5, size=model.state_shape(batch))
+    return model, params, xs, ys, h0
+
+
+def least(model, T, batch):
+    try:
+        mb.plan(T, budget=1, model=model, batch=batch)
+    except mb.MemoryBudgetError as exc:
+        return exc.least_bytes
+    raise AssertionError("a budget of 1 byte was accepted")
+
+
+def test_lane_batches_rule():
+    small = mb.Sequence(mb.LSTM(64, 64), output_size=16)
+    assert small.lane_batches(16) == (8, 8)
+    assert small.lane_batches(8) == (4, 4)          # 4*64*64*8 = 2^17 multiply-adds: the smallest split
+    assert small.lane_batches(7) == (7,)            # fewer than MIN_LANE_BATCH rows per lane
+    assert mb.Sequence(mb.LSTM(64, 256), output_size=16).lane_batches(16) == (16,)  # two BLAS threads win
+    assert mb.Sequence(mb.LSTM(2, 8), output_size=1).lane_batches(16) == (16,)      # too small to pay
+    forced = mb.Sequence(mb.GRU(2, 3), output_size=2, lanes=3)
+    assert forced.lane_batches(7) == (3, 2, 2)
+    assert forced.lane_batches(2) == (1, 1)          # at most one lane per row
+    assert mb.Sequence(mb.LSTM(64, 64), output_size=16, lanes=1).lane_batches(16) == (16,)
+    assert "lanes=3" in repr(forced)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, "2", True])
+def test_bad_lanes_is_rejected(bad):
+    with pytest.raises(ValueError, match="lanes"):
+        mb.Sequence(mb.GRU(2, 3), output_size=2, lanes=bad)
+
+
+def test_lanes_are_charged_to_the_budget():
+    one = mb.Sequence(mb.LSTM(4, 8), output_size=3, lanes=1).sizes(batch=6)
+    two = mb.Sequence(mb.LSTM(4, 8), output_size=3, lanes=2).sizes(batch=6)
+    params = sum(int(np.prod(s)) for s in mb.Sequence(mb.LSTM(4, 8), output_size=3).param_shapes.values())
+    assert two.lanes == (3, 3) and one.lanes == ()
+    # each lane's buffers (linear in the batch here) + its rows of 2 steps' inputs + one more gradient
+    # accumulator + the lanes' Python objects
+    extra = two.working_bytes - one.working_bytes
+    python = 2 * mb._model.LANE_PYTHON_BYTES
+    assert extra == (2 * 2 * 3 * 4 + params) * 8 + python
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(CELLS)), loss=st.sampled_from(["mse", "cross_entropy"]),
+       T=st.integers(1, 20), batch=st.integers(2, 7), lanes=st.integers(2, 4), seed=st.integers(0, 2**16),
+       frac=st.floats(0.0, 1.0))
+def test_lanes_every_policy_is_bit_identical_to_their_plain_bptt(kind, loss, T, batch, lanes, seed, frac):
+    model, params, xs, ys, h0 = problem(kind, loss, T=T, batch=batch, lanes=lanes, seed=seed)
+    norms_ref = np.zeros(T + 1)
+    reference = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, ds_norms=norms_ref)
+    # one lane: the same network summed in another order
+    one = mb.Sequence(model.cell, output_size=model.output_size, loss=loss, lanes=1)
+    norms_one = np.zeros(T + 1)
+    single = mb.value_and_grad(one, params, xs, ys, h0=h0, return_h0_grad=True, ds_norms=norms_one)
+    assert abs(reference[0] - single[0]) <= 1e-12 * max(1.0, abs(single[0]))
+    for name in single[1]:
+        assert max_relative_error(reference[1][name], single[1][name]) < 1e-11, name
+    assert np.allclose(reference[2], single[2], rtol=1e-11, atol=1e-14)
+    assert np.allclose(norms_ref, norms_one, rtol=1e-11, atol=1e-14)
+    lo = least(model, T, batch)
+    full = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full").budget_bytes
+    budget = lo + int(frac * (full - lo))
+    for policy in POLICIES:
+        try:
+            result = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0,
+                                       return_h0_grad=True)
+        except mb.MemoryBudgetError:
+            assert policy == "sqrt"
+            continue
+        assert result[0] == reference[0], policy
+        for name in reference[1]:
+            assert np.array_equal(result[1][name], reference[1][name]), f"{policy}: {name}"
+        assert np.array_equal(result[2], reference[2]), f"{policy}: dL/dh0"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "jordan"])
+def test_lanes_match_finite_differences(kind):
+    T, batch = 5, 3
+    model, params, xs, ys, h0 = problem(kind, "cross_entropy", T=T, batch=batch, lanes=3, output=3)
+    budget = least(model, T, batch) + 2 * model.sizes(batch=batch).state_bytes
+    loss, grads, dh0 = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
+    ref = reference_loss(kind, params, xs, ys, loss="cross_entropy", h0=h0)
+    assert abs(loss - ref) < 1e-12
+    fd, fd_h0 = finite_difference_grads(
+        lambda p, h: reference_loss(kind, p, xs, ys, loss="cross_entropy", h0=h), params, h0)
+    for name in grads:
+        assert max_relative_error(grads[name], fd[name]) < 1e-6, name
+    assert max_relative_error(dh0, fd_h0) < 1e-6
+
+
+def test_sequential_lanes_give_the_same_bits_as_threads(monkeypatch):
+    model, params, xs, ys, h0 = problem("lstm", "mse", T=30, batch=8, lanes=2, hidden=5)
+    budget = least(model, 30, 8) + 5 * model.sizes(batch=8).state_bytes
+    threaded = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
+    monkeypatch.setattr(executor, "_usable_cpus", lambda: 1)
+    sequential = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
+    assert threaded[0] == sequential[0]
+    for name in threaded[1]:
+        assert np.array_equal(threaded[1][name], sequential[1][name]), name
+    assert np.array_equal(threaded[2], sequential[2])
+
+
+def test_float32_lanes_are_bit_identical_across_policies():
+    model, params, xs, ys, h0 = problem("lstm", "mse", T=40, batch=16, lanes=None, input_size=8, hidden=64)
+    assert model.sizes(batch=16).lanes == (8, 8)
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+    reference = mb.value_and_grad(model, params, xs, ys)
+    lo = mb.plan(40, budget=1.0, model=model, batch=16, dtype="float32").working_bytes
+    for budget in (lo + 100_000, lo + 400_000):
+        result = mb.value_and_grad(model, params, xs, ys, budget=budget)
+        assert result[0] == reference[0]
+        for name in reference[1]:
+            assert np.array_equal(result[1][name], reference[1][name]), name
+
+
+def test_lanes_stay_within_the_budget():
+    T, batch = 30, 8
+    model, params, xs, ys, _ = problem("gru", "mse", T=T, batch=batch, lanes=2, input_size=3, hidden=16)
+    schedule = mb.plan(T, budget=least(model, T, batch) + 20_000, model=model, batch=batch)
+    assert schedule.forward_steps > T  # a real budget, not plain BPTT
+    mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+    tracemalloc.start()
+    try:
+        _, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    kept = peak - sum(g.nbytes for g in grads.values())
+    assert kept <= schedule.budget_bytes + mb._model.PYTHON_OVERHEAD_BYTES, (kept, schedule.budget_bytes)
+    assert schedule.peak_bytes - 16 * 1024 <= kept  # the lanes' buffers are really there
+
+
+def test_schedule_planned_without_lanes_is_rejected():
+    model, params, xs, ys, _ = problem("gru", "mse", T=10, batch=4, lanes=2)
+    one = mb.Sequence(model.cell, output_size=model.output_size, lanes=1)
+    schedule = mb.plan(10, budget=least(model, 10, 4) + 1000, model=one, batch=4)
+    with pytest.raises(ValueError, match="working bytes"):
+        mb.value_and_grad(model, params, xs, ys, schedule=schedule)
