@@ -9,7 +9,8 @@ pinned for every side (shared MEASURING.md is the method):
     A B1 A B2 ... A (each B against the mean of its two neighbouring A's),
     median over >= 5 rounds after a warm-up, beside the planner's predicted
     ``schedule.time_ratio``, planned with the b/f that mb.measure_step_times
-    measures on this machine first; measured/predicted. Planning time is
+    and the byte cost that mb.measure_byte_cost measure on this machine
+    first (pred(steps) leaves the byte cost out); measured/predicted. Planning time is
     reported separately (it is not part of the timed calls). A least-squares
     fit of time = F*f + T*b over all schedules gives the measured b/f.
 (b) T in {10^3, 10^4, 10^5} with a fixed 16 MiB budget, one fresh process per
@@ -104,23 +105,25 @@ RHO: dict = {}  # measured backward/forward step-time ratio, filled once by meas
 PAUSE = 0.3  # seconds before each timed run: spinning OpenBLAS/OpenMP workers of the previous run go idle
 
 
-def measured_rho(model) -> float:
-    """b/f of one LSTM step on this machine (mb.measure_step_times), for the planner's predictions."""
+def measured_rho(model, T=1000) -> float:
+    """b/f of one LSTM step on this machine (mb.measure_step_times), and what a byte of checkpoint
+    pool costs in forward steps (mb.measure_byte_cost over T steps), for the planner's predictions."""
     if "rho" not in RHO:
         f, b = mb.measure_step_times(model, batch=BATCH, dtype=DTYPE, repeats=100)
-        RHO.update(rho=b / f, forward_seconds=f, backward_seconds=b)
+        m = mb.measure_byte_cost(model, batch=BATCH, dtype=DTYPE, T=T)
+        RHO.update(rho=b / f, forward_seconds=f, backward_seconds=b, byte_seconds=m, byte_cost=m / f)
     return RHO["rho"]
 
 
 def plan(model, T, budget, policy):
-    """(schedule or None, planning seconds, note); predictions use the measured b/f."""
-    rho = measured_rho(model)
+    """(schedule or None, planning seconds, note); predictions use the measured b/f and byte cost."""
+    rho = measured_rho(model, T)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             schedule = mb.plan(T, budget=budget, model=model, batch=BATCH, dtype=DTYPE, policy=policy,
-                               backward_forward_ratio=rho)
+                               backward_forward_ratio=rho, byte_cost=RHO["byte_cost"])
         except mb.MemoryBudgetError as exc:
             return None, time.perf_counter() - t0, f"needs {exc.least_bytes / MiB:.2f} MiB"
     note = "; ".join(str(w.message).split(";")[0] for w in caught)
@@ -274,8 +277,10 @@ def part_a(T, rounds):
     (f, b, c), *_ = np.linalg.lstsq(A, t, rcond=None)
     fit = {"forward_seconds": f, "backward_seconds": b, "constant_seconds": c, "b_over_f": b / f}
     rho = b / f
-    for r in ok:  # the planner's prediction redone with the measured b/f
+    for r in ok:  # the planner's prediction redone with the measured b/f; and with steps alone
         r["predicted_ratio_fitted"] = (r["forward_steps"] / T + rho) / (1.0 + rho)
+        r["predicted_ratio_steps"] = (r["forward_steps"] / T + RHO["rho"]) / (1.0 + RHO["rho"])
+        r["measured_over_steps_only"] = r["measured_ratio"] / r["predicted_ratio_steps"]
         r["measured_over_fitted"] = r["measured_ratio"] / r["predicted_ratio_fitted"]
     return {"T": T, "plain_seconds": res["median_seconds"]["plain"], "rows": rows, "fit": fit,
             "full_bytes": int(full.budget_bytes)}
@@ -284,23 +289,26 @@ def part_a(T, rounds):
 def print_a(a):
     print(f"\n(a) time against budget, T={a['T']}, plain BPTT {a['plain_seconds']:.3f} s, "
           f"{a['full_bytes'] / MiB:.1f} MiB kept; measured step: forward {RHO['forward_seconds'] * 1e6:.1f} us, "
-          f"backward {RHO['backward_seconds'] * 1e6:.1f} us, b/f {RHO['rho']:.2f}")
+          f"backward {RHO['backward_seconds'] * 1e6:.1f} us, b/f {RHO['rho']:.2f}; checkpoint byte "
+          f"{RHO['byte_seconds'] * 1e12:.0f} ps ({RHO['byte_cost'] * 1e6:.2f} forward steps per MB)")
     print(f"{'budget':>7} {'policy':>6} {'MiB':>7} {'fwd/T':>6} {'predicted':>9} {'measured':>9} "
-          f"{'[min, max]':>15} {'meas/pred':>9} {'pred(fit)':>9} {'plan s':>7}  note")
+          f"{'[min, max]':>15} {'meas/pred':>9} {'pred(steps)':>11} {'pred(fit)':>9} {'plan s':>7}  note")
     for r in a["rows"]:
         if "key" not in r:
             print(f"{r['fraction']:7.0%} {r['policy']:>6} {'-':>7} {'-':>6} {'n/a':>9} {'n/a':>9} {'':>15} "
-                  f"{'':>9} {'':>9} {r['plan_seconds']:7.2f}  {r['note']}")
+                  f"{'':>9} {'':>11} {'':>9} {r['plan_seconds']:7.2f}  {r['note']}")
             continue
         lo, hi = r["ratio_spread"]
         print(f"{r['fraction']:7.0%} {r['policy']:>6} {r['planned_bytes'] / MiB:7.2f} "
               f"{r['forward_steps'] / a['T']:6.3f} {r['predicted_ratio']:9.3f} {r['measured_ratio']:9.3f} "
               f"{'[' + f'{lo:.2f}, {hi:.2f}' + ']':>15} {r['measured_over_predicted']:9.3f} "
-              f"{r['predicted_ratio_fitted']:9.3f} {r['plan_seconds']:7.2f}  {r['note']}")
+              f"{r['predicted_ratio_steps']:11.3f} {r['predicted_ratio_fitted']:9.3f} {r['plan_seconds']:7.2f}  "
+              f"{r['note']}")
     fit = a["fit"]
     print(f"fit time = F*f + T*b + c: f = {fit['forward_seconds'] * 1e3:.3f} ms, b = "
           f"{fit['backward_seconds'] * 1e3:.3f} ms, c = {fit['constant_seconds'] * 1e3:.1f} ms, "
-          f"b/f = {fit['b_over_f']:.2f} (predictions use the b/f of mb.measure_step_times; pred(fit) the fitted one)")
+          f"b/f = {fit['b_over_f']:.2f} (predictions use the b/f of mb.measure_step_times and mb.measure_byte_cost; pred(steps) the "
+          "b/f alone; pred(fit) the fitted b/f alone)")
 
 
 # ---- part (b) ------------------------------------------------------------------------
@@ -487,6 +495,8 @@ def main(args):
             "predicted": five.get("predicted_ratio"),
             "measured_over_predicted": five.get("measured_over_predicted"),
             "predicted_with_fitted_b_over_f": five.get("predicted_ratio_fitted"),
+            "predicted_steps_only": five.get("predicted_ratio_steps"),
+            "measured_over_steps_only": five.get("measured_over_steps_only"),
             "ours_msm_over_torch_checkpoint_time": c["ratio_to_ours_plain"]["ours msm 5%"]
             / c["ratio_to_ours_plain"]["torch checkpoint"],
         }

@@ -19,7 +19,7 @@ from ._budget import MemoryBudgetError
 from ._budget import format_bytes
 from ._budget import parse_budget
 from ._executor import Report
-from ._executor import measure_step_times
+from ._executor import measure_byte_cost, measure_step_times
 from ._executor import value_and_grad
 from ._model import Sequence
 from ._planner import POLICIES
@@ -71,6 +71,7 @@ __all__ = [
     "Jordan",
     "load_params",
     "load_text",
+    "measure_byte_cost",
     "measure_step_times",
     "LSTM",
     "MemoryBudgetError",

@@ -28,7 +28,7 @@ from ._planner import plan
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
 
-__all__ = ["value_and_grad", "Report", "measure_step_times"]
+__all__ = ["value_and_grad", "Report", "measure_step_times", "measure_byte_cost"]
 _ = SMALL_GEMM_MACS  # re-exported: memopt_bptt._executor.SMALL_GEMM_MACS
 
 def _sweep_threads(w_hh: np.ndarray, batch: int) -> int | None:
@@ -471,3 +471,48 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
                 rounds.append((time.perf_counter() - t0) / repeats)
             times.append(float(np.median(rounds)))
     return times[0], times[1]
+
+
+def measure_byte_cost(model: Sequence, *, batch: int, dtype: Any = "float32", T: int = 1000,
+                      repeats: int = 5) -> float:
+    """Seconds one byte of checkpoint pool costs, as plain BPTT uses it.
+
+    Writes T internal states (of ``model`` at this batch and dtype) one by one
+    into a freshly allocated pool and reads them back in reverse, as plain
+    BPTT's keeps and reversals do; subtracts the same copies through one
+    reused buffer (the in-cache cost ``measure_step_times`` already
+    includes). What is left, per byte, is the pages' first touch and the
+    trips to memory. Median of ``repeats`` rounds after a warm-up. Divided by
+    the forward step's time it is ``mb.plan(..., byte_cost=...)``.
+
+    Example::
+
+        f, b = mb.measure_step_times(model, batch=16)
+        m = mb.measure_byte_cost(model, batch=16)
+        schedule = mb.plan(1000, budget=0.05, model=model, batch=16, backward_forward_ratio=b / f,
+                           byte_cost=m / f)
+    """
+    for name, value in (("T", T), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"measure_byte_cost: {name}={value!r} must be a positive int")
+    sizes = model.sizes(batch=batch, dtype=dtype)
+    dt = np.dtype(sizes.dtype)
+    n = sizes.internal_len
+    src = np.ones(n, dt)
+    dst = np.empty(n, dt)
+
+    def stream(fresh: bool) -> float:
+        pool = np.empty(n * (T if fresh else 1), dt)
+        t0 = time.perf_counter()
+        for t in range(T):
+            o = t * n if fresh else 0
+            pool[o: o + n] = src
+        for t in range(T - 1, -1, -1):
+            o = t * n if fresh else 0
+            dst[:] = pool[o: o + n]
+        return time.perf_counter() - t0
+
+    stream(True)
+    stream(False)
+    rounds = [(stream(True) - stream(False)) for _ in range(repeats)]
+    return max(float(np.median(rounds)), 0.0) / (T * n * dt.itemsize)

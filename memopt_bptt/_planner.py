@@ -906,7 +906,7 @@ def _check_T(T: Any) -> int:
 
 def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = None, dtype: Any = None,
          policy: str = "msm", slots: float | None = None, alpha: float | None = None,
-         backward_forward_ratio: float | None = None) -> Schedule:
+         backward_forward_ratio: float | None = None, byte_cost: float | None = None) -> Schedule:
     """The schedule with the fewest forward steps that fits the budget.
 
     With ``model`` (a :class:`memopt_bptt.Sequence`) and ``batch``, ``budget``
@@ -923,6 +923,12 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
         s = mb.plan(10, slots=3, policy="hsm")        # s.forward_steps == 25
         s = mb.plan(100, slots=10, alpha=3.5)         # MSM in the abstract model
 
+    ``backward_forward_ratio`` (b/f) and ``byte_cost`` (with a model: what
+    one byte of checkpoint pool costs in forward steps) only feed the
+    predicted :attr:`Schedule.time_ratio`; :func:`memopt_bptt.measure_step_times`
+    and :func:`memopt_bptt.measure_byte_cost` measure them. The schedule
+    itself minimises forward steps.
+
     Raises :class:`memopt_bptt.MemoryBudgetError` (a ValueError) when the
     budget is below the least that works; its message gives that least.
     """
@@ -931,7 +937,9 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
     if model is not None:
         return _plan_for_model(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy,
-                               slots=slots, alpha=alpha, rho=backward_forward_ratio)
+                               slots=slots, alpha=alpha, rho=backward_forward_ratio, byte_cost=byte_cost)
+    if byte_cost is not None:
+        raise ValueError("plan: byte_cost= prices checkpoint bytes, which needs model= and batch=")
     if batch is not None or dtype is not None:
         raise ValueError("plan: batch= and dtype= size a model's states; pass model= too, or plan with slots=/alpha=")
     if alpha is None:
@@ -978,7 +986,7 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
                     description=f"abstract model, alpha={alpha:g}")
 
 
-def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho) -> Schedule:
+def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho, byte_cost) -> Schedule:
     if slots is not None or alpha is not None:
         raise ValueError("plan: slots= and alpha= are for the abstract model; with model= give budget=")
     if batch is None:
@@ -1012,4 +1020,5 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     return Schedule(T=T, policy=policy, codes=codes, hidden_quanta=hq, internal_quanta=kq, pool_quanta=pool,
                     forward_steps=int(forwards), backward_forward_ratio=rho, quantum_bytes=quantum_bytes,
                     working_bytes=working, budget_bytes=budget_bytes,
-                    description=f"{model.describe()}, batch={sizes.batch}, {sizes.dtype}")
+                    description=f"{model.describe()}, batch={sizes.batch}, {sizes.dtype}",
+                    byte_cost=0.0 if byte_cost is None else byte_cost)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -61,8 +62,13 @@ class Schedule:
     budget_bytes: int | None = None
     budget_units: float | None = None
     description: str = ""
+    byte_cost: float = 0.0
 
     def __post_init__(self) -> None:
+        cost = self.byte_cost
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+            raise ValueError(f"Schedule: byte_cost={cost!r} must be a finite number >= 0 (forward steps per "
+                             "checkpoint byte; 0 leaves memory out of the time model)")
         codes = np.array(self.codes, dtype=np.int64, order="C", copy=True)
         if codes.ndim != 2 or codes.shape[1] != 3:
             raise ValueError("Schedule.codes must have shape (n_actions, 3)")
@@ -101,9 +107,23 @@ class Schedule:
 
     @property
     def time_ratio(self) -> float:
-        """Predicted time over plain BPTT's: (F + T*b/f) / (T + T*b/f)."""
+        """Predicted time over plain BPTT's: (F + T*b/f + c*P) / (T + T*b/f + c*P_full).
+
+        F forward steps, b/f ``backward_forward_ratio``; c ``byte_cost`` (what
+        one byte of checkpoint pool costs, in forward steps: fresh pages
+        written and read back from memory) times the pool bytes P of this
+        schedule and P_full of plain BPTT's (T-1 internal states and the
+        initial state). With c = 0, or no bytes (the abstract model), only
+        steps count.
+        """
         rho = self.backward_forward_ratio
-        return (self.forward_steps + self.T * rho) / (self.T * (1.0 + rho))
+        steps = self.forward_steps + self.T * rho
+        plain = self.T * (1.0 + rho)
+        if self.byte_cost and self.quantum_bytes is not None:
+            full_quanta = self.hidden_quanta + max(self.T - 1, 0) * self.internal_quanta
+            steps += self.byte_cost * self.pool_quanta * self.quantum_bytes
+            plain += self.byte_cost * full_quanta * self.quantum_bytes
+        return steps / plain
 
     @cached_property
     def _stats(self) -> _Stats:
@@ -159,6 +179,7 @@ class Schedule:
             "budget_bytes": self.budget_bytes,
             "budget_units": self.budget_units,
             "description": self.description,
+            "byte_cost": self.byte_cost,
             "summary": {
                 "alpha": self.alpha,
                 "peak_units": self.peak_units,
@@ -195,6 +216,7 @@ class Schedule:
                 "T", "policy", "hidden_quanta", "internal_quanta", "pool_quanta", "forward_steps",
                 "backward_forward_ratio", "quantum_bytes", "working_bytes", "budget_bytes",
                 "budget_units", "description")}
+            kwargs["byte_cost"] = float(data.get("byte_cost", 0.0))  # absent before 0.3
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"Schedule.from_json: malformed schedule ({exc!r})") from None
         return cls(codes=codes, **kwargs)
@@ -202,7 +224,8 @@ class Schedule:
     def _key(self) -> tuple:
         return (self.T, self.policy, self.hidden_quanta, self.internal_quanta, self.pool_quanta,
                 self.forward_steps, self.backward_forward_ratio, self.quantum_bytes, self.working_bytes,
-                self.budget_bytes, self.budget_units, self.description, self.codes.shape, self.codes.tobytes())
+                self.budget_bytes, self.budget_units, self.description, self.byte_cost, self.codes.shape,
+                self.codes.tobytes())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
