@@ -19,15 +19,11 @@ whatever T and the sizes (it depends on the cell's number of buffers). The budge
 buffers), as the contract says."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 SMALL_GEMM_MACS = 1 << 20
-"""A model whose recurrent GEMM (weight_hh rows x columns x batch) is below
-this many multiply-adds is small: its sweep runs BLAS on one thread, and by
-default its batch is split into two lanes that run on two cores (see
-:meth:`Sequence.lane_batches`). At hidden 64 and batch 16 (0.26 M) splitting
-each small GEMM over two BLAS threads costs more in synchronisation than it
-saves, and two lanes of batch 8 take 0.029 s where one lane of 16 takes 0.043 s
-(LSTM, T=1000); at hidden 256 (4.2 M) two BLAS threads on the whole batch
-are as fast as two lanes (0.27 s either way) and need no second gradient
-accumulator."""
+"""A model run in one lane whose recurrent GEMM (weight_hh rows x columns x
+batch) is below this many multiply-adds runs its BLAS on one thread: at
+hidden 64 and batch 16 (0.26 M) splitting each small GEMM over two BLAS
+threads costs more in synchronisation than it saves. Lanes
+(:meth:`Sequence.lane_batches`) always run BLAS on one thread each."""
 LANE_PYTHON_BYTES = 6144
 """Charged to the budget for every lane when the batch is split: its thread,
 the Python objects of its buffers and their cache-line gaps (two lanes
@@ -35,6 +31,12 @@ measured 10.5-13.4 KB under tracemalloc beyond one lane's, whatever T and
 the sizes)."""
 MIN_LANE_BATCH = 4
 """Automatic lanes never get fewer batch rows than this."""
+LANE_MAX_MACS = 1 << 21
+"""Automatic lanes only for a recurrent GEMM below this many multiply-adds.
+Measured (T=1000, batch 16, float32, two cores; two lanes / one): LSTM
+hidden 128 0.080 / 0.117 s, GRU 128 0.054 / 0.087 s, Elman 256 0.071 / 0.103 s
+(all 1.05 M or less); GRU 256 (3.1 M) 0.221 / 0.213 s, LSTM 256 (4.2 M) 0.284 /
+0.272 s, where two BLAS threads on the whole batch do as well."""
 MIN_LANE_MACS = 1 << 17
 """Automatic lanes only for a recurrent GEMM of at least this many
 multiply-adds (LSTM hidden 64 at batch 8): below, a step takes a few
@@ -150,8 +152,8 @@ class Sequence:
         one-lane run's in the last bits (a sum taken in another order).
 
         ``lanes=None`` (the default) splits a model whose recurrent GEMM has
-        ``MIN_LANE_MACS`` to ``SMALL_GEMM_MACS`` multiply-adds (LSTM hidden 64
-        at batch 8 to 16, GRU up to hidden 128 at batch 16 ...) into two lanes
+        ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` multiply-adds (LSTM hidden 64
+        to 128 and Elman up to 256 at batch 16, ...) into two lanes
         when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
         k lanes (at most one per batch row), ``lanes=1`` for none.
 
@@ -163,7 +165,7 @@ class Sequence:
         if self.lanes is None:
             rec = self.output_size if cell.recurrent_from_output else cell.hidden_size
             macs = cell.n_gates * cell.hidden_size * rec * batch
-            n = 2 if MIN_LANE_MACS <= macs < SMALL_GEMM_MACS and batch >= 2 * MIN_LANE_BATCH else 1
+            n = 2 if MIN_LANE_MACS <= macs < LANE_MAX_MACS and batch >= 2 * MIN_LANE_BATCH else 1
         else:
             n = min(self.lanes, batch)
         q, r = divmod(batch, n)
