@@ -429,7 +429,9 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     """Seconds of one forward step and one backward step of ``model``'s cell.
 
     Median of 5 rounds of ``repeats`` calls each, after a warm-up, on random
-    data of the given batch and dtype. A backward step includes its share of
+    data of the given batch and dtype. A model that splits this batch into
+    lanes (:meth:`Sequence.lane_batches`) is timed on its first lane's rows
+    with one BLAS thread, as each lane runs beside the others. A backward step includes its share of
     the deferred weight-gradient GEMM (``Cell.grad_chunk``). ``backward / forward`` is what
     ``mb.plan(..., backward_forward_ratio=...)`` uses to predict time.
 
@@ -440,7 +442,8 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"measure_step_times: repeats={repeats!r} must be a positive int")
-    sizes = model.sizes(batch=batch, dtype=dtype)
+    whole = model.sizes(batch=batch, dtype=dtype)
+    sizes = model.sizes(batch=whole.lanes[0], dtype=dtype, split=False) if whole.lanes else whole
     dt = np.dtype(sizes.dtype)
     params = model.init_params(seed=seed, dtype=dt)
     arrays = model.check_params(params, where="measure_step_times")
@@ -459,7 +462,8 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     cell.forward_step(*arrays, xs[0], s_prev, s_new, internal, work)
     times = []
     repeats = -(-repeats // c) * c  # whole blocks of deferred weight gradients
-    with blas_threads(_sweep_threads(arrays[1], sizes.batch)):  # as value_and_grad runs them
+    threads = 1 if whole.lanes else _sweep_threads(arrays[1], sizes.batch)
+    with blas_threads(threads):  # as value_and_grad runs them
         for which in (0, 1):
             args = (cell.forward_step, bwd, flush, *arrays, xs, s_prev, s_new, internal, work,
                     ds, ds_prev, chunk, c, *grads)
