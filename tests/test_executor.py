@@ -124,6 +124,18 @@ _NRT_SCRIPT = textwrap.dedent("""
             after = rtsys.get_allocation_stats()
             result[f"{T}/{policy}"] = [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc,
                                        after.free - before.free]
+        # two lanes (two sweeps on two threads)
+        lanes = mb.Sequence(model.cell, output_size=2, lanes=2)
+        try:
+            mb.plan(T, budget=1, model=lanes, batch=2)
+        except mb.MemoryBudgetError as exc:
+            schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=lanes, batch=2)
+        mb.value_and_grad(lanes, params, xs, ys, schedule=schedule)
+        before = rtsys.get_allocation_stats()
+        mb.value_and_grad(lanes, params, xs, ys, schedule=schedule)
+        after = rtsys.get_allocation_stats()
+        result[f"{T}/lanes"] = [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc,
+                                after.free - before.free]
     print(json.dumps(result))
 """)
 
@@ -393,7 +405,7 @@ def test_peak_grows_with_the_budget_not_with_T():
 def test_nrt_allocations_do_not_grow_with_T(_subprocesses):
     stdout, _ = _finish(_subprocesses, "nrt")
     counts = json.loads(stdout.strip().splitlines()[-1])
-    for policy in ("msm", "revolve", "full"):
+    for policy in ("msm", "revolve", "full", "lanes"):
         small, large = counts[f"20/{policy}"], counts[f"200/{policy}"]
         assert small == large, f"{policy}: NRT (alloc, meminfo, free) {small} at T=20 but {large} at T=200"
         assert small[0] == small[2], f"{policy}: NRT allocations not freed: {small}"
