@@ -115,6 +115,10 @@ class Sequence:
     ``mse_loss(reduction="mean")`` over every output element, "cross_entropy"
     the mean over T*batch of softmax cross-entropy against integer labels.
 
+    ``lanes`` splits the batch into independent sweeps on separate threads:
+    None (automatic, for small recurrent GEMMs), or a number of lanes (1:
+    never); see :meth:`lane_batches`.
+
     Example::
 
         model = mb.Sequence(mb.LSTM(input_size=8, hidden_size=32), output_size=4, loss="mse")
