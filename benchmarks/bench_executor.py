@@ -429,7 +429,11 @@ def plot(result, path):
             continue
         x = [100 * r["fraction"] for r in rows]
         ax.plot(x, [r["predicted_ratio"] for r in rows], "--", color=color, label=f"{policy} predicted")
-        ax.plot(x, [r["measured_ratio"] for r in rows], "o-", color=color, label=f"{policy} measured")
+        ax.plot(x, [r["measured_ratio"] for r in rows], "o-", color=color, alpha=0.5,
+                label=f"{policy} measured (median of neighbour ratios)")
+        if all("fastest_ratio" in r for r in rows):
+            ax.plot(x, [r["fastest_ratio"] for r in rows], "x:", color=color, ms=8,
+                    label=f"{policy} fastest / plain's fastest")
     ax.set_xscale("log")
     ax.set_xlabel("budget, % of plain BPTT's memory")
     ax.set_ylabel("time / plain BPTT")
