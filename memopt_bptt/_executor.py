@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-from ._budget import MemoryBudgetError
+from ._budget import MemoryBudgetError, parse_budget
 from ._model import SMALL_GEMM_MACS, Sequence
 from ._planner import plan
 from ._schedule import Schedule
@@ -201,6 +201,24 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
     return loss, forwards, ds
 
 
+_PLANS: dict = {}
+PLAN_CACHE_SIZE = 16
+"""value_and_grad keeps the schedules of its last 16 (T, budget, policy,
+sizes) so repeated calls do not plan again (an msm table can take longer
+than the sweep); a schedule is immutable and small (three int64 per action)."""
+
+
+def _cached_plan(T, budget, model, batch, dtype, policy, sizes):
+    key = (T, parse_budget(budget), policy, sizes, model.cell.backward_forward_ratio, model.describe())
+    schedule = _PLANS.pop(key, None)
+    if schedule is None:
+        schedule = plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)
+        while len(_PLANS) >= PLAN_CACHE_SIZE:
+            _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[key] = schedule  # most recent last
+    return schedule
+
+
 class Report(NamedTuple):
     """What one value_and_grad call did (``return_report=True``)."""
 
@@ -256,7 +274,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
             if policy != "full":
                 raise ValueError(f"value_and_grad: policy={policy!r} needs budget= (bytes, '64MiB' or a fraction)")
             budget = 1.0
-        schedule = plan(T, budget=budget, model=model, batch=B, dtype=dtype, policy=policy)
+        schedule = _cached_plan(T, budget, model, B, dtype, policy, sizes)
     else:
         if budget is not None or policy is not None:
             raise ValueError("value_and_grad: give either schedule= or budget=/policy=, not both")

@@ -182,3 +182,27 @@ def test_schedule_planned_without_lanes_is_rejected():
     schedule = mb.plan(10, budget=least(model, 10, 4) + 1000, model=one, batch=4)
     with pytest.raises(ValueError, match="working bytes"):
         mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+
+
+def test_value_and_grad_reuses_its_plans(monkeypatch):
+    model, params, xs, ys, _ = problem("gru", "mse", T=12, batch=4, lanes=2)
+    calls = []
+    real = executor.plan
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("budget"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "_PLANS", {})
+    monkeypatch.setattr(executor, "plan", counting)
+    budget = least(model, 12, 4) + 3000
+    first = mb.value_and_grad(model, params, xs, ys, budget=budget)
+    again = mb.value_and_grad(model, params, xs, ys, budget=budget)
+    assert len(calls) == 1
+    assert first[0] == again[0] and all(np.array_equal(first[1][k], again[1][k]) for k in first[1])
+    mb.value_and_grad(model, params, xs, ys, budget=budget + 500)      # another budget plans again
+    mb.value_and_grad(model, params, xs[:10], ys[:10], budget=budget)  # another T too
+    assert len(calls) == 3
+    for k in range(executor.PLAN_CACHE_SIZE + 2):                       # the cache stays bounded
+        mb.value_and_grad(model, params, xs, ys, budget=budget + 10 * (k + 1))
+    assert len(executor._PLANS) == executor.PLAN_CACHE_SIZE
