@@ -312,8 +312,8 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     def sweep(b0, bl, codes_, bufs, g_arrays_, norms_):
         return _sweep(cell.forward_step, bwd, flush, cell.state_from_internal, codes_, *arrays, xs_c, b0, bl,
                       ys_f, ys_i, loss_kind, cell.output_is_state, cell.feature_major, cell.hidden_size,
-                      *bufs[:9], c, bufs[9], *g_arrays_, bl * sizes.state_width, bl * sizes.internal_width, scale, norms_,
-                      sizes.quantum[0] * bl)
+                      *bufs[:9], c, bufs[9], *g_arrays_, bl * sizes.state_width, bl * sizes.internal_width,
+                      scale, norms_, sizes.quantum[0] * bl)
 
     def buffers(bl, b0, pool_quanta, n_grads=0):
         """(pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, xchunk) of one lane, and
@@ -368,27 +368,25 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         except BaseException as exc:  # re-raised by the calling thread
             results[k] = exc
 
-    with blas_threads(1 if n_lanes > 1 else _sweep_threads(arrays[1], B)):
-        if n_lanes > 1 and _usable_cpus() > 1:
-            # every lane on a thread of its own: lane 0 run by the calling
-            # thread measured 10-30% slower (hidden 64, batch 16)
-            threads = [threading.Thread(target=run_lane, args=(k,)) for k in range(n_lanes)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-        else:
-            for k in range(n_lanes):
-                run_lane(k)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    loss_sum = 0.0
-    for k, (lane_loss, forwards, _) in enumerate(results):
-        loss_sum += lane_loss
-        if forwards != schedule.forward_steps:
-            raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
-                               f"plans {schedule.forward_steps}; no gradients returned")
+    try:
+        _run_lanes(run_lane, n_lanes, 1 if n_lanes > 1 else _sweep_threads(arrays[1], B))
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        loss_sum = 0.0
+        for lane_loss, forwards, _ in results:
+            loss_sum += lane_loss
+            if forwards != schedule.forward_steps:
+                raise RuntimeError(f"value_and_grad: the sweep ran {forwards} forwards but the schedule "
+                                   f"plans {schedule.forward_steps}; no gradients returned")
+        loss_value = float(loss_sum * scale)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError("value_and_grad: the loss is not finite (NaN or inf); check the data and "
+                                     "learning rate; no gradients returned")
+    except BaseException:
+        if return_report:
+            tracemalloc.stop()
+        raise
     for gs in lane_grads[1:]:
         for g, part in zip(g_arrays, gs):
             g += part
@@ -397,10 +395,6 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
             norms[1:] += part[1:]
         np.sqrt(norms[1:], out=norms[1:])
     wall = time.perf_counter() - t0
-    loss_value = float(loss_sum * scale)
-    if not math.isfinite(loss_value):
-        raise FloatingPointError("value_and_grad: the loss is not finite (NaN or inf); check the data and "
-                                 "learning rate; no gradients returned")
     result: list[Any] = [loss_value, grads]
     if return_h0_grad:
         dh0 = results[0][2]
@@ -416,6 +410,22 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         result.append(Report(schedule, int(results[0][1]), wall, int(schedule.peak_bytes), int(allocated),
                              int(measured), schedule.time_ratio))
     return tuple(result)
+
+
+def _run_lanes(run_lane, n_lanes: int, blas: int | None) -> None:
+    """run_lane(k) for every lane: each on a thread of its own when there are
+    lanes and cores for them (lane 0 run by the calling thread measured 10-30%
+    slower, hidden 64, batch 16), else one after the other (the same bits)."""
+    with blas_threads(blas):
+        if n_lanes > 1 and _usable_cpus() > 1:
+            threads = [threading.Thread(target=run_lane, args=(k,)) for k in range(n_lanes)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        else:
+            for k in range(n_lanes):
+                run_lane(k)
 
 
 _CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs them

@@ -206,3 +206,12 @@ def test_value_and_grad_reuses_its_plans(monkeypatch):
     for k in range(executor.PLAN_CACHE_SIZE + 2):                       # the cache stays bounded
         mb.value_and_grad(model, params, xs, ys, budget=budget + 10 * (k + 1))
     assert len(executor._PLANS) == executor.PLAN_CACHE_SIZE
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_failed_sweep_with_a_report_stops_tracing(lanes):
+    model, params, xs, ys, _ = problem("elman_relu", "mse", T=6, batch=4, lanes=lanes)
+    huge = {k: np.abs(v) * 1e200 for k, v in params.items()}  # h overflows to inf in float64
+    with pytest.raises(FloatingPointError, match="not finite"):
+        mb.value_and_grad(model, huge, np.abs(xs) + 1.0, ys, return_report=True)
+    assert not tracemalloc.is_tracing()
