@@ -1003,11 +1003,15 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     least_any = working + hq * quantum_bytes
     if policy in ("full", "sqrt"):
         least_any = working + _fixed_pool(T, hq, kq, policy, _sqrt_segment(T)) * quantum_bytes
+    lanes_note = ""
+    if sizes.lanes:
+        lanes_note = (f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
+                      "working buffers, Sequence(..., lanes=1) saves them")
     if budget_bytes < least_any:
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
             f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "
-            f"{hq * quantum_bytes})", least_bytes=least_any)
+            f"{hq * quantum_bytes}){lanes_note}", least_bytes=least_any)
     free = (budget_bytes - working - hq * quantum_bytes) // quantum_bytes
     try:
         codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)

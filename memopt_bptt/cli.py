@@ -167,6 +167,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", type=_positive_int, default=None, metavar="O", help="readout size")
     g.add_argument("--batch", type=_positive_int, default=None, metavar="N", help="batch size")
     g.add_argument("--dtype", choices=DTYPES, default=None, help="floating-point type")
+    g.add_argument("--measure", action="store_true",
+                   help="time this cell here (mb.measure_step_times, mb.measure_byte_cost; a few seconds) "
+                        "and predict time with what it measures instead of the cell's b/f alone")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +296,8 @@ class Target(NamedTuple):
     dtype: str | None
     alpha: float | None     # abstract model only
     plain: float            # plain BPTT's memory: bytes (model) or units (abstract)
+    rho: float | None = None        # measured backward/forward (--measure), else the cell's
+    byte_cost: float | None = None  # measured forward steps per checkpoint byte (--measure), else 0
 
     @property
     def abstract(self) -> bool:
@@ -318,9 +323,9 @@ def _given_cell_options(args: argparse.Namespace) -> list[str]:
 
 def _build_target(args: argparse.Namespace, T: int, *, alpha: float | None, abstract: bool) -> Target:
     if abstract:
-        given = _given_cell_options(args)
+        given = _given_cell_options(args) + (["--measure"] if args.measure else [])
         if given:
-            raise CliError(f"{given[0]} sizes a cell, but --slots/--alpha select the abstract model; "
+            raise CliError(f"{given[0]} is for a cell, but --slots/--alpha select the abstract model; "
                            "drop one or the other")
         a = 1.0 if alpha is None else alpha
         plain = mb.plan(T, budget=1.0, alpha=a, policy="full").peak_units
@@ -329,7 +334,12 @@ def _build_target(args: argparse.Namespace, T: int, *, alpha: float | None, abst
     cell = CELLS[opts["cell"]](input_size=opts["input"], hidden_size=opts["hidden"])
     model = mb.Sequence(cell, output_size=opts["output"], loss="mse")
     plain = mb.plan(T, budget=1.0, model=model, batch=opts["batch"], dtype=opts["dtype"], policy="full").peak_bytes
-    return Target(model, opts["batch"], opts["dtype"], None, float(plain))
+    rho = byte_cost = None
+    if args.measure:
+        f, b = mb.measure_step_times(model, batch=opts["batch"], dtype=opts["dtype"])
+        m = mb.measure_byte_cost(model, batch=opts["batch"], dtype=opts["dtype"], T=min(T, 1000))
+        rho, byte_cost = b / f, m / f
+    return Target(model, opts["batch"], opts["dtype"], None, float(plain), rho, byte_cost)
 
 
 def _warn_if_slow(T: int, policies: Seq[str]) -> None:
@@ -346,7 +356,8 @@ def _plan(target: Target, T: int, policy: str, *, budget: int | float | None = N
         if slots is not None:
             return mb.plan(T, slots=slots, alpha=alpha, policy=policy)
         return mb.plan(T, budget=budget, alpha=alpha, policy=policy)
-    return mb.plan(T, budget=budget, model=target.model, batch=target.batch, dtype=target.dtype, policy=policy)
+    return mb.plan(T, budget=budget, model=target.model, batch=target.batch, dtype=target.dtype, policy=policy,
+                   backward_forward_ratio=target.rho, byte_cost=target.byte_cost)
 
 
 def least_budget(exc: mb.MemoryBudgetError, target: Target, T: int, policy: str) -> float | None:
@@ -567,7 +578,9 @@ def plan_text(schedule: mb.Schedule, target: Target) -> list[str]:
         f"{schedule.n_internal_slots} internal; alpha = {schedule.alpha:g}",
         f"forward steps    {schedule.forward_steps} ({schedule.forward_steps / T:.3f} per step; plain BPTT {T})",
         f"time ratio       {schedule.time_ratio:.3f} x plain BPTT (predicted, backward/forward = "
-        f"{schedule.backward_forward_ratio:g})",
+        f"{schedule.backward_forward_ratio:.3g}"
+        + (f", {schedule.byte_cost * 2 ** 20:.3g} forward steps per MiB of checkpoints, measured here)"
+           if target.rho is not None else ")"),
     ]
     hp, ip = schedule.hidden_positions, schedule.internal_positions
     lines += _wrap(f"hidden kept at   ({len(hp)}) ", [_elide(hp)])

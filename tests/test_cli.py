@@ -59,6 +59,7 @@ BAD_IN_PROCESS = [
     ("msm without alpha", ["plan", "--steps", "10", "--slots", "3"], "--alpha"),
     ("slots and budget", ["plan", "--steps", "10", "--slots", "3", "--alpha", "2", "--budget", "5%"], "--slots"),
     ("cell with slots", ["plan", "--steps", "10", "--slots", "3", "--policy", "hsm", "--hidden", "8"], "--hidden"),
+    ("measure with slots", ["plan", "--steps", "10", "--slots", "3", "--policy", "hsm", "--measure"], "--measure"),
     ("bytes in the abstract model", ["plan", "--steps", "10", "--alpha", "2", "--budget", "4096"], "--budget"),
     ("negative alpha", ["plan", "--steps", "10", "--alpha", "-1", "--budget", "5%"], "--alpha"),
     ("unknown format", ["plan", "--steps", "10", "--budget", "50%", "--format", "xml"], "--format"),
@@ -85,6 +86,8 @@ def _good_cases(tmp) -> dict[str, list[str]]:
         "msm json": ["plan", "--steps", "60", "--budget", "10%", "--format", "json"],
         "msm actions": ["plan", "--steps", "60", "--budget", "0.1", "--format", "actions"],
         "msm text": ["plan", "--steps", "60", "--budget", "0.1"],
+        "measured json": ["plan", "--steps", "60", "--budget", "0.1", "--hidden", "8", "--batch", "2",
+                          "--measure", "--format", "json"],
         "plan plot": ["plan", "--steps", "30", "--budget", "20%", "--plot", str(tmp / "schedule.png")],
         "compare json": ["compare", "--steps", "60", "--budgets", "3%,10%,50%,80MiB", "--format", "json"],
         "compare text": ["compare", "--steps", "60", "--budgets", "3%,10%", "--plot", str(tmp / "costs.png")],
@@ -233,6 +236,18 @@ def test_plan_json_other_cells_and_the_abstract_model(capsys):
                              "--format", "json"])
     assert mb.Schedule.from_json(out) == mb.plan(30, budget=0.3, model=model, batch=2, dtype="float32",
                                                  policy="ism")
+
+
+def test_plan_measure_predicts_with_what_it_measured(runs):
+    s = mb.Schedule.from_json(_ok(runs[("good", "measured json")])).validate()
+    cell_default = mb.LSTM(64, 8).backward_forward_ratio
+    assert s.backward_forward_ratio > 0 and s.backward_forward_ratio != cell_default  # timed, not the default
+    assert s.byte_cost >= 0.0
+    rho = s.backward_forward_ratio
+    steps_only = (s.forward_steps + s.T * rho) / (s.T * (1 + rho))
+    assert (s.time_ratio < steps_only) == (s.byte_cost > 0)  # a priced pool favours the small one
+    same = mb.plan(60, budget=0.1, model=mb.Sequence(mb.LSTM(64, 8), output_size=4), batch=2, dtype="float32")
+    assert s.codes.tobytes() == same.codes.tobytes()  # measuring changes the prediction, not the plan
 
 
 def test_plan_actions_resimulate_to_the_schedule(runs):

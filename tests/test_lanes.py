@@ -45,9 +45,9 @@ def problem(kind, loss, *, T, batch, lanes, input_size=2, hidden=3, output=2, se
     return model, params, xs, ys, h0
 
 
-def least(model, T, batch):
+def least(model, T, batch, dtype="float64"):
     try:
-        mb.plan(T, budget=1, model=model, batch=batch)
+        mb.plan(T, budget=1, model=model, batch=batch, dtype=dtype)
     except mb.MemoryBudgetError as exc:
         return exc.least_bytes
     raise AssertionError("a budget of 1 byte was accepted")
@@ -215,3 +215,14 @@ def test_a_failed_sweep_with_a_report_stops_tracing(lanes):
     with pytest.raises(FloatingPointError, match="not finite"):
         mb.value_and_grad(model, huge, np.abs(xs) + 1.0, ys, return_report=True)
     assert not tracemalloc.is_tracing()
+
+
+def test_too_small_a_budget_points_at_lanes_1():
+    model = mb.Sequence(mb.LSTM(64, 64), output_size=16)
+    assert model.lane_batches(16) == (8, 8)
+    with pytest.raises(mb.MemoryBudgetError, match=r"lanes=1"):
+        mb.plan(20, budget=0.05, model=model, batch=16, dtype="float32")
+    one = mb.Sequence(mb.LSTM(64, 64), output_size=16, lanes=1)
+    sizes = model.sizes(batch=16, dtype="float32")
+    # the least budget without lanes is less by exactly what the lanes add
+    assert least(model, 20, 16, "float32") - least(one, 20, 16, "float32") == sizes.lane_extra_len * 4
