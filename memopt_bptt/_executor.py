@@ -23,13 +23,20 @@ import numpy as np
 from numba import njit
 
 from ._budget import MemoryBudgetError, parse_budget
-from ._model import SMALL_GEMM_MACS, Sequence
+from ._model import Sequence
 from ._planner import plan
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
 
 __all__ = ["value_and_grad", "Report", "measure_step_times", "measure_byte_cost"]
-_ = SMALL_GEMM_MACS  # re-exported: memopt_bptt._executor.SMALL_GEMM_MACS
+
+SMALL_GEMM_MACS = 1 << 20
+"""A model run in one lane whose recurrent GEMM (weight_hh rows x columns x
+batch) is below this many multiply-adds runs its BLAS on one thread: at
+hidden 64 and batch 16 (0.26 M) splitting each small GEMM over two BLAS
+threads costs more in synchronisation than it saves. Lanes
+(:meth:`Sequence.lane_batches`) always run BLAS on one thread each."""
+
 
 def _sweep_threads(w_hh: np.ndarray, batch: int) -> int | None:
     return 1 if w_hh.shape[0] * w_hh.shape[1] * batch < SMALL_GEMM_MACS else None

@@ -15,15 +15,10 @@ LOSSES = ("mse", "cross_entropy")
 PYTHON_OVERHEAD_BYTES = 10240
 """Not charged to budgets: the Python objects of one call (array headers,
 argument tuples, small input copies), a constant 4-10 KB under tracemalloc
-whatever T and the sizes (it depends on the cell's number of buffers). The budget covers the data the sweep keeps (checkpoints and working
-buffers), as the contract says."""
+whatever T and the sizes (it depends on the cell's number of buffers). The
+budget covers the data the sweep keeps (checkpoints and working buffers), as
+the contract says."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-SMALL_GEMM_MACS = 1 << 20
-"""A model run in one lane whose recurrent GEMM (weight_hh rows x columns x
-batch) is below this many multiply-adds runs its BLAS on one thread: at
-hidden 64 and batch 16 (0.26 M) splitting each small GEMM over two BLAS
-threads costs more in synchronisation than it saves. Lanes
-(:meth:`Sequence.lane_batches`) always run BLAS on one thread each."""
 LANE_PYTHON_BYTES = 6144
 """Charged to the budget for every lane when the batch is split: its thread,
 the Python objects of its buffers and their cache-line gaps (two lanes

@@ -91,7 +91,7 @@ import numba
 from numba import njit, prange
 
 from ._budget import MemoryBudgetError, parse_budget
-from ._schedule import Schedule
+from ._schedule import Schedule, plain_pool_quanta
 
 __all__ = ["plan", "beta", "numforw", "hsm_cost", "POLICIES"]
 
@@ -797,7 +797,7 @@ def _sqrt_segment(T: int) -> int:
 def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
     """Pool quanta (initial state included) the fixed policies need."""
     if policy == "full":
-        return hq + max(T - 1, 0) * kq
+        return plain_pool_quanta(T, hq, kq)
     n_seg = -(-T // sqrt_k)
     # while segment j (0-based) is reversed, j hidden checkpoints and its internal states are alive
     return hq + max(j * hq + (min(sqrt_k, T - j * sqrt_k) - 1) * kq for j in range(n_seg))
@@ -997,17 +997,16 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     _, hq, kq = sizes.quantum
     quantum_bytes = sizes.quantum_bytes
     working = sizes.working_bytes
-    full_bytes = working + (hq + max(T - 1, 0) * kq) * quantum_bytes
+    full_bytes = working + plain_pool_quanta(T, hq, kq) * quantum_bytes
     kind, value = parse_budget(budget)
     budget_bytes = int(math.floor(value * full_bytes)) if kind == "fraction" else int(value)
     least_any = working + hq * quantum_bytes
     if policy in ("full", "sqrt"):
         least_any = working + _fixed_pool(T, hq, kq, policy, _sqrt_segment(T)) * quantum_bytes
-    lanes_note = ""
-    if sizes.lanes:
-        lanes_note = (f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
-                      "working buffers, Sequence(..., lanes=1) saves them")
     if budget_bytes < least_any:
+        lanes_note = "" if not sizes.lanes else (
+            f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
+            "working buffers, Sequence(..., lanes=1) saves them")
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
             f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "

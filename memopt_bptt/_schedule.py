@@ -29,6 +29,11 @@ class _Stats:
     internal_marks: bytearray  # 1 at each step whose internal state is ever kept
 
 
+def plain_pool_quanta(T: int, hidden_quanta: int, internal_quanta: int) -> int:
+    """Pool quanta of plain BPTT (policy "full"): the initial state and T-1 internal states."""
+    return hidden_quanta + max(T - 1, 0) * internal_quanta
+
+
 @dataclass(frozen=True, eq=False)
 class Schedule:
     """One reversal of a T-step chain: actions plus the cost model's numbers.
@@ -120,7 +125,7 @@ class Schedule:
         steps = self.forward_steps + self.T * rho
         plain = self.T * (1.0 + rho)
         if self.byte_cost and self.quantum_bytes is not None:
-            full_quanta = self.hidden_quanta + max(self.T - 1, 0) * self.internal_quanta
+            full_quanta = plain_pool_quanta(self.T, self.hidden_quanta, self.internal_quanta)
             steps += self.byte_cost * self.pool_quanta * self.quantum_bytes
             plain += self.byte_cost * full_quanta * self.quantum_bytes
         return steps / plain

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -36,6 +35,7 @@ import memopt_bptt as mb
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from _tracing import kept_bytes  # noqa: E402
 from oracles import brute_force_cost  # noqa: E402
 
 POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
@@ -107,6 +107,15 @@ _NRT_SCRIPT = textwrap.dedent("""
 
     model = mb.Sequence(mb.LSTM(input_size=3, hidden_size=4), output_size=2)
     params = model.init_params(seed=0)
+
+    def nrt_counts(model, schedule, xs, ys):
+        # (allocations, meminfo allocations, frees) of the NRT during one warmed-up call
+        mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        before = rtsys.get_allocation_stats()
+        mb.value_and_grad(model, params, xs, ys, schedule=schedule)
+        after = rtsys.get_allocation_stats()
+        return [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc, after.free - before.free]
+
     result = {}
     for T in (20, 200, 20, 200):   # the first round warms up (compiles)
         rng = np.random.default_rng(T)
@@ -118,24 +127,14 @@ _NRT_SCRIPT = textwrap.dedent("""
             least = exc.least_bytes
         for policy, budget in (("msm", least + 3000), ("revolve", least + 1000), ("full", 1.0)):
             schedule = mb.plan(T, budget=budget, model=model, batch=2, policy=policy)
-            mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-            before = rtsys.get_allocation_stats()
-            mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-            after = rtsys.get_allocation_stats()
-            result[f"{T}/{policy}"] = [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc,
-                                       after.free - before.free]
+            result[f"{T}/{policy}"] = nrt_counts(model, schedule, xs, ys)
         # two lanes (two sweeps on two threads)
         lanes = mb.Sequence(model.cell, output_size=2, lanes=2)
         try:
             mb.plan(T, budget=1, model=lanes, batch=2)
         except mb.MemoryBudgetError as exc:
             schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=lanes, batch=2)
-        mb.value_and_grad(lanes, params, xs, ys, schedule=schedule)
-        before = rtsys.get_allocation_stats()
-        mb.value_and_grad(lanes, params, xs, ys, schedule=schedule)
-        after = rtsys.get_allocation_stats()
-        result[f"{T}/lanes"] = [after.alloc - before.alloc, after.mi_alloc - before.mi_alloc,
-                                after.free - before.free]
+        result[f"{T}/lanes"] = nrt_counts(lanes, schedule, xs, ys)
     print(json.dumps(result))
 """)
 
@@ -362,18 +361,9 @@ def test_tracemalloc_peak_stays_within_the_budget(kind, frac, policy):
     least = least_bytes(model, T, batch, policy)
     budget = least if frac == "least" else max(least, int(frac * full_bytes(model, T, batch)))
     schedule = mb.plan(T, budget=budget, model=model, batch=batch, policy=policy).validate()
-    sizes = model.sizes(batch=batch, dtype="float64")
-    mb.value_and_grad(model, params, xs, ys, schedule=schedule)  # compile outside the measurement
-    tracemalloc.start()
-    try:
-        loss, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    grads_bytes = sum(g.nbytes for g in grads.values())
     # Outside the budget by the contract: the returned gradients. (The sweep
     # reads schedule.codes in place and drops its copy of h0 once slot 0 holds it.)
-    kept = peak - grads_bytes
+    kept = kept_bytes(model, params, xs, ys, schedule)
     assert kept <= schedule.budget_bytes + OVERHEAD_BYTES, \
         f"kept {kept} bytes > budget {schedule.budget_bytes} (+{OVERHEAD_BYTES} overhead)"
     assert abs(kept - schedule.peak_bytes) <= OVERHEAD_BYTES, \
@@ -390,14 +380,7 @@ def test_peak_grows_with_the_budget_not_with_T():
         model, params, xs, ys, _ = make_problem("lstm", "mse", T=T, batch=batch, input_size=3, hidden=64, output=4)
         budget = model.sizes(batch=batch, dtype="float64").working_bytes + 100_000  # the same at both T
         schedule = mb.plan(T, budget=budget, model=model, batch=batch, policy="revolve").validate()
-        mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-        tracemalloc.start()
-        try:
-            _, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        kept[T] = peak - sum(g.nbytes for g in grads.values())
+        kept[T] = kept_bytes(model, params, xs, ys, schedule)
         assert kept[T] <= budget + OVERHEAD_BYTES
     assert abs(kept[100] - kept[25]) <= OVERHEAD_BYTES, kept
 

@@ -23,6 +23,7 @@ import memopt_bptt._executor as executor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _tracing import kept_bytes  # noqa: E402
 from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
 
 CELLS = {
@@ -164,14 +165,7 @@ def test_lanes_stay_within_the_budget():
     model, params, xs, ys, _ = problem("gru", "mse", T=T, batch=batch, lanes=2, input_size=3, hidden=16)
     schedule = mb.plan(T, budget=least(model, T, batch) + 20_000, model=model, batch=batch)
     assert schedule.forward_steps > T  # a real budget, not plain BPTT
-    mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-    tracemalloc.start()
-    try:
-        _, grads = mb.value_and_grad(model, params, xs, ys, schedule=schedule)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    kept = peak - sum(g.nbytes for g in grads.values())
+    kept = kept_bytes(model, params, xs, ys, schedule)
     assert kept <= schedule.budget_bytes + mb._model.PYTHON_OVERHEAD_BYTES, (kept, schedule.budget_bytes)
     assert schedule.peak_bytes - 16 * 1024 <= kept  # the lanes' buffers are really there
 
