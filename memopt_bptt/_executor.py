@@ -27,6 +27,7 @@ from ._model import Sequence
 from ._planner import plan
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
+from .cells._sync import abort, barrier, new_flags
 
 __all__ = ["value_and_grad", "Report", "measure_step_times", "measure_byte_cost"]
 
@@ -208,6 +209,114 @@ def _sweep(fwd, bwd, flush, rebuild, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out
     return loss, forwards, ds
 
 
+@njit
+def _copy_units(dst, src, blocks, n, a, z):
+    """dst = src on elements a..z-1 of each of ``blocks`` blocks of n."""
+    for q in range(blocks):
+        dst[q * n + a: q * n + z] = src[q * n + a: q * n + z]
+
+
+@njit(nogil=True)
+def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind, hidden,
+                 pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, c, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
+                 g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems, k, u0, u1, flags, spin):
+    """_sweep's schedule run by thread k of several that split every step's
+    hidden units (Sequence.unit_split): this thread computes units u0..u1-1
+    with the cell's unit kernels. Every buffer but ``work``, ``outbuf`` and
+    ``ds_norms`` is shared; each thread writes only its units' elements (and
+    rows of the weight gradients; thread 0 the readout bias), and a barrier
+    separates every write of h (or of the gate gradients) from the other
+    threads' reads. Every thread computes the readout and loss of all units;
+    thread 0's loss is returned. Returns (loss sum, forwards, dL/ds_0)."""
+    fwd, rebuild, bwd_local, bwd_shared, flush = kernels
+    B = xs.shape[1]
+    O = w_out.shape[0]
+    n = B * hidden
+    a, z = u0 * B, u1 * B
+    sb = S // n  # blocks of the state and the internal state
+    ib = K // n
+    pos = 0
+    forwards = 0
+    loss = 0.0
+    nb = 0  # barriers crossed
+    out2 = outbuf.reshape((B, O))
+    for i in range(codes.shape[0]):
+        op = codes[i, 0]
+        step = codes[i, 1]
+        slot = codes[i, 2]
+        off = slot * quantum_elems if slot >= 0 else -1
+        if op == 0:  # takeshot: the pool's copy of a unit is only ever read back by its thread
+            _copy_units(pool[off: off + S], cur, sb, n, a, z)
+        elif op == 1:  # restore
+            _copy_units(cur, pool[off: off + S], sb, n, a, z)
+            pos = step
+            nb += 1
+            barrier(flags, k, nb, spin)
+        elif op == 2:  # advance
+            for t in range(pos, step):
+                fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], cur, nxt, work_int, work, u0, u1)
+                cur, nxt = nxt, cur
+                nb += 1
+                barrier(flags, k, nb, spin)
+            forwards += step - pos
+            pos = step
+        elif op == 3:  # keep
+            target = work_int if off < 0 else pool[off: off + K]
+            fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], cur, nxt, target, work, u0, u1)
+            cur, nxt = nxt, cur
+            forwards += 1
+            pos = step
+            nb += 1
+            barrier(flags, k, nb, spin)
+        elif op == 4:  # restore_internal
+            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[step - 1], pool[off: off + K], cur, work, u0, u1)
+            pos = step
+            nb += 1
+            barrier(flags, k, nb, spin)
+        else:  # reverse
+            internal = work_int if off < 0 else pool[off: off + K]
+            t = step - 1
+            x = xs[t]
+            rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, nxt, work, u0, u1)
+            nb += 1
+            barrier(flags, k, nb, spin)
+            for b in range(B):
+                for o in range(O):
+                    out2[b, o] = b_out[o]
+            h = nxt[:n].reshape((hidden, B))
+            gemm(True, True, 1.0, h, w_out, 1.0, out2)
+            step_loss = _loss_step(loss_kind, out2, ys_f, ys_i, t, 0, scale)
+            if k == 0:
+                loss += step_loss
+                for b in range(B):
+                    for o in range(O):
+                        g_b_out[o] += out2[b, o]
+            gemm(True, True, 1.0, out2, h[u0: u1], 1.0, g_w_out[:, u0: u1])
+            gemm(True, True, 1.0, w_out[:, u0: u1], out2, 1.0, ds[a: z].reshape((u1 - u0, B)))
+            if ds_norms.shape[0] > 0:
+                acc = 0.0
+                for p in range(a, z):
+                    acc += float(ds[p]) * float(ds[p])
+                ds_norms[step] = acc
+            j = t % c
+            bwd_local(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, u0, u1)
+            nb += 1
+            barrier(flags, k, nb, spin)
+            # Every unit's gate gradients are in column block j now. The next
+            # step writes block j - 1 (or, after a flush, waits at the barrier
+            # below), so this block is not overwritten while it is read.
+            bwd_shared(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, chunk, j, u0, u1)
+            if j == 0:
+                w = min(c, xs.shape[0] - t)
+                x_block = xs[t: t + w].reshape((w * B, xs.shape[2]))
+                flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x_block, chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
+                      g_w_out, g_b_out, u0, u1)
+                nb += 1
+                barrier(flags, k, nb, spin)
+            ds, ds_prev = ds_prev, ds
+    return loss, forwards, ds
+
+
 _PLANS: dict = {}
 PLAN_CACHE_SIZE = 16
 """value_and_grad keeps the schedules of its last 16 (T, budget, policy,
@@ -345,6 +454,10 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
             v[:] = 0.0
         return (pool, *views[:9]), views[9:]
 
+    if sizes.unit_threads > 1:
+        return _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, schedule, codes, norms,
+                                     grads, scale, loss_kind, return_h0_grad, return_report)
+
     if return_report:
         # Compile (or load) the sweep first, on an empty schedule, so the
         # measured peak is the sweep's and not the compiler's.
@@ -416,6 +529,96 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         measured = peak - base  # the gradients were allocated before tracing began
         result.append(Report(schedule, int(results[0][1]), wall, int(schedule.peak_bytes), int(allocated),
                              int(measured), schedule.time_ratio))
+    return tuple(result)
+
+
+def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, schedule, codes, norms, grads,
+                          scale, loss_kind, return_h0_grad, return_report):
+    """value_and_grad's sweep by threads that split the hidden units (Sequence.unit_split)."""
+    cell = model.cell
+    T, B = xs_c.shape[:2]
+    dtype = arrays[0].dtype
+    units = model.unit_split(B)
+    n_threads = len(units)
+    g_arrays = list(grads.values())
+    c = cell.grad_chunk
+    spin = 1 << 14 if _usable_cpus() >= n_threads else 0  # else yield at once: the threads take turns
+
+    def buffers(pool_quanta):
+        pool = np.empty(pool_quanta * sizes.quantum[0] * B, dtype)
+        shared = [np.empty(sizes.state_len, dtype) for _ in range(4)] + [np.empty(sizes.internal_len, dtype)]
+        shared[0][:] = h0_flat
+        shared[2][:] = 0.0
+        shared[3][:] = 0.0
+        own = [(np.empty(max(sizes.work_len, 1), dtype), np.empty(sizes.output_len, dtype)) for _ in units]
+        chunk = np.empty(max(sizes.chunk_len, 1), dtype)
+        return pool, shared, own, chunk
+
+    def run(k, codes_, bufs, g_arrays_, norms_, flags, results):
+        pool, shared, own, chunk = bufs
+        try:
+            results[k] = _sweep_units(cell.unit_kernels, codes_, *arrays, xs_c, ys_f, ys_i, loss_kind,
+                                      cell.hidden_size, pool, *shared, *own[k], chunk, c, *g_arrays_,
+                                      sizes.state_len, sizes.internal_len, scale, norms_[k], sizes.quantum[0] * B,
+                                      k, units[k][0], units[k][1], flags, spin)
+        except BaseException as exc:  # re-raised by the calling thread
+            abort(flags)
+            results[k] = exc
+
+    def run_all(codes_, bufs, g_arrays_, norms_):
+        flags = new_flags(n_threads)
+        results: list[Any] = [None] * n_threads
+        with blas_threads(1):
+            threads = [threading.Thread(target=run, args=(k, codes_, bufs, g_arrays_, norms_, flags, results))
+                       for k in range(n_threads)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    thread_norms = [norms] + [np.zeros_like(norms) for _ in units[1:]]
+    if return_report:  # compile (or load) first, so the measured peak is the sweep's
+        run_all(codes[:0], buffers(0), [np.zeros_like(a) for a in arrays], [np.zeros(0, np.float64)] * n_threads)
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    bufs = buffers(schedule.pool_quanta)
+    del h0_flat
+    allocated = (bufs[0].nbytes + sum(b.nbytes for b in bufs[1]) + sum(w.nbytes + o.nbytes for w, o in bufs[2])
+                 + bufs[3].nbytes)
+    try:
+        results = run_all(codes, bufs, g_arrays, thread_norms)
+        loss_sum, forwards, ds0 = results[0]
+        for r in results:
+            if r[1] != schedule.forward_steps:
+                raise RuntimeError(f"value_and_grad: the sweep ran {r[1]} forwards but the schedule "
+                                   f"plans {schedule.forward_steps}; no gradients returned")
+        loss_value = float(loss_sum * scale)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError("value_and_grad: the loss is not finite (NaN or inf); check the data and "
+                                     "learning rate; no gradients returned")
+    except BaseException:
+        if return_report:
+            tracemalloc.stop()
+        raise
+    if norms.shape[0]:
+        for part in thread_norms[1:]:
+            norms[1:] += part[1:]
+        np.sqrt(norms[1:], out=norms[1:])
+    wall = time.perf_counter() - t0
+    result: list[Any] = [loss_value, grads]
+    if return_h0_grad:
+        result.append(model.user_state(ds0, B))
+    if return_report:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result.append(Report(schedule, int(forwards), wall, int(schedule.peak_bytes), int(allocated),
+                             int(peak - base), schedule.time_ratio))
     return tuple(result)
 
 

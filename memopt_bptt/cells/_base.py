@@ -45,6 +45,23 @@ inputs as a ``(w * B, input_size)`` array. The blocks are fixed by step
 index and reversal always runs T..1, so the summation order, hence every
 bit of the gradients, is the same under every schedule.
 
+A feature-major cell with deferred gradients may also give ``unit_kernels``,
+the same step split by hidden units, so that threads can share one step
+(each takes a range ``u0..u1`` of units: their rows of every gate and their
+elements of every block; the built-in LSTM does)::
+
+    forward(*P, x, s_prev, s_new, internal, work, u0, u1)      # reads all of h_{t-1}
+    rebuild(*P, x, internal, s_out, work, u0, u1)
+    backward_local(*P, x, internal, ds, ds_prev, work, chunk, j, u0, u1)
+        # reads and writes only the units' elements; their gate gradients
+        # and h_{t-1} go to column block j of the chunk
+    backward_shared(*P, x, ds_prev, chunk, j, u0, u1)           # after every thread's
+        # backward_local: the units' dL/dh_{t-1} from all gate gradients
+    flush(*P, xs_chunk, chunk, w, *G, u0, u1)                   # the units' rows of G
+
+The executor runs them between barriers, so every read of another thread's
+units comes after that thread wrote them.
+
 ``ds`` holds dL/ds_t in full (from later steps and this step's loss); the
 kernel may overwrite it. Kernels must not allocate arrays per call (use
 ``work``), so the executor's sweep makes no allocations that grow with T.
@@ -107,6 +124,10 @@ class Cell:
         grad_chunk, chunk_width, flush_grads: deferred weight gradients (see
             the module docstring); 0 / None for a cell that adds its weight
             gradients in ``backward_step``.
+        unit_kernels: optional (forward, rebuild, backward_local,
+            backward_shared, flush), the step split by hidden units for
+            threads that share it (see the module docstring); needs
+            ``feature_major`` and ``grad_chunk > 0``.
     """
 
     kind: str
@@ -126,6 +147,7 @@ class Cell:
     grad_chunk: int = 0
     chunk_width: Callable[[int, int], int] | None = None
     flush_grads: Callable[..., None] | None = None
+    unit_kernels: tuple | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -140,6 +162,14 @@ class Cell:
         if self.grad_chunk and not (callable(self.chunk_width) and callable(self.flush_grads)):
             raise TypeError("Cell: grad_chunk > 0 needs chunk_width (a function of batch, output_size) "
                             "and a jitted flush_grads kernel")
+        if self.unit_kernels is not None:
+            if not (isinstance(self.unit_kernels, tuple) and len(self.unit_kernels) == 5
+                    and all(callable(k) for k in self.unit_kernels)):
+                raise TypeError("Cell: unit_kernels must be a tuple of five jitted kernels (forward, rebuild, "
+                                "backward_local, backward_shared, flush) or None")
+            if not (self.feature_major and self.grad_chunk and not self.recurrent_from_output):
+                raise ValueError("Cell: unit_kernels need feature_major=True, grad_chunk > 0 and "
+                                 "recurrent_from_output=False")
         if self.feature_major and self.output_is_state:
             raise ValueError("Cell: feature_major=True needs output_is_state=False (the readout reads h_t)")
 

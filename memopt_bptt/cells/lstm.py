@@ -34,37 +34,45 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
             gates2[k, b] = bias
     gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, gates2)
     gemm(False, False, 1.0, w_ih, transposed_input(x, work[4 * n:]), 1.0, gates2)
-    # One simple loop per quantity, so each compiles to vector code.
-    sigmoid_into(gates[:n], internal[:n])
-    sigmoid_into(gates[n: 2 * n], internal[n: 2 * n])
-    tanh_into(gates[2 * n: 3 * n], internal[2 * n: 3 * n])
-    sigmoid_into(gates[3 * n: 4 * n], internal[3 * n: 4 * n])
-    internal[4 * n: 5 * n] = s_prev[n: 2 * n]
-    internal[6 * n: 7 * n] = s_prev[:n]
-    # From the stored values, with lstm_state_from_internal's expressions: a
-    # rebuilt state is bit-identical.
-    _cell_state(internal, s_new[n: 2 * n], n)
-    tanh_into(s_new[n: 2 * n], internal[5 * n: 6 * n])
-    _hidden(internal, s_new[:n], n)
+    _activate(gates, s_prev, s_new, internal, n, 0, n)
 
 
 @njit(cache=True, error_model="numpy")
-def _cell_state(internal, c, n):
-    """c_t = f * c_{t-1} + i * g."""
-    i = internal[:n]
-    f = internal[n: 2 * n]
-    g = internal[2 * n: 3 * n]
-    c_prev = internal[4 * n: 5 * n]
-    for p in range(n):
+def _activate(gates, s_prev, s_new, internal, n, a, z):
+    """From the pre-activations (four blocks of z - a in ``gates``), elements
+    a..z-1 of every block of the internal state and of s_new."""
+    m = z - a
+    # One simple loop per quantity, so each compiles to vector code.
+    sigmoid_into(gates[:m], internal[a: z])
+    sigmoid_into(gates[m: 2 * m], internal[n + a: n + z])
+    tanh_into(gates[2 * m: 3 * m], internal[2 * n + a: 2 * n + z])
+    sigmoid_into(gates[3 * m: 4 * m], internal[3 * n + a: 3 * n + z])
+    internal[4 * n + a: 4 * n + z] = s_prev[n + a: n + z]
+    internal[6 * n + a: 6 * n + z] = s_prev[a: z]
+    # From the stored values, with lstm_state_from_internal's expressions: a
+    # rebuilt state is bit-identical.
+    _cell_state(internal, s_new[n + a: n + z], n, a, z)
+    tanh_into(s_new[n + a: n + z], internal[5 * n + a: 5 * n + z])
+    _hidden(internal, s_new[a: z], n, a, z)
+
+
+@njit(cache=True, error_model="numpy")
+def _cell_state(internal, c, n, a, z):
+    """c_t = f * c_{t-1} + i * g, elements a..z-1 of each block (c holds those)."""
+    i = internal[a: z]
+    f = internal[n + a: n + z]
+    g = internal[2 * n + a: 2 * n + z]
+    c_prev = internal[4 * n + a: 4 * n + z]
+    for p in range(z - a):
         c[p] = f[p] * c_prev[p] + i[p] * g[p]
 
 
 @njit(cache=True, error_model="numpy")
-def _hidden(internal, h, n):
-    """h_t = o * tanh(c_t)."""
-    o = internal[3 * n: 4 * n]
-    tc = internal[5 * n: 6 * n]
-    for p in range(n):
+def _hidden(internal, h, n, a, z):
+    """h_t = o * tanh(c_t), elements a..z-1 of each block (h holds those)."""
+    o = internal[3 * n + a: 3 * n + z]
+    tc = internal[5 * n + a: 5 * n + z]
+    for p in range(z - a):
         h[p] = o[p] * tc[p]
 
 
@@ -72,8 +80,8 @@ def _hidden(internal, h, n):
 def lstm_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work):
     n = x.shape[0] * w_hh.shape[1]
     # The same functions as lstm_forward: bit-exact.
-    _cell_state(internal, s_out[n: 2 * n], n)
-    _hidden(internal, s_out[:n], n)
+    _cell_state(internal, s_out[n: 2 * n], n, 0, n)
+    _hidden(internal, s_out[:n], n, 0, n)
 
 
 @njit(cache=True, error_model="numpy")
@@ -82,38 +90,46 @@ def lstm_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    i = internal[:n]
-    f = internal[n: 2 * n]
-    g = internal[2 * n: 3 * n]
-    o = internal[3 * n: 4 * n]
-    c_prev = internal[4 * n: 5 * n]
-    tc = internal[5 * n: 6 * n]
-    dh = ds[:n]
-    dc = ds_prev[n: 2 * n]  # dL/dc_t here first, then dL/dc_{t-1} = dc * f in place
     d_pre = work[: 4 * n]
-    c1 = one(internal[0])
-    for p in range(n):
-        dc[p] = ds[n + p] + dh[p] * o[p] * (c1 - tc[p] * tc[p])
-    d_i = d_pre[:n]
-    for p in range(n):
-        d_i[p] = dc[p] * g[p] * i[p] * (c1 - i[p])
-    d_f = d_pre[n: 2 * n]
-    for p in range(n):
-        d_f[p] = dc[p] * c_prev[p] * f[p] * (c1 - f[p])
-    d_g = d_pre[2 * n: 3 * n]
-    for p in range(n):
-        d_g[p] = dc[p] * i[p] * (c1 - g[p] * g[p])
-    d_o = d_pre[3 * n: 4 * n]
-    for p in range(n):
-        d_o[p] = dh[p] * tc[p] * o[p] * (c1 - o[p])
-    for p in range(n):
-        dc[p] = dc[p] * f[p]
+    _gate_grads(internal, ds, ds_prev, d_pre, n, 0, n)
     d2 = d_pre.reshape((4 * H, B))
     gemm(True, False, 1.0, w_hh, d2, 0.0, ds_prev[:n].reshape((H, B)))
     # Defer the weight gradients: this step's columns of the block.
     D, Hp = _chunk_views(chunk, H, B)
     D[:, j * B: (j + 1) * B] = d2
     Hp[:, j * B: (j + 1) * B] = internal[6 * n: 7 * n].reshape((H, B))
+
+
+@njit(cache=True, error_model="numpy")
+def _gate_grads(internal, ds, ds_prev, d_pre, n, a, z):
+    """Elements a..z-1 of each block: d_pre = dL/d(gate pre-activations) (four
+    blocks of z - a), and ds_prev's c block = dL/dc_{t-1}."""
+    m = z - a
+    i = internal[a: z]
+    f = internal[n + a: n + z]
+    g = internal[2 * n + a: 2 * n + z]
+    o = internal[3 * n + a: 3 * n + z]
+    c_prev = internal[4 * n + a: 4 * n + z]
+    tc = internal[5 * n + a: 5 * n + z]
+    dh = ds[a: z]
+    dc = ds_prev[n + a: n + z]  # dL/dc_t here first, then dL/dc_{t-1} = dc * f in place
+    c1 = one(internal[0])
+    for p in range(m):
+        dc[p] = ds[n + a + p] + dh[p] * o[p] * (c1 - tc[p] * tc[p])
+    d_i = d_pre[:m]
+    for p in range(m):
+        d_i[p] = dc[p] * g[p] * i[p] * (c1 - i[p])
+    d_f = d_pre[m: 2 * m]
+    for p in range(m):
+        d_f[p] = dc[p] * c_prev[p] * f[p] * (c1 - f[p])
+    d_g = d_pre[2 * m: 3 * m]
+    for p in range(m):
+        d_g[p] = dc[p] * i[p] * (c1 - g[p] * g[p])
+    d_o = d_pre[3 * m: 4 * m]
+    for p in range(m):
+        d_o[p] = dh[p] * tc[p] * o[p] * (c1 - o[p])
+    for p in range(m):
+        dc[p] = dc[p] * f[p]
 
 
 @njit(cache=True)
@@ -136,6 +152,85 @@ def lstm_flush_grads(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
     gemm(False, False, 1.0, Dw, xs_chunk, 1.0, g_w_ih)
     gemm(False, True, 1.0, Dw, Hp[:, : w * B], 1.0, g_w_hh)
     add_row_sums(Dw, g_b_ih, g_b_hh)
+
+
+# ---- the same step split by hidden units, for threads that share it (Cell.unit_kernels) ----
+@njit(cache=True, error_model="numpy")
+def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, u0, u1):
+    """lstm_forward for hidden units u0..u1-1: their rows of the four gates
+    (reading all of h_{t-1}) and their elements of every block."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    n = B * H
+    hk = u1 - u0
+    m = hk * B
+    gates = work[: 4 * m]
+    g2 = gates.reshape((4 * hk, B))
+    h_prev = s_prev[:n].reshape((H, B))
+    xt = transposed_input(x, work[4 * m:])
+    for q in range(4):
+        r0 = q * H + u0
+        gq = g2[q * hk: (q + 1) * hk]
+        for r in range(hk):
+            bias = b_ih[r0 + r] + b_hh[r0 + r]
+            for b in range(B):
+                gq[r, b] = bias
+        gemm(False, False, 1.0, w_hh[r0: r0 + hk], h_prev, 1.0, gq)
+        gemm(False, False, 1.0, w_ih[r0: r0 + hk], xt, 1.0, gq)
+    _activate(gates, s_prev, s_new, internal, n, u0 * B, u1 * B)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_state_from_internal_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work, u0, u1):
+    B = x.shape[0]
+    n = B * w_hh.shape[1]
+    a, z = u0 * B, u1 * B
+    _cell_state(internal, s_out[n + a: n + z], n, a, z)
+    _hidden(internal, s_out[a: z], n, a, z)
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, u0, u1):
+    """The units' part of lstm_backward that reads only their own elements:
+    their gate gradients and h_{t-1} into column block j of the chunk, and
+    their dL/dc_{t-1}."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    n = B * H
+    hk = u1 - u0
+    m = hk * B
+    a, z = u0 * B, u1 * B
+    d_pre = work[: 4 * m]
+    _gate_grads(internal, ds, ds_prev, d_pre, n, a, z)
+    D, Hp = _chunk_views(chunk, H, B)
+    for q in range(4):
+        D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = d_pre[q * m: (q + 1) * m].reshape((hk, B))
+    Hp[u0: u1, j * B: (j + 1) * B] = internal[6 * n + a: 6 * n + z].reshape((hk, B))
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_backward_shared_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, chunk, j, u0, u1):
+    """dL/dh_{t-1} of units u0..u1-1, from every unit's gate gradients (column block j)."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    D, Hp = _chunk_views(chunk, H, B)
+    gemm(True, False, 1.0, w_hh[:, u0: u1], D[:, j * B: (j + 1) * B], 0.0,
+         ds_prev[u0 * B: u1 * B].reshape((u1 - u0, B)))
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_flush_grads_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
+                           g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, u0, u1):
+    """lstm_flush_grads for the units' rows of the four gates (reads every unit's h_{t-1})."""
+    H = w_hh.shape[1]
+    B = xs_chunk.shape[0] // w
+    D, Hp = _chunk_views(chunk, H, B)
+    for q in range(4):
+        r0, r1 = q * H + u0, q * H + u1
+        Dq = D[r0: r1, : w * B]
+        gemm(False, False, 1.0, Dq, xs_chunk, 1.0, g_w_ih[r0: r1])
+        gemm(False, True, 1.0, Dq, Hp[:, : w * B], 1.0, g_w_hh[r0: r1])
+        add_row_sums(Dq, g_b_ih[r0: r1], g_b_hh[r0: r1])
 
 
 def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
@@ -166,5 +261,7 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
         grad_chunk=_check_chunk(grad_chunk),
         chunk_width=lambda batch, output_size: 5 * batch * hidden_size,
         flush_grads=lstm_flush_grads,
+        unit_kernels=(lstm_forward_units, lstm_state_from_internal_units, lstm_backward_units,
+                      lstm_backward_shared_units, lstm_flush_grads_units),
         options={} if grad_chunk == 2 else {"grad_chunk": grad_chunk},
     )

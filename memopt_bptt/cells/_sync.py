@@ -1,0 +1,115 @@
+"""A barrier for threads that split one step's work, usable inside jitted code.
+
+Numba has no atomics on the CPU, so these are emitted as LLVM IR: an
+acquire load and a release store of an int64 array element, the x86
+``pause`` hint (a no-op elsewhere) and ``sched_yield``. Every thread owns
+one counter, on a 128-byte line of its own in ``flags``; crossing a barrier
+sets the thread's counter to its barrier count, then waits until every other
+thread's counter has reached it. Counters only grow, so no reset is needed,
+and the release/acquire pair orders every write before the barrier ahead of
+every read after it, in the compiler and the processor.
+
+A waiting thread spins (``pause``) for ``spin`` rounds, then yields its CPU
+between checks, so threads sharing one CPU still make progress. The last
+slot of ``flags`` is an abort flag: when set (a thread failed before or
+during its sweep), waits return at once, so no thread is left waiting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["new_flags", "barrier", "abort", "SLOT"]
+
+SLOT = 16
+"""int64 slots between two threads' counters (128 bytes: two cache lines, as
+adjacent-line prefetch pairs them)."""
+
+
+def new_flags(n_threads: int) -> np.ndarray:
+    """Zeroed counters for ``n_threads`` threads and the abort flag (last slot)."""
+    return np.zeros((n_threads + 1) * SLOT, np.int64)
+
+
+def abort(flags: np.ndarray) -> None:
+    """Release every waiting thread (their results are then meaningless)."""
+    flags[-SLOT] = 1
+
+
+def _element_ptr(context, builder, arr_ty, arr, index):
+    ary = context.make_array(arr_ty)(context, builder, arr)
+    return builder.gep(ary.data, [index])
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, index):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(arr, index), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, index, value):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(context, builder, signature.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(val, ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, index, value), codegen
+
+
+_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+@intrinsic
+def _pause(typingctx):
+    def codegen(context, builder, signature, args):
+        if _X86:  # the spin-wait hint; elsewhere nothing
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(cache=True, nogil=True)
+def barrier(flags, k, count, spin):
+    """Thread k's ``count``-th barrier (1, 2, ...) among ``flags.size // SLOT - 1`` threads."""
+    n = flags.shape[0] // SLOT - 1
+    _store_release(flags, k * SLOT, count)
+    for other in range(n):
+        if other == k:
+            continue
+        rounds = 0
+        while _load_acquire(flags, other * SLOT) < count:
+            if _load_acquire(flags, n * SLOT) != 0:
+                return
+            if rounds < spin:
+                _pause()
+                rounds += 1
+            else:
+                _sched_yield()
