@@ -17,6 +17,7 @@ from numba import njit
 from ._activations import one, sigmoid_into, tanh_into
 from ._base import Cell, _check_chunk
 from ._blas import add_row_sums, gemm, transposed_input
+from ._mm import product
 
 __all__ = ["LSTM"]
 
@@ -175,8 +176,8 @@ def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, i
             bias = b_ih[r0 + r] + b_hh[r0 + r]
             for b in range(B):
                 gq[r, b] = bias
-        gemm(False, False, 1.0, w_hh[r0: r0 + hk], h_prev, 1.0, gq)
-        gemm(False, False, 1.0, w_ih[r0: r0 + hk], xt, 1.0, gq)
+        product(w_hh[r0: r0 + hk], h_prev, gq, True)
+        product(w_ih[r0: r0 + hk], xt, gq, True)
     _activate(gates, s_prev, s_new, internal, n, u0 * B, u1 * B)
 
 
@@ -192,8 +193,8 @@ def lstm_state_from_internal_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, inte
 @njit(cache=True, error_model="numpy")
 def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, u0, u1):
     """The units' part of lstm_backward that reads only their own elements:
-    their gate gradients and h_{t-1} into column block j of the chunk, and
-    their dL/dc_{t-1}."""
+    their gate gradients into column block j of the chunk, their h_{t-1}
+    into rows j*B.. of its transpose (_chunk_views_units), and their dL/dc_{t-1}."""
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
@@ -202,10 +203,13 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
     a, z = u0 * B, u1 * B
     d_pre = work[: 4 * m]
     _gate_grads(internal, ds, ds_prev, d_pre, n, a, z)
-    D, Hp = _chunk_views(chunk, H, B)
+    D, HpT = _chunk_views_units(chunk, H, B)
     for q in range(4):
         D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = d_pre[q * m: (q + 1) * m].reshape((hk, B))
-    Hp[u0: u1, j * B: (j + 1) * B] = internal[6 * n + a: 6 * n + z].reshape((hk, B))
+    h_prev = internal[6 * n + a: 6 * n + z].reshape((hk, B))
+    for b in range(B):
+        for r in range(hk):
+            HpT[j * B + b, u0 + r] = h_prev[r, b]
 
 
 @njit(cache=True, error_model="numpy")
@@ -213,9 +217,8 @@ def lstm_backward_shared_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev,
     """dL/dh_{t-1} of units u0..u1-1, from every unit's gate gradients (column block j)."""
     B = x.shape[0]
     H = w_hh.shape[1]
-    D, Hp = _chunk_views(chunk, H, B)
-    gemm(True, False, 1.0, w_hh[:, u0: u1], D[:, j * B: (j + 1) * B], 0.0,
-         ds_prev[u0 * B: u1 * B].reshape((u1 - u0, B)))
+    D, HpT = _chunk_views_units(chunk, H, B)
+    product(w_hh[:, u0: u1].T, D[:, j * B: (j + 1) * B], ds_prev[u0 * B: u1 * B].reshape((u1 - u0, B)), False)
 
 
 @njit(cache=True, error_model="numpy")
@@ -224,13 +227,24 @@ def lstm_flush_grads_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk
     """lstm_flush_grads for the units' rows of the four gates (reads every unit's h_{t-1})."""
     H = w_hh.shape[1]
     B = xs_chunk.shape[0] // w
-    D, Hp = _chunk_views(chunk, H, B)
+    D, HpT = _chunk_views_units(chunk, H, B)
     for q in range(4):
         r0, r1 = q * H + u0, q * H + u1
         Dq = D[r0: r1, : w * B]
-        gemm(False, False, 1.0, Dq, xs_chunk, 1.0, g_w_ih[r0: r1])
-        gemm(False, True, 1.0, Dq, Hp[:, : w * B], 1.0, g_w_hh[r0: r1])
+        product(Dq, xs_chunk, g_w_ih[r0: r1], True)
+        product(Dq, HpT[: w * B], g_w_hh[r0: r1], True)
         add_row_sums(Dq, g_b_ih[r0: r1], g_b_hh[r0: r1])
+
+
+@njit(cache=True)
+def _chunk_views_units(chunk, H, B):
+    """The unit kernels' block: (4H, c*B) gate gradients as _chunk_views, and the
+    previous hidden states transposed, (c*B, H), so the weight-gradient product
+    reads B's rows contiguously."""
+    c = chunk.shape[0] // (5 * H * B)
+    D = chunk[: 4 * H * c * B].reshape((4 * H, c * B))
+    HpT = chunk[4 * H * c * B: 5 * H * c * B].reshape((c * B, H))
+    return D, HpT
 
 
 def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
