@@ -219,7 +219,7 @@ def _copy_units(dst, src, blocks, n, a, z):
 @njit(nogil=True)
 def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f, ys_i, loss_kind, hidden,
                  pool, cur, nxt, ds, ds_prev, work_int, work, outbuf, chunk, c, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
-                 g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems, k, u0, u1, flags, spin):
+                 g_w_out, g_b_out, S, K, scale, ds_norms, quantum_elems, k, u0, u1, flags, spin, exchange):
     """_sweep's schedule run by thread k of several that split every step's
     hidden units (Sequence.unit_split): this thread computes units u0..u1-1
     with the cell's unit kernels. Every buffer but ``work``, ``outbuf`` and
@@ -299,13 +299,12 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
                     acc += float(ds[p]) * float(ds[p])
                 ds_norms[step] = acc
             j = t % c
-            bwd_local(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, u0, u1)
+            parts = exchange[t % 2]  # step t - 2 writes them again, after every thread crossed step t - 1's barrier
+            bwd_local(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, parts[k],
+                      u0, u1)
             nb += 1
             barrier(flags, k, nb, spin)
-            # Every unit's gate gradients are in column block j now. The next
-            # step writes block j - 1 (or, after a flush, waits at the barrier
-            # below), so this block is not overwritten while it is read.
-            bwd_shared(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, chunk, j, u0, u1)
+            bwd_shared(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, parts, u0, u1)
             if j == 0:
                 w = min(c, xs.shape[0] - t)
                 x_block = xs[t: t + w].reshape((w * B, xs.shape[2]))
@@ -552,15 +551,16 @@ def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, sched
         shared[3][:] = 0.0
         own = [(np.empty(max(sizes.work_len, 1), dtype), np.empty(sizes.output_len, dtype)) for _ in units]
         chunk = np.empty(max(sizes.chunk_len, 1), dtype)
-        return pool, shared, own, chunk
+        exchange = np.empty((2, n_threads, B * cell.hidden_size), dtype)
+        return pool, shared, own, chunk, exchange
 
     def run(k, codes_, bufs, g_arrays_, norms_, flags, results):
-        pool, shared, own, chunk = bufs
+        pool, shared, own, chunk, exchange = bufs
         try:
             results[k] = _sweep_units(cell.unit_kernels, codes_, *arrays, xs_c, ys_f, ys_i, loss_kind,
                                       cell.hidden_size, pool, *shared, *own[k], chunk, c, *g_arrays_,
                                       sizes.state_len, sizes.internal_len, scale, norms_[k], sizes.quantum[0] * B,
-                                      k, units[k][0], units[k][1], flags, spin)
+                                      k, units[k][0], units[k][1], flags, spin, exchange)
         except BaseException as exc:  # re-raised by the calling thread
             abort(flags)
             results[k] = exc
@@ -590,7 +590,7 @@ def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, sched
     bufs = buffers(schedule.pool_quanta)
     del h0_flat
     allocated = (bufs[0].nbytes + sum(b.nbytes for b in bufs[1]) + sum(w.nbytes + o.nbytes for w, o in bufs[2])
-                 + bufs[3].nbytes)
+                 + bufs[3].nbytes + bufs[4].nbytes)
     try:
         results = run_all(codes, bufs, g_arrays, thread_norms)
         loss_sum, forwards, ds0 = results[0]

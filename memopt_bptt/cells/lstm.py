@@ -191,10 +191,12 @@ def lstm_state_from_internal_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, inte
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, u0, u1):
-    """The units' part of lstm_backward that reads only their own elements:
+def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev, work, chunk, j, part,
+                        u0, u1):
+    """The part of lstm_backward that reads only units u0..u1-1's elements:
     their gate gradients into column block j of the chunk, their h_{t-1}
-    into rows j*B.. of its transpose (_chunk_views_units), and their dL/dc_{t-1}."""
+    into rows j*B.. of its transpose (_chunk_views_units), their dL/dc_{t-1},
+    and into ``part`` (H, B) what their gates contribute to every unit's dL/dh_{t-1}."""
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
@@ -204,8 +206,11 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
     d_pre = work[: 4 * m]
     _gate_grads(internal, ds, ds_prev, d_pre, n, a, z)
     D, HpT = _chunk_views_units(chunk, H, B)
+    p2 = part.reshape((H, B))
     for q in range(4):
-        D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = d_pre[q * m: (q + 1) * m].reshape((hk, B))
+        dq = d_pre[q * m: (q + 1) * m].reshape((hk, B))
+        D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = dq
+        product(w_hh[q * H + u0: q * H + u1].T, dq, p2, q > 0)
     h_prev = internal[6 * n + a: 6 * n + z].reshape((hk, B))
     for b in range(B):
         for r in range(hk):
@@ -213,12 +218,16 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
 
 
 @njit(cache=True, error_model="numpy")
-def lstm_backward_shared_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, chunk, j, u0, u1):
-    """dL/dh_{t-1} of units u0..u1-1, from every unit's gate gradients (column block j)."""
+def lstm_backward_shared_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, parts, u0, u1):
+    """dL/dh_{t-1} of units u0..u1-1: the threads' parts added in thread order."""
     B = x.shape[0]
-    H = w_hh.shape[1]
-    D, HpT = _chunk_views_units(chunk, H, B)
-    product(w_hh[:, u0: u1].T, D[:, j * B: (j + 1) * B], ds_prev[u0 * B: u1 * B].reshape((u1 - u0, B)), False)
+    a, z = u0 * B, u1 * B
+    dh = ds_prev[a: z]
+    dh[:] = parts[0, a: z]
+    for k in range(1, parts.shape[0]):
+        pk = parts[k, a: z]
+        for p in range(z - a):
+            dh[p] += pk[p]
 
 
 @njit(cache=True, error_model="numpy")
