@@ -531,46 +531,56 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     return tuple(result)
 
 
-def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, schedule, codes, norms, grads,
-                          scale, loss_kind, return_h0_grad, return_report):
-    """value_and_grad's sweep by threads that split the hidden units (Sequence.unit_split)."""
-    cell = model.cell
-    T, B = xs_c.shape[:2]
-    dtype = arrays[0].dtype
-    units = model.unit_split(B)
-    n_threads = len(units)
-    g_arrays = list(grads.values())
-    c = cell.grad_chunk
-    spin = 1 << 14 if _usable_cpus() >= n_threads else 0  # else yield at once: the threads take turns
+class _UnitRun:
+    """Buffers and threads of a sweep by threads that split the hidden units (Sequence.unit_split)."""
 
-    def buffers(pool_quanta):
-        pool = np.empty(pool_quanta * sizes.quantum[0] * B, dtype)
-        shared = [np.empty(sizes.state_len, dtype) for _ in range(4)] + [np.empty(sizes.internal_len, dtype)]
+    def __init__(self, model, arrays, xs, ys_f, ys_i, sizes, scale, loss_kind):
+        self.model, self.arrays, self.xs, self.ys_f, self.ys_i = model, arrays, xs, ys_f, ys_i
+        self.sizes, self.scale, self.loss_kind = sizes, scale, loss_kind
+        self.units = model.unit_split(xs.shape[1])
+        # Spin at barriers while every thread has a CPU; else yield at once, so the threads take turns.
+        self.spin = 1 << 14 if _usable_cpus() >= len(self.units) else 0
+
+    def buffers(self, pool_quanta, h0_flat):
+        """(pool, [cur, nxt, ds, ds_prev, work_int], [(work, outbuf) per thread], chunk, exchange)."""
+        sz, dtype, B = self.sizes, self.arrays[0].dtype, self.xs.shape[1]
+        pool = np.empty(pool_quanta * sz.quantum[0] * B, dtype)
+        shared = [np.empty(sz.state_len, dtype) for _ in range(4)] + [np.empty(sz.internal_len, dtype)]
         shared[0][:] = h0_flat
         shared[2][:] = 0.0
         shared[3][:] = 0.0
-        own = [(np.empty(max(sizes.work_len, 1), dtype), np.empty(sizes.output_len, dtype)) for _ in units]
-        chunk = np.empty(max(sizes.chunk_len, 1), dtype)
-        exchange = np.empty((2, n_threads, B * cell.hidden_size), dtype)
+        own = [(np.empty(max(sz.work_len, 1), dtype), np.empty(sz.output_len, dtype)) for _ in self.units]
+        chunk = np.empty(max(sz.chunk_len, 1), dtype)
+        exchange = np.empty((2, len(self.units), B * self.model.cell.hidden_size), dtype)
         return pool, shared, own, chunk, exchange
 
-    def run(k, codes_, bufs, g_arrays_, norms_, flags, results):
+    @staticmethod
+    def nbytes(bufs) -> int:
         pool, shared, own, chunk, exchange = bufs
-        try:
-            results[k] = _sweep_units(cell.unit_kernels, codes_, *arrays, xs_c, ys_f, ys_i, loss_kind,
-                                      cell.hidden_size, pool, *shared, *own[k], chunk, c, *g_arrays_,
-                                      sizes.state_len, sizes.internal_len, scale, norms_[k], sizes.quantum[0] * B,
-                                      k, units[k][0], units[k][1], flags, spin, exchange)
-        except BaseException as exc:  # re-raised by the calling thread
-            abort(flags)
-            results[k] = exc
+        return (pool.nbytes + sum(b.nbytes for b in shared) + sum(w.nbytes + o.nbytes for w, o in own)
+                + chunk.nbytes + exchange.nbytes)
 
-    def run_all(codes_, bufs, g_arrays_, norms_):
-        flags = new_flags(n_threads)
-        results: list[Any] = [None] * n_threads
+    def run(self, codes, bufs, grads, norms):
+        """Every thread's (loss sum, forwards, dL/ds_0); ``norms`` one array per thread."""
+        cell, sz, B = self.model.cell, self.sizes, self.xs.shape[1]
+        pool, shared, own, chunk, exchange = bufs
+        n = len(self.units)
+        flags = new_flags(n)
+        results: list[Any] = [None] * n
+
+        def one(k):
+            try:
+                results[k] = _sweep_units(
+                    cell.unit_kernels, codes, *self.arrays, self.xs, self.ys_f, self.ys_i, self.loss_kind,
+                    cell.hidden_size, pool, *shared, *own[k], chunk, cell.grad_chunk, *grads, sz.state_len,
+                    sz.internal_len, self.scale, norms[k], sz.quantum[0] * B, k, self.units[k][0], self.units[k][1],
+                    flags, self.spin, exchange)
+            except BaseException as exc:  # re-raised by the calling thread
+                abort(flags)  # release the other threads from their barriers
+                results[k] = exc
+
         with blas_threads(1):
-            threads = [threading.Thread(target=run, args=(k, codes_, bufs, g_arrays_, norms_, flags, results))
-                       for k in range(n_threads)]
+            threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
             for th in threads:
                 th.start()
             for th in threads:
@@ -580,19 +590,26 @@ def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, sched
                 raise r
         return results
 
-    thread_norms = [norms] + [np.zeros_like(norms) for _ in units[1:]]
+
+def _value_and_grad_units(model, arrays, xs_c, ys_f, ys_i, h0_flat, sizes, schedule, codes, norms, grads,
+                          scale, loss_kind, return_h0_grad, return_report):
+    """value_and_grad's sweep by threads that split the hidden units (Sequence.unit_split)."""
+    B = xs_c.shape[1]
+    runner = _UnitRun(model, arrays, xs_c, ys_f, ys_i, sizes, scale, loss_kind)
+    n_threads = len(runner.units)
+    thread_norms = [norms] + [np.zeros_like(norms) for _ in runner.units[1:]]
     if return_report:  # compile (or load) first, so the measured peak is the sweep's
-        run_all(codes[:0], buffers(0), [np.zeros_like(a) for a in arrays], [np.zeros(0, np.float64)] * n_threads)
+        runner.run(codes[:0], runner.buffers(0, h0_flat), [np.zeros_like(a) for a in arrays],
+                   [np.zeros(0, np.float64)] * n_threads)
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
-    bufs = buffers(schedule.pool_quanta)
+    bufs = runner.buffers(schedule.pool_quanta, h0_flat)
     del h0_flat
-    allocated = (bufs[0].nbytes + sum(b.nbytes for b in bufs[1]) + sum(w.nbytes + o.nbytes for w, o in bufs[2])
-                 + bufs[3].nbytes + bufs[4].nbytes)
+    allocated = runner.nbytes(bufs)
     try:
-        results = run_all(codes, bufs, g_arrays, thread_norms)
+        results = runner.run(codes, bufs, list(grads.values()), thread_norms)
         loss_sum, forwards, ds0 = results[0]
         for r in results:
             if r[1] != schedule.forward_steps:
@@ -669,7 +686,10 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     Median of 5 rounds of ``repeats`` calls each, after a warm-up, on random
     data of the given batch and dtype. A model that splits this batch into
     lanes (:meth:`Sequence.lane_batches`) is timed on its first lane's rows
-    with one BLAS thread, as each lane runs beside the others. A backward step includes its share of
+    with one BLAS thread, as each lane runs beside the others. A model whose
+    steps are split by hidden units (:meth:`Sequence.unit_split`) is timed
+    as its threads run together: ``repeats`` forward steps, and as many
+    reversals, each with its readout and loss (minus the threads' start). A backward step includes its share of
     the deferred weight-gradient GEMM (``Cell.grad_chunk``). ``backward / forward`` is what
     ``mb.plan(..., backward_forward_ratio=...)`` uses to predict time.
 
@@ -686,6 +706,8 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     params = model.init_params(seed=seed, dtype=dt)
     arrays = model.check_params(params, where="measure_step_times")
     rng = np.random.default_rng(seed)
+    if whole.unit_threads > 1:
+        return _unit_step_times(model, arrays, whole, repeats, rng)
     cell = model.cell
     bwd, flush, c = _chunk_kernels(cell)
     xs = rng.standard_normal((c, sizes.batch, model.cell.input_size)).astype(dt)
@@ -712,6 +734,43 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
                 _time_kernels(*args, repeats, which)
                 rounds.append((time.perf_counter() - t0) / repeats)
             times.append(float(np.median(rounds)))
+    return times[0], times[1]
+
+
+def _unit_step_times(model, arrays, sizes, repeats, rng):
+    """measure_step_times for threads that split the hidden units: their sweep
+    over ``repeats`` forward steps, and over as many reversals of one internal
+    state (each with its readout and loss, as every schedule reverses T steps)."""
+    dt = arrays[0].dtype
+    B = sizes.batch
+    xs = rng.standard_normal((repeats, B, model.cell.input_size)).astype(dt)
+    ys_f = rng.standard_normal((repeats, B, model.output_size)).astype(dt)
+    ys_i = rng.integers(0, model.output_size, (repeats, B)).astype(np.int64)
+    if model.loss == "mse":
+        ys_i = np.zeros((1, 1), np.int64)
+    else:
+        ys_f = np.zeros((1, 1, 1), dt)
+    runner = _UnitRun(model, arrays, xs, ys_f, ys_i, sizes, 1.0 / (repeats * B), 0 if model.loss == "mse" else 1)
+    h0 = (0.1 * rng.standard_normal(sizes.state_len)).astype(dt)
+    grads = [np.zeros_like(a) for a in arrays]
+    norms = [np.zeros(0, np.float64)] * len(runner.units)
+    forward = np.array([[2, repeats, -1]], np.int64)  # advance 0 -> repeats, no checkpoints
+    keep = np.array([[3, 1, -1]], np.int64)  # one step into the working internal state, then reverse it:
+    reverse = np.array([[5, t, -1] for t in range(repeats, 0, -1)], np.int64)
+    empty = forward[:0]
+    times = []
+    for codes in (forward, reverse):
+        rounds = []
+        for r in range(6):
+            bufs = runner.buffers(0, h0)
+            runner.run(keep, bufs, grads, norms)
+            t0 = time.perf_counter()
+            runner.run(empty, bufs, grads, norms)  # starting the threads: once per call, not per step
+            t1 = time.perf_counter()
+            runner.run(codes, bufs, grads, norms)
+            if r:  # the first is a warm-up
+                rounds.append((time.perf_counter() - t1 - (t1 - t0)) / repeats)
+        times.append(max(float(np.median(rounds)), 1e-9))
     return times[0], times[1]
 
 

@@ -269,7 +269,8 @@ class Sequence:
         for every lane but the first a gradient accumulator, and
         ``LANE_PYTHON_BYTES`` per lane for its thread. Splitting the hidden
         units (:meth:`unit_split`) adds a scratch and an output buffer for
-        every thread but the first, and ``LANE_PYTHON_BYTES`` per thread.
+        every thread but the first, and for every thread two (hidden, batch)
+        blocks of partial gradients it shares and ``LANE_PYTHON_BYTES``.
         """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch={batch!r} must be a positive int")
@@ -281,9 +282,10 @@ class Sequence:
             threads = len(self.unit_split(batch)) if split else 1
             if threads == 1:
                 return whole
-            # every thread after the first: its own scratch and outputs; every thread: its Python objects
+            # every thread after the first: its own scratch and outputs; every thread: two (hidden, batch)
+            # blocks of partial gradients it shares with the others, and its Python objects
             extra = ((threads - 1) * (whole.work_len + whole.output_len)
-                     + threads * -(-LANE_PYTHON_BYTES // whole.itemsize))
+                     + threads * (2 * batch * self.cell.hidden_size + -(-LANE_PYTHON_BYTES // whole.itemsize)))
             return whole._replace(lane_extra_len=extra, unit_threads=threads)
         parts = [self._sizes(b, dt) for b in lanes]
         own = sum(p.working_bytes // p.itemsize + self.lane_chunk_rows(b) * self.cell.input_size
