@@ -24,6 +24,10 @@ LANE_PYTHON_BYTES = 6144
 the Python objects of its buffers and their cache-line gaps (two lanes
 measured 10.5-13.4 KB under tracemalloc beyond one lane's, whatever T and
 the sizes)."""
+UNIT_PYTHON_BYTES = 8192
+"""Charged to the budget for every thread when the hidden units are split:
+its thread, closure and buffer objects (two threads measured 11.8 KB under
+tracemalloc beyond one thread's run, three 16.9 KB, whatever T and the sizes)."""
 MIN_LANE_BATCH = 4
 """Automatic lanes never get fewer batch rows than this."""
 LANE_MAX_MACS = 1 << 21
@@ -270,7 +274,7 @@ class Sequence:
         ``LANE_PYTHON_BYTES`` per lane for its thread. Splitting the hidden
         units (:meth:`unit_split`) adds a scratch and an output buffer for
         every thread but the first, and for every thread two (hidden, batch)
-        blocks of partial gradients it shares and ``LANE_PYTHON_BYTES``.
+        blocks of partial gradients it shares and ``UNIT_PYTHON_BYTES``.
         """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch={batch!r} must be a positive int")
@@ -285,7 +289,7 @@ class Sequence:
             # every thread after the first: its own scratch and outputs; every thread: two (hidden, batch)
             # blocks of partial gradients it shares with the others, and its Python objects
             extra = ((threads - 1) * (whole.work_len + whole.output_len)
-                     + threads * (2 * batch * self.cell.hidden_size + -(-LANE_PYTHON_BYTES // whole.itemsize)))
+                     + threads * (2 * batch * self.cell.hidden_size + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
             return whole._replace(lane_extra_len=extra, unit_threads=threads)
         parts = [self._sizes(b, dt) for b in lanes]
         own = sum(p.working_bytes // p.itemsize + self.lane_chunk_rows(b) * self.cell.input_size

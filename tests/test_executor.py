@@ -135,6 +135,13 @@ _NRT_SCRIPT = textwrap.dedent("""
         except mb.MemoryBudgetError as exc:
             schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=lanes, batch=2)
         result[f"{T}/lanes"] = nrt_counts(lanes, schedule, xs, ys)
+        # two threads sharing every step by hidden units
+        units = mb.Sequence(model.cell, output_size=2, unit_threads=2)
+        try:
+            mb.plan(T, budget=1, model=units, batch=2)
+        except mb.MemoryBudgetError as exc:
+            schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=units, batch=2)
+        result[f"{T}/units"] = nrt_counts(units, schedule, xs, ys)
     print(json.dumps(result))
 """)
 
@@ -388,7 +395,7 @@ def test_peak_grows_with_the_budget_not_with_T():
 def test_nrt_allocations_do_not_grow_with_T(_subprocesses):
     stdout, _ = _finish(_subprocesses, "nrt")
     counts = json.loads(stdout.strip().splitlines()[-1])
-    for policy in ("msm", "revolve", "full", "lanes"):
+    for policy in ("msm", "revolve", "full", "lanes", "units"):
         small, large = counts[f"20/{policy}"], counts[f"200/{policy}"]
         assert small == large, f"{policy}: NRT (alloc, meminfo, free) {small} at T=20 but {large} at T=200"
         assert small[0] == small[2], f"{policy}: NRT allocations not freed: {small}"
