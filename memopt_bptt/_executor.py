@@ -27,6 +27,7 @@ from ._model import Sequence
 from ._planner import plan
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
+from .cells._mm import product
 from .cells._sync import abort, barrier, new_flags
 
 __all__ = ["value_and_grad", "Report", "measure_step_times", "measure_byte_cost"]
@@ -239,7 +240,9 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
     forwards = 0
     loss = 0.0
     nb = 0  # barriers crossed
-    out2 = outbuf.reshape((B, O))
+    out2 = outbuf[: B * O].reshape((B, O))
+    out_t = outbuf[B * O: 2 * B * O].reshape((O, B))
+    h_t = outbuf[2 * B * O: 2 * B * O + B * (u1 - u0)].reshape((B, u1 - u0))
     for i in range(codes.shape[0]):
         op = codes[i, 0]
         step = codes[i, 1]
@@ -280,19 +283,30 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
             rebuild(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, nxt, work, u0, u1)
             nb += 1
             barrier(flags, k, nb, spin)
+            # The readout's products in the tiled GEMM: outputs held transposed, (O, B), and this
+            # thread's h_t transposed, (B, units), both in outbuf after out2.
+            for o in range(O):
+                for b in range(B):
+                    out_t[o, b] = b_out[o]
+            h = nxt[:n].reshape((hidden, B))
+            product(w_out, h, out_t, True)
             for b in range(B):
                 for o in range(O):
-                    out2[b, o] = b_out[o]
-            h = nxt[:n].reshape((hidden, B))
-            gemm(True, True, 1.0, h, w_out, 1.0, out2)
+                    out2[b, o] = out_t[o, b]
             step_loss = _loss_step(loss_kind, out2, ys_f, ys_i, t, 0, scale)
+            for b in range(B):
+                for o in range(O):
+                    out_t[o, b] = out2[b, o]
             if k == 0:
                 loss += step_loss
                 for b in range(B):
                     for o in range(O):
                         g_b_out[o] += out2[b, o]
-            gemm(True, True, 1.0, out2, h[u0: u1], 1.0, g_w_out[:, u0: u1])
-            gemm(True, True, 1.0, w_out[:, u0: u1], out2, 1.0, ds[a: z].reshape((u1 - u0, B)))
+            for r in range(u1 - u0):
+                for b in range(B):
+                    h_t[b, r] = h[u0 + r, b]
+            product(out_t, h_t, g_w_out[:, u0: u1], True)
+            product(w_out[:, u0: u1].T, out_t, ds[a: z].reshape((u1 - u0, B)), True)
             if ds_norms.shape[0] > 0:
                 acc = 0.0
                 for p in range(a, z):
@@ -550,6 +564,11 @@ def _unit_sweep(kernels):
     return sweep
 
 
+def _unit_out_len(sizes, u0, u1):
+    """A unit thread's readout buffer: outputs, their transpose and its units' h_t transposed."""
+    return 2 * sizes.output_len + sizes.batch * (u1 - u0)
+
+
 class _UnitRun:
     """Buffers and threads of a sweep by threads that split the hidden units (Sequence.unit_split)."""
 
@@ -568,7 +587,8 @@ class _UnitRun:
         shared[0][:] = h0_flat
         shared[2][:] = 0.0
         shared[3][:] = 0.0
-        own = [(np.empty(max(sz.work_len, 1), dtype), np.empty(sz.output_len, dtype)) for _ in self.units]
+        own = [(np.empty(max(sz.work_len, 1), dtype), np.empty(_unit_out_len(sz, u0, u1), dtype))
+               for u0, u1 in self.units]
         chunk = np.empty(max(sz.chunk_len, 1), dtype)
         exchange = np.empty((2, len(self.units), B * self.model.cell.hidden_size), dtype)
         return pool, shared, own, chunk, exchange

@@ -272,9 +272,10 @@ class Sequence:
         buffers, a copy of its inputs' rows for deferred weight gradients, and
         for every lane but the first a gradient accumulator, and
         ``LANE_PYTHON_BYTES`` per lane for its thread. Splitting the hidden
-        units (:meth:`unit_split`) adds a scratch and an output buffer for
-        every thread but the first, and for every thread two (hidden, batch)
-        blocks of partial gradients it shares and ``UNIT_PYTHON_BYTES``.
+        units (:meth:`unit_split`) adds a scratch buffer for every thread but
+        the first, and for every thread a readout buffer (twice the outputs
+        and its units' h_t), two (hidden, batch) blocks of partial gradients
+        it shares, and ``UNIT_PYTHON_BYTES``.
         """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch={batch!r} must be a positive int")
@@ -286,10 +287,12 @@ class Sequence:
             threads = len(self.unit_split(batch)) if split else 1
             if threads == 1:
                 return whole
-            # every thread after the first: its own scratch and outputs; every thread: two (hidden, batch)
-            # blocks of partial gradients it shares with the others, and its Python objects
-            extra = ((threads - 1) * (whole.work_len + whole.output_len)
-                     + threads * (2 * batch * self.cell.hidden_size + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
+            # every thread after the first: its own scratch; every thread: a readout buffer of twice the
+            # outputs (one is charged already) and its units' h_t, two (hidden, batch) blocks of partial
+            # gradients it shares with the others, and its Python objects
+            H = self.cell.hidden_size
+            extra = ((threads - 1) * whole.work_len + (2 * threads - 1) * whole.output_len + batch * H
+                     + threads * (2 * batch * H + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
             return whole._replace(lane_extra_len=extra, unit_threads=threads)
         parts = [self._sizes(b, dt) for b in lanes]
         own = sum(p.working_bytes // p.itemsize + self.lane_chunk_rows(b) * self.cell.input_size

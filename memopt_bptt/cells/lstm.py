@@ -196,7 +196,7 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
     """The part of lstm_backward that reads only units u0..u1-1's elements:
     their gate gradients into column block j of the chunk, their h_{t-1}
     into rows j*B.. of its transpose (_chunk_views_units), their dL/dc_{t-1},
-    and into ``part`` (H, B) what their gates contribute to every unit's dL/dh_{t-1}."""
+    and into ``part`` (B, H) what their gates contribute to every unit's dL/dh_{t-1}."""
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
@@ -206,11 +206,13 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
     d_pre = work[: 4 * m]
     _gate_grads(internal, ds, ds_prev, d_pre, n, a, z)
     D, HpT = _chunk_views_units(chunk, H, B)
-    p2 = part.reshape((H, B))
+    # part^T (B, H) = sum over gates of d_q^T (B, hk) @ W_hh's rows of the units (hk, H): rows of
+    # W_hh are contiguous, so the tiled product holds 4 x 64 of part^T and broadcasts d's elements.
+    part_t = part.reshape((B, H))
     for q in range(4):
         dq = d_pre[q * m: (q + 1) * m].reshape((hk, B))
         D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = dq
-        product(w_hh[q * H + u0: q * H + u1].T, dq, p2, q > 0)
+        product(dq.T, w_hh[q * H + u0: q * H + u1], part_t, q > 0)
     h_prev = internal[6 * n + a: 6 * n + z].reshape((hk, B))
     for b in range(B):
         for r in range(hk):
@@ -219,15 +221,16 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
 
 @njit(cache=True, error_model="numpy")
 def lstm_backward_shared_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, ds_prev, parts, u0, u1):
-    """dL/dh_{t-1} of units u0..u1-1: the threads' parts added in thread order."""
+    """dL/dh_{t-1} of units u0..u1-1: the threads' parts ((B, H) each) added in thread order."""
     B = x.shape[0]
-    a, z = u0 * B, u1 * B
-    dh = ds_prev[a: z]
-    dh[:] = parts[0, a: z]
-    for k in range(1, parts.shape[0]):
-        pk = parts[k, a: z]
-        for p in range(z - a):
-            dh[p] += pk[p]
+    H = w_hh.shape[1]
+    dh = ds_prev[u0 * B: u1 * B].reshape((u1 - u0, B))
+    for u in range(u0, u1):
+        for b in range(B):
+            acc = parts[0, b * H + u]
+            for k in range(1, parts.shape[0]):
+                acc += parts[k, b * H + u]
+            dh[u - u0, b] = acc
 
 
 @njit(cache=True, error_model="numpy")
