@@ -97,11 +97,13 @@ def test_unit_threads_are_charged_to_the_budget():
     one = mb.Sequence(mb.LSTM(4, 8), output_size=3, unit_threads=1).sizes(batch=6)
     two = mb.Sequence(mb.LSTM(4, 8), output_size=3, unit_threads=2).sizes(batch=6)
     assert (one.unit_threads, two.unit_threads) == (1, 2)
-    # a second scratch (batch * (4H + input)) and output buffer (batch * output), two (H, batch)
-    # blocks of partial gradients per thread, and each thread's Python objects
+    # a second scratch (batch * (4H + input)); per thread a readout buffer of twice the outputs and
+    # its units' h_t (one output buffer is charged already), two (H, batch) blocks of partial
+    # gradients, and its Python objects
     extra = two.working_bytes - one.working_bytes
     python = 2 * -(-mb._model.UNIT_PYTHON_BYTES // 8) * 8
-    assert extra == (6 * (4 * 8 + 4) + 6 * 3 + 2 * 2 * 6 * 8) * 8 + python
+    readout = 2 * 2 * 6 * 3 - 6 * 3 + 6 * 8
+    assert extra == (6 * (4 * 8 + 4) + readout + 2 * 2 * 6 * 8) * 8 + python
     assert two.lane_extra_len * 8 == extra
 
 
