@@ -6,7 +6,11 @@ What it measures (see shared MEASURING.md for the method):
 1. Kernel time per step: each cell's forward kernel run over T steps from a
    small jitted driver (every step writes its own internal state, as plain
    BPTT does), then its backward kernel over the same steps in reverse; batch
-   16, input 64, hidden 64 and 256, float32 and float64. Beside it, the same
+   16, input 64, hidden 64 and 256, float32 and float64. A model whose steps
+   are shared by threads (Sequence.unit_split: LSTM hidden 256) is timed as
+   value_and_grad runs it: plain BPTT's schedule, its forward half (every
+   step kept) and its reverse half (each reversal with readout and loss).
+   Beside it, the same
    network as torch nn.RNN / nn.GRU / nn.LSTM over the whole sequence (forward
    with autograd recording, then backward), per step. Jordan has no torch
    counterpart. Also mb.value_and_grad (readout + mse loss, fwd+bwd) per step.
@@ -64,7 +68,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 import memopt_bptt as mb  # noqa: E402
-from memopt_bptt._executor import _chunk_kernels, _reverse_step, _sweep_threads  # noqa: E402
+from memopt_bptt._executor import _chunk_kernels, _reverse_step, _sweep_threads, _UnitRun  # noqa: E402
 from memopt_bptt.cells._blas import blas_threads  # noqa: E402
 
 try:
@@ -206,6 +210,23 @@ def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> d
         ds[:] = 0.0
         with blas_threads(threads):
             _drive_backward(bwd, flush, *P, xs, internals, inject, ds, ds_prev, *grads, work, chunk, c)
+
+    if sizes.unit_threads > 1:
+        # Steps shared by threads (Sequence.unit_split), as value_and_grad runs them: plain BPTT's
+        # schedule split in its forward half (every step kept in the pool) and its reverse half
+        # (each reversal with its readout and loss), on one set of buffers.
+        full = mb.plan(n_steps, budget=1.0, model=model, batch=BATCH, dtype=dtype, policy="full")
+        codes = full.codes
+        r0 = int(np.argmax(codes[:, 0] == 5))
+        runner = _UnitRun(model, P, xs, ys, np.zeros((1, 1), np.int64), sizes, 1.0 / ys.size, 0)
+        bufs = runner.buffers(full.pool_quanta, s0)
+        norms = [np.zeros(0)] * len(runner.units)
+
+        def ours_fwd():
+            runner.run(codes[:r0], bufs, list(grads), norms)
+
+        def ours_bwd():
+            runner.run(codes[r0:], bufs, list(grads), norms)
 
     def ours_vag():
         mb.value_and_grad(model, params, xs, ys)
