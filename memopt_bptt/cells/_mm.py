@@ -18,7 +18,8 @@ are split between threads.
 ``matmul(a, b, c, accumulate)`` computes ``c = a @ b`` (or ``c += a @ b``) for
 2-D arrays of one float dtype where b's and c's rows are contiguous and the
 column count is a multiple of the vector width; :func:`fits` says whether it
-applies, and callers fall back to BLAS otherwise.
+applies (half a line, 8 float32 or 4 float64, also does: lanes of batch 8),
+and callers fall back to BLAS otherwise.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ LINE_BYTES = 64
 """Bytes of one vector of the tile (16 float32 or 8 float64)."""
 
 
-def _make_tile(R: int, V: int):
+def _make_tile(R: int, V: int, half: bool = False):
     @intrinsic
     def tile(typingctx, a, b, c, m0, n0, accumulate):
-        """c[m0:m0+R, n0:n0+V*W] (+)= a[m0:m0+R, :] @ b[:, n0:n0+V*W]."""
+        """c[m0:m0+R, n0:n0+V*W] (+)= a[m0:m0+R, :] @ b[:, n0:n0+V*W] (W halved with ``half``)."""
         if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
                 and a.dtype in (types.float32, types.float64)):
             return None
@@ -54,7 +55,7 @@ def _make_tile(R: int, V: int):
             acc_flag = context.cast(builder, args[5], signature.args[5], types.boolean)
             flt = context.get_value_type(signature.args[0].dtype)
             size = 4 if signature.args[0].dtype == types.float32 else 8
-            W = LINE_BYTES // size
+            W = LINE_BYTES // size // (2 if half else 1)
             i32, i64 = ir.IntType(32), ir.IntType(64)
             vec = ir.VectorType(flt, W)
             itemsize = ir.Constant(i64, size)
@@ -107,6 +108,7 @@ def _make_tile(R: int, V: int):
 
 
 _t16x1, _t8x1, _t1x1 = _make_tile(16, 1), _make_tile(8, 1), _make_tile(1, 1)
+_h16x1, _h1x1 = _make_tile(16, 1, True), _make_tile(1, 1, True)  # half-width vectors (8 float32)
 _t4x2, _t1x2 = _make_tile(4, 2), _make_tile(1, 2)
 _t4x4, _t1x4 = _make_tile(4, 4), _make_tile(1, 4)
 
@@ -118,8 +120,8 @@ def _width(c):
 
 @njit(cache=True)
 def fits(b, c):
-    """Whether matmul applies: b's and c's rows contiguous, columns a multiple of the width."""
-    w = _width(c)
+    """Whether matmul applies: b's and c's rows contiguous, columns a multiple of half the width."""
+    w = _width(c) // 2
     return (c.shape[1] % w == 0 and c.shape[1] > 0 and c.strides[1] == c.itemsize
             and b.strides[1] == b.itemsize)
 
@@ -147,6 +149,15 @@ def matmul(a, b, c, accumulate):
                 m0 += 4
             while m0 < M:
                 _t1x2(a, b, c, m0, n0, accumulate)
+                m0 += 1
+    elif N % w != 0:  # half-width vectors
+        for n0 in range(0, N, w // 2):
+            m0 = 0
+            while m0 + 16 <= M:
+                _h16x1(a, b, c, m0, n0, accumulate)
+                m0 += 16
+            while m0 < M:
+                _h1x1(a, b, c, m0, n0, accumulate)
                 m0 += 1
     else:
         for n0 in range(0, N, w):
