@@ -212,9 +212,11 @@ class Sequence:
         rows of every GEMM and its units' elements of every block, and they
         meet at a barrier wherever one reads what another wrote (two or three
         times per step). Unlike lanes, this needs no second gradient
-        accumulator, only a second scratch buffer, and pays off where one
-        step's GEMMs are large (LSTM hidden 256 at batch 16: 1.6x faster than
-        one step on two BLAS threads, where elementwise work runs on one core).
+        accumulator, only a second scratch buffer and small exchange blocks,
+        and pays off where one step's GEMMs are large (LSTM hidden 256, batch
+        16, float32, T=1000: plain BPTT 0.215 s against 0.29 s for one step on
+        two BLAS threads, where the elementwise work runs on one core; at 5%
+        of its memory 0.267 s against 0.356 s).
 
         ``unit_threads=None`` (the default) uses two threads for a cell with
         unit kernels (Cell.unit_kernels: the built-in LSTM) whose recurrent

@@ -1007,6 +1007,9 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
         lanes_note = "" if not sizes.lanes else (
             f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
             "working buffers, Sequence(..., lanes=1) saves them")
+        if sizes.unit_threads > 1:
+            lanes_note = (f"; {sizes.unit_threads} unit threads take {sizes.lane_extra_len * sizes.itemsize} bytes "
+                          "of the working buffers, Sequence(..., unit_threads=1) saves them")
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
             f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "

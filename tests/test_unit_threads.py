@@ -316,3 +316,14 @@ def test_matmul_against_numpy(dtype, M, K, N, transposed):
         product(a[: M // 2], b, halves[: M // 2], True)
         product(a[M // 2:], b, halves[M // 2:], True)
         assert np.array_equal(c, halves)
+
+
+def test_too_small_a_budget_points_at_unit_threads_1():
+    model = mb.Sequence(mb.LSTM(64, 256), output_size=16)
+    sizes = model.sizes(batch=16, dtype="float32")
+    assert sizes.unit_threads == 2
+    with pytest.raises(mb.MemoryBudgetError, match=r"unit_threads=1"):
+        mb.plan(5, budget=0.01, model=model, batch=16, dtype="float32")
+    one = mb.Sequence(mb.LSTM(64, 256), output_size=16, unit_threads=1)
+    # the least budget with one thread is less by exactly what the threads add
+    assert least(model, 5, 16, "float32") - least(one, 5, 16, "float32") == sizes.lane_extra_len * 4
