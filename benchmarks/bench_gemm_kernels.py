@@ -1,21 +1,22 @@
-"""A hand-written broadcast GEMM kernel against OpenBLAS on the LSTM's shapes, one thread.
+"""The library's register-tiled GEMM (memopt_bptt.cells._mm) against OpenBLAS, one thread.
 
-Not used by the library yet: this measures whether writing our own kernels
-for the batch-16 GEMMs of a step would pay, before building on it. The
-kernel computes C (M x 16) += A (M x K) @ B (K x 16) in float32, with B's
-rows and C's rows as 16-wide vectors and each A element broadcast, R rows
-of C at a time in registers; it is emitted as LLVM IR (a Numba intrinsic),
-reads A through its strides (so W_hh^T of the backward is a view, not a
-copy) and never packs. Shapes (hidden 256, input 64, batch 16):
+The unit threads of an LSTM step (Sequence.unit_split) run their narrow
+products through ``_mm.product``: the tiled kernel where the columns fill
+whole vectors, BLAS otherwise. This measures both on the products one of two
+threads computes per step at hidden 256, input 64, batch 16, float32 (and
+the whole-matrix shapes for reference):
 
-* forward  ``W_hh @ h``   (1024 x 256) @ (256 x 16)
-* forward  ``W_ih @ x^T`` (1024 x 64)  @ (64 x 16)
-* backward ``W_hh^T @ d`` (256 x 1024) @ (1024 x 16), A a transposed view
-* half of it, the rows one of two threads would take (128 x 1024)
+* forward   ``W_hh[rows] @ h``        (128 x 256) @ (256 x 16), four gates per step
+* forward   ``W_ih[rows] @ x^T``      (128 x 64)  @ (64 x 16)
+* backward  ``d_q^T @ W_hh[rows]``    (16 x 128)  @ (128 x 256), the partial dL/dh, transposed
+* weights   ``D_q @ X``               (128 x 32)  @ (32 x 64), two steps of a gate's dW_ih
+* weights   ``D_q @ H^T``             (128 x 32)  @ (32 x 256), two steps of a gate's dW_hh
+* whole     ``W_hh @ h``              (1024 x 256) @ (256 x 16)
+* whole     ``W_hh^T @ d``            (256 x 1024) @ (1024 x 16), A a transposed view
 
 Each result is checked against numpy in float64: the max abs error is
-printed, and must be within 4x OpenBLAS's own (float32 rounding); the
-times are the best of 5 rounds of 200 calls, OpenBLAS pinned to one thread.
+printed and must be within 4x OpenBLAS's own; times are the best of 5 rounds
+of 200 calls, OpenBLAS pinned to one thread.
 
     python benchmarks/bench_gemm_kernels.py
 
@@ -32,67 +33,18 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import njit, types  # noqa: E402
-from numba.core import cgutils  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba import njit  # noqa: E402
 
 from memopt_bptt.cells._blas import BLAS_LIBRARY, blas_threads, gemm  # noqa: E402
+from memopt_bptt.cells._mm import fits, matmul  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WIDTH = 16  # float32 lanes of one 512-bit vector: the batch
 
 
-def _make_kernel(rows: int):
-    @intrinsic
-    def kernel(typingctx, a, b, c):
-        """c (M, 16) += a (M, K) @ b (K, 16); float32, b and c C-contiguous, M % rows == 0."""
-        sig = types.void(a, b, c)
-
-        def codegen(context, builder, signature, args):
-            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            b_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            c_arr = context.make_array(signature.args[2])(context, builder, args[2])
-            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-            vec = ir.VectorType(f32, WIDTH)
-            M, K = cgutils.unpack_tuple(builder, a_arr.shape, 2)
-            sm, sk = (builder.udiv(s, ir.Constant(i64, 4)) for s in cgutils.unpack_tuple(builder, a_arr.strides, 2))
-            accs = [cgutils.alloca_once(builder, vec) for _ in range(rows)]
-            undef = ir.Constant(vec, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, WIDTH), [0] * WIDTH)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                 f"llvm.fma.v{WIDTH}f32")
-
-            def row_ptr(base, row):
-                return builder.bitcast(builder.gep(base, [builder.mul(row, ir.Constant(i64, WIDTH))]),
-                                       vec.as_pointer())
-
-            with cgutils.for_range(builder, builder.udiv(M, ir.Constant(i64, rows))) as blk:
-                m0 = builder.mul(blk.index, ir.Constant(i64, rows))
-                ms = [builder.add(m0, ir.Constant(i64, r)) for r in range(rows)]
-                for r in range(rows):
-                    builder.store(builder.load(row_ptr(c_arr.data, ms[r]), align=4), accs[r])
-                with cgutils.for_range(builder, K) as kl:
-                    k = kl.index
-                    bv = builder.load(row_ptr(b_arr.data, k), align=4)
-                    for r in range(rows):
-                        a_val = builder.load(builder.gep(a_arr.data, [builder.add(builder.mul(ms[r], sm),
-                                                                                  builder.mul(k, sk))]))
-                        va = builder.shuffle_vector(builder.insert_element(undef, a_val, ir.Constant(i32, 0)),
-                                                    undef, splat)
-                        builder.store(builder.call(fma, [va, bv, builder.load(accs[r])]), accs[r])
-                for r in range(rows):
-                    builder.store(builder.load(accs[r]), row_ptr(c_arr.data, ms[r]), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    @njit
-    def run(a, b, c, reps):
-        for _ in range(reps):
-            kernel(a, b, c)
-
-    return run
+@njit
+def _run_ours(a, b, c, reps):
+    for _ in range(reps):
+        matmul(a, b, c, True)
 
 
 @njit
@@ -111,42 +63,48 @@ def _best(fn, a, b, c, reps=200, rounds=5):
     return best
 
 
+SHAPES = [  # name, M, K, N, A is a transposed view
+    ("W_hh[rows] @ h", 128, 256, 16, False),
+    ("W_ih[rows] @ x^T", 128, 64, 16, False),
+    ("d_q^T @ W_hh[rows]", 16, 128, 256, True),
+    ("D_q @ X (dW_ih)", 128, 32, 64, False),
+    ("D_q @ H^T (dW_hh)", 128, 32, 256, False),
+    ("whole W_hh @ h", 1024, 256, 16, False),
+    ("whole W_hh^T @ d", 256, 1024, 16, True),
+]
+
+
 def main() -> dict:
     rng = np.random.default_rng(0)
-    kernels = {8: _make_kernel(8), 16: _make_kernel(16)}
-    shapes = [("W_hh @ h", 1024, 256, False), ("W_ih @ x^T", 1024, 64, False),
-              ("W_hh^T @ d", 256, 1024, True), ("half of W_hh^T @ d", 128, 1024, True)]
     rows_out = []
-    print(f"one thread, float32, batch {WIDTH}; OpenBLAS: {BLAS_LIBRARY}")
-    print(f"{'GEMM':>20} {'M x K':>11} | {'ours R=8':>14} {'ours R=16':>14} {'OpenBLAS':>14} | {'max err':>8}")
+    print(f"one thread, float32; OpenBLAS: {BLAS_LIBRARY}")
+    print(f"{'product':>20} {'M x K x N':>15} | {'ours':>16} {'OpenBLAS':>16} | {'ours/BLAS':>9} | {'max err':>8}")
     with blas_threads(1):
-        for name, M, K, transposed in shapes:
+        for name, M, K, N, transposed in SHAPES:
             a = rng.standard_normal((K, M)).astype(np.float32).T if transposed else \
                 rng.standard_normal((M, K)).astype(np.float32)
-            b = rng.standard_normal((K, WIDTH)).astype(np.float32)
-            flops = 2.0 * M * K * WIDTH
-            row = {"gemm": name, "M": M, "K": K, "a_transposed_view": transposed}
-            err = 0.0
-            for r, fn in kernels.items():
-                c = np.zeros((M, WIDTH), np.float32)
-                fn(a, b, c, 1)
-                err = max(err, float(np.max(np.abs(c - a.astype(np.float64) @ b.astype(np.float64)))))
-                t = _best(fn, a, b, np.zeros((M, WIDTH), np.float32))
-                row[f"ours_R{r}_us"], row[f"ours_R{r}_gflops"] = 1e6 * t, flops / t / 1e9
-            c = np.zeros((M, WIDTH), np.float32)
-            _run_blas(np.ascontiguousarray(a), b, c, 1)
-            blas_err = float(np.max(np.abs(c - a.astype(np.float64) @ b.astype(np.float64))))
+            b = rng.standard_normal((K, N)).astype(np.float32)
+            exact = a.astype(np.float64) @ b.astype(np.float64)
+            c = np.zeros((M, N), np.float32)
+            assert fits(b, c)
+            matmul(a, b, c, True)
+            err = float(np.max(np.abs(c - exact)))
+            a_c = np.ascontiguousarray(a)
+            c = np.zeros((M, N), np.float32)
+            _run_blas(a_c, b, c, 1)
+            blas_err = float(np.max(np.abs(c - exact)))
             if err > 4 * blas_err:
                 raise AssertionError(f"{name}: our kernel's error {err:.2e} is over 4x OpenBLAS's {blas_err:.2e}")
-            row["openblas_max_abs_error_vs_float64"] = blas_err
-            t = _best(_run_blas, np.ascontiguousarray(a), b, np.zeros((M, WIDTH), np.float32))
-            row["openblas_us"], row["openblas_gflops"] = 1e6 * t, flops / t / 1e9
-            row["max_abs_error_vs_float64"] = err
+            flops = 2.0 * M * K * N
+            t_ours = _best(_run_ours, a, b, np.zeros((M, N), np.float32))
+            t_blas = _best(_run_blas, a_c, b, np.zeros((M, N), np.float32))
+            row = {"product": name, "M": M, "K": K, "N": N, "a_transposed_view": transposed,
+                   "ours_us": 1e6 * t_ours, "ours_gflops": flops / t_ours / 1e9,
+                   "openblas_us": 1e6 * t_blas, "openblas_gflops": flops / t_blas / 1e9,
+                   "max_abs_error_vs_float64": err, "openblas_max_abs_error_vs_float64": blas_err}
             rows_out.append(row)
-            print(f"{name:>20} {f'{M} x {K}':>11} | "
-                  + " ".join(f"{row[k + '_us']:6.1f} us {row[k + '_gflops']:3.0f}G"
-                             for k in ("ours_R8", "ours_R16", "openblas"))
-                  + f" | {err:8.1e}")
+            print(f"{name:>20} {f'{M} x {K} x {N}':>15} | {row['ours_us']:6.1f} us {row['ours_gflops']:4.0f}G "
+                  f"{row['openblas_us']:6.1f} us {row['openblas_gflops']:4.0f}G | {t_ours / t_blas:9.2f} | {err:8.1e}")
     result = {"machine": platform.machine(), "cpus": os.cpu_count(), "blas": BLAS_LIBRARY, "rows": rows_out}
     out = os.path.join(HERE, "results", "bench_gemm_kernels.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
