@@ -17,10 +17,12 @@ import os
 import threading
 import time
 import tracemalloc
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.core.errors import NumbaExperimentalFeatureWarning
 
 from ._budget import MemoryBudgetError, parse_budget
 from ._model import Sequence
@@ -546,6 +548,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
 
 
 _UNIT_SWEEPS: dict = {}
+_COMPILED: set = set()  # (unit sweep, dtype, target dtype) compiled in this process
 
 
 def _unit_sweep(kernels):
@@ -607,13 +610,25 @@ class _UnitRun:
         flags = new_flags(n)
         results: list[Any] = [None] * n
 
+        sweep = _unit_sweep(cell.unit_kernels)
+
+        def args(k, codes_):
+            return (codes_, *self.arrays, self.xs, self.ys_f, self.ys_i, self.loss_kind, cell.hidden_size, pool,
+                    *shared, *own[k], chunk, cell.grad_chunk, *grads, sz.state_len, sz.internal_len, self.scale,
+                    norms[k], sz.quantum[0] * B, k, self.units[k][0], self.units[k][1], flags, self.spin, exchange)
+
+        key = (sweep, self.arrays[0].dtype.str, self.ys_f.dtype.str)
+        if key not in _COMPILED:
+            # Compile here, on an empty schedule (no barrier to wait at), so Numba's note that
+            # functions passed as values are "experimental" is not printed from every thread.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NumbaExperimentalFeatureWarning)
+                sweep(*args(0, codes[:0]))
+            _COMPILED.add(key)
+
         def one(k):
             try:
-                results[k] = _unit_sweep(cell.unit_kernels)(
-                    codes, *self.arrays, self.xs, self.ys_f, self.ys_i, self.loss_kind,
-                    cell.hidden_size, pool, *shared, *own[k], chunk, cell.grad_chunk, *grads, sz.state_len,
-                    sz.internal_len, self.scale, norms[k], sz.quantum[0] * B, k, self.units[k][0], self.units[k][1],
-                    flags, self.spin, exchange)
+                results[k] = sweep(*args(k, codes))
             except BaseException as exc:  # re-raised by the calling thread
                 abort(flags)  # release the other threads from their barriers
                 results[k] = exc
