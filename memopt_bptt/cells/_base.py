@@ -52,15 +52,19 @@ elements of every block; the built-in LSTM does)::
 
     forward(*P, x, s_prev, s_new, internal, work, u0, u1)      # reads all of h_{t-1}
     rebuild(*P, x, internal, s_out, work, u0, u1)
-    backward_local(*P, x, internal, ds, ds_prev, work, chunk, j, u0, u1)
-        # reads and writes only the units' elements; their gate gradients
-        # and h_{t-1} go to column block j of the chunk
-    backward_shared(*P, x, ds_prev, chunk, j, u0, u1)           # after every thread's
-        # backward_local: the units' dL/dh_{t-1} from all gate gradients
+    backward_local(*P, x, internal, ds, ds_prev, work, chunk, j, part, u0, u1)
+        # reads only the units' elements of internal and ds; writes their
+        # elements of ds_prev but dL/dh_{t-1}, their part of the chunk's
+        # column block j, and into ``part`` (batch * hidden) what their
+        # gates contribute to every unit's dL/dh_{t-1}
+    backward_shared(*P, x, ds_prev, parts, u0, u1)             # after every thread's
+        # backward_local: the units' dL/dh_{t-1}, the threads' parts (one row
+        # of ``parts`` each) added in thread order
     flush(*P, xs_chunk, chunk, w, *G, u0, u1)                   # the units' rows of G
 
 The executor runs them between barriers, so every read of another thread's
-units comes after that thread wrote them.
+units comes after that thread wrote them; ``parts`` alternates between two
+buffers by step parity. ``work`` is each thread's own.
 
 ``ds`` holds dL/ds_t in full (from later steps and this step's loss); the
 kernel may overwrite it. Kernels must not allocate arrays per call (use
