@@ -227,10 +227,12 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
     hidden units (Sequence.unit_split): this thread computes units u0..u1-1
     with the cell's unit kernels. Every buffer but ``work``, ``outbuf`` and
     ``ds_norms`` is shared; each thread writes only its units' elements (and
-    rows of the weight gradients; thread 0 the readout bias), and a barrier
-    separates every write of h (or of the gate gradients) from the other
-    threads' reads. Every thread computes the readout and loss of all units;
-    thread 0's loss is returned. Returns (loss sum, forwards, dL/ds_0)."""
+    rows of the weight gradients, columns of the readout's; thread 0 the
+    readout bias) and its row of ``exchange``, and a barrier separates every
+    write of h, of ``exchange`` or of the weight-gradient block's h_{t-1}
+    from the other threads' reads. Every thread computes the readout and
+    loss of all units; thread 0's loss is returned. Returns (loss sum,
+    forwards, dL/ds_0)."""
     fwd, rebuild, bwd_local, bwd_shared, flush = kernels
     B = xs.shape[1]
     O = w_out.shape[0]
@@ -326,7 +328,7 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
                 x_block = xs[t: t + w].reshape((w * B, xs.shape[2]))
                 flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x_block, chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
                       g_w_out, g_b_out, u0, u1)
-                nb += 1
+                nb += 1  # the flush read every unit's h_{t-1}: the next block writes them only after this
                 barrier(flags, k, nb, spin)
             ds, ds_prev = ds_prev, ds
     return loss, forwards, ds
