@@ -550,7 +550,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
 
 
 _UNIT_SWEEPS: dict = {}
-_COMPILED: set = set()  # (unit sweep, dtype, target dtype) compiled in this process
+_COMPILED: set = set()  # (unit sweep, argument kinds) compiled in this process
 
 
 def _unit_sweep(kernels):
@@ -619,7 +619,10 @@ class _UnitRun:
                     *shared, *own[k], chunk, cell.grad_chunk, *grads, sz.state_len, sz.internal_len, self.scale,
                     norms[k], sz.quantum[0] * B, k, self.units[k][0], self.units[k][1], flags, self.spin, exchange)
 
-        key = (sweep, self.arrays[0].dtype.str, self.ys_f.dtype.str)
+        # What decides Numba's types: dtypes, dimensions, layouts, read-only flags (a schedule's
+        # codes are read-only), and the scalars' kinds.
+        key = (sweep,) + tuple((a.dtype.str, a.ndim, a.flags.c_contiguous, a.flags.writeable)
+                               if isinstance(a, np.ndarray) else type(a) for a in args(0, codes))
         if key not in _COMPILED:
             # Compile here, on an empty schedule (no barrier to wait at), so Numba's note that
             # functions passed as values are "experimental" is not printed from every thread.
