@@ -1,4 +1,5 @@
-"""What one value_and_grad call keeps, measured with tracemalloc (shared by the memory tests)."""
+"""Helpers shared by the memory tests: what one value_and_grad call keeps (tracemalloc), and the
+least budget plan() accepts."""
 
 from __future__ import annotations
 
@@ -18,3 +19,16 @@ def kept_bytes(model, params, xs, ys, schedule) -> int:
     finally:
         tracemalloc.stop()
     return peak - sum(g.nbytes for g in grads.values())
+
+
+def least_bytes(model, T, batch, policy="msm", dtype="float64"):
+    """The least byte budget plan() accepts, read from MemoryBudgetError.least_bytes."""
+    budget = 1
+    for _ in range(4):
+        try:
+            mb.plan(T, budget=budget, model=model, batch=batch, policy=policy, dtype=dtype)
+            return budget
+        except mb.MemoryBudgetError as exc:
+            assert exc.least_bytes is not None and exc.least_bytes > budget
+            budget = exc.least_bytes
+    raise AssertionError("MemoryBudgetError.least_bytes does not lead to a budget that works")

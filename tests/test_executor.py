@@ -35,7 +35,7 @@ import memopt_bptt as mb
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _tracing import kept_bytes  # noqa: E402
+from _tracing import kept_bytes, least_bytes  # noqa: E402
 from oracles import brute_force_cost  # noqa: E402
 
 POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
@@ -61,19 +61,6 @@ def make_problem(kind, loss, *, T, batch, input_size=2, hidden=3, output=2, seed
         ys = rng.integers(0, output, size=(T, batch))
     h0 = rng.normal(scale=0.5, size=model.state_shape(batch)) if with_h0 else None
     return model, params, xs, ys, h0
-
-
-def least_bytes(model, T, batch, policy="msm", dtype="float64"):
-    """The least byte budget plan() accepts, read from MemoryBudgetError.least_bytes."""
-    budget = 1
-    for _ in range(4):
-        try:
-            mb.plan(T, budget=budget, model=model, batch=batch, policy=policy, dtype=dtype)
-            return budget
-        except mb.MemoryBudgetError as exc:
-            assert exc.least_bytes is not None and exc.least_bytes > budget
-            budget = exc.least_bytes
-    raise AssertionError("MemoryBudgetError.least_bytes does not lead to a budget that works")
 
 
 def full_bytes(model, T, batch, dtype="float64"):
@@ -128,20 +115,14 @@ _NRT_SCRIPT = textwrap.dedent("""
         for policy, budget in (("msm", least + 3000), ("revolve", least + 1000), ("full", 1.0)):
             schedule = mb.plan(T, budget=budget, model=model, batch=2, policy=policy)
             result[f"{T}/{policy}"] = nrt_counts(model, schedule, xs, ys)
-        # two lanes (two sweeps on two threads)
-        lanes = mb.Sequence(model.cell, output_size=2, lanes=2)
-        try:
-            mb.plan(T, budget=1, model=lanes, batch=2)
-        except mb.MemoryBudgetError as exc:
-            schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=lanes, batch=2)
-        result[f"{T}/lanes"] = nrt_counts(lanes, schedule, xs, ys)
-        # two threads sharing every step by hidden units
-        units = mb.Sequence(model.cell, output_size=2, unit_threads=2)
-        try:
-            mb.plan(T, budget=1, model=units, batch=2)
-        except mb.MemoryBudgetError as exc:
-            schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=units, batch=2)
-        result[f"{T}/units"] = nrt_counts(units, schedule, xs, ys)
+        # two lanes (two sweeps on two threads); two threads sharing every step by hidden units
+        for name, split in (("lanes", {"lanes": 2}), ("units", {"unit_threads": 2})):
+            two = mb.Sequence(model.cell, output_size=2, **split)
+            try:
+                mb.plan(T, budget=1, model=two, batch=2)
+            except mb.MemoryBudgetError as exc:
+                schedule = mb.plan(T, budget=exc.least_bytes + 3000, model=two, batch=2)
+            result[f"{T}/{name}"] = nrt_counts(two, schedule, xs, ys)
     print(json.dumps(result))
 """)
 

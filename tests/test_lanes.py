@@ -23,7 +23,7 @@ import memopt_bptt._executor as executor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _tracing import kept_bytes  # noqa: E402
+from _tracing import kept_bytes, least_bytes  # noqa: E402
 from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
 
 CELLS = {
@@ -44,14 +44,6 @@ def problem(kind, loss, *, T, batch, lanes, input_size=2, hidden=3, output=2, se
     ys = rng.normal(size=(T, batch, output)) if loss == "mse" else rng.integers(0, output, size=(T, batch))
     h0 = rng.normal(scale=0.5, size=model.state_shape(batch))
     return model, params, xs, ys, h0
-
-
-def least(model, T, batch, dtype="float64"):
-    try:
-        mb.plan(T, budget=1, model=model, batch=batch, dtype=dtype)
-    except mb.MemoryBudgetError as exc:
-        return exc.least_bytes
-    raise AssertionError("a budget of 1 byte was accepted")
 
 
 def test_lane_batches_rule():
@@ -103,7 +95,7 @@ def test_lanes_every_policy_is_bit_identical_to_their_plain_bptt(kind, loss, T, 
         assert max_relative_error(reference[1][name], single[1][name]) < 1e-11, name
     assert np.allclose(reference[2], single[2], rtol=1e-11, atol=1e-14)
     assert np.allclose(norms_ref, norms_one, rtol=1e-11, atol=1e-14)
-    lo = least(model, T, batch)
+    lo = least_bytes(model, T, batch)
     full = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full").budget_bytes
     budget = lo + int(frac * (full - lo))
     for policy in POLICIES:
@@ -123,7 +115,7 @@ def test_lanes_every_policy_is_bit_identical_to_their_plain_bptt(kind, loss, T, 
 def test_lanes_match_finite_differences(kind):
     T, batch = 5, 3
     model, params, xs, ys, h0 = problem(kind, "cross_entropy", T=T, batch=batch, lanes=3, output=3)
-    budget = least(model, T, batch) + 2 * model.sizes(batch=batch).state_bytes
+    budget = least_bytes(model, T, batch) + 2 * model.sizes(batch=batch).state_bytes
     loss, grads, dh0 = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
     ref = reference_loss(kind, params, xs, ys, loss="cross_entropy", h0=h0)
     assert abs(loss - ref) < 1e-12
@@ -136,7 +128,7 @@ def test_lanes_match_finite_differences(kind):
 
 def test_sequential_lanes_give_the_same_bits_as_threads(monkeypatch):
     model, params, xs, ys, h0 = problem("lstm", "mse", T=30, batch=8, lanes=2, hidden=5)
-    budget = least(model, 30, 8) + 5 * model.sizes(batch=8).state_bytes
+    budget = least_bytes(model, 30, 8) + 5 * model.sizes(batch=8).state_bytes
     threaded = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
     monkeypatch.setattr(executor, "_usable_cpus", lambda: 1)
     sequential = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
@@ -163,7 +155,7 @@ def test_float32_lanes_are_bit_identical_across_policies():
 def test_lanes_stay_within_the_budget():
     T, batch = 30, 8
     model, params, xs, ys, _ = problem("gru", "mse", T=T, batch=batch, lanes=2, input_size=3, hidden=16)
-    schedule = mb.plan(T, budget=least(model, T, batch) + 20_000, model=model, batch=batch)
+    schedule = mb.plan(T, budget=least_bytes(model, T, batch) + 20_000, model=model, batch=batch)
     assert schedule.forward_steps > T  # a real budget, not plain BPTT
     kept = kept_bytes(model, params, xs, ys, schedule)
     assert kept <= schedule.budget_bytes + mb._model.PYTHON_OVERHEAD_BYTES, (kept, schedule.budget_bytes)
@@ -173,7 +165,7 @@ def test_lanes_stay_within_the_budget():
 def test_schedule_planned_without_lanes_is_rejected():
     model, params, xs, ys, _ = problem("gru", "mse", T=10, batch=4, lanes=2)
     one = mb.Sequence(model.cell, output_size=model.output_size, lanes=1)
-    schedule = mb.plan(10, budget=least(model, 10, 4) + 1000, model=one, batch=4)
+    schedule = mb.plan(10, budget=least_bytes(model, 10, 4) + 1000, model=one, batch=4)
     with pytest.raises(ValueError, match="working bytes"):
         mb.value_and_grad(model, params, xs, ys, schedule=schedule)
 
@@ -189,7 +181,7 @@ def test_value_and_grad_reuses_its_plans(monkeypatch):
 
     monkeypatch.setattr(executor, "_PLANS", {})
     monkeypatch.setattr(executor, "plan", counting)
-    budget = least(model, 12, 4) + 3000
+    budget = least_bytes(model, 12, 4) + 3000
     first = mb.value_and_grad(model, params, xs, ys, budget=budget)
     again = mb.value_and_grad(model, params, xs, ys, budget=budget)
     assert len(calls) == 1
@@ -219,4 +211,5 @@ def test_too_small_a_budget_points_at_lanes_1():
     one = mb.Sequence(mb.LSTM(64, 64), output_size=16, lanes=1)
     sizes = model.sizes(batch=16, dtype="float32")
     # the least budget without lanes is less by exactly what the lanes add
-    assert least(model, 20, 16, "float32") - least(one, 20, 16, "float32") == sizes.lane_extra_len * 4
+    extra = least_bytes(model, 20, 16, dtype="float32") - least_bytes(one, 20, 16, dtype="float32")
+    assert extra == sizes.lane_extra_len * 4
