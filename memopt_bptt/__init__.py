@@ -20,6 +20,7 @@ from ._budget import format_bytes
 from ._budget import parse_budget
 from ._executor import Report
 from ._executor import measure_byte_cost, measure_step_times
+from ._executor import final_state
 from ._executor import value_and_grad
 from ._model import Sequence
 from ._planner import POLICIES
@@ -63,6 +64,7 @@ __all__ = [
     "clip_by_global_norm",
     "copy_task",
     "Elman",
+    "final_state",
     "format_bytes",
     "global_norm",
     "grad_norm_by_lag",

@@ -24,9 +24,8 @@ import numpy as np
 from numba import njit
 from numba.core.errors import NumbaExperimentalFeatureWarning
 
-from ._budget import MemoryBudgetError, parse_budget
 from ._model import Sequence
-from ._planner import plan
+from ._plans import cached_plan, resolve_policy
 from ._schedule import Schedule
 from .cells._blas import blas_threads, gemm
 from .cells._mm import product
@@ -333,24 +332,6 @@ def _sweep_units(kernels, codes, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, ys_f,
     return loss, forwards, ds
 
 
-_PLANS: dict = {}
-PLAN_CACHE_SIZE = 16
-"""value_and_grad keeps the schedules of its last 16 (T, budget, policy,
-sizes) so repeated calls do not plan again (an msm table can take longer
-than the sweep); a schedule is immutable and small (three int64 per action)."""
-
-
-def _cached_plan(T, budget, model, batch, dtype, policy, sizes):
-    key = (T, parse_budget(budget), policy, sizes, model.cell.backward_forward_ratio, model.describe())
-    schedule = _PLANS.pop(key, None)
-    if schedule is None:
-        schedule = plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)
-        while len(_PLANS) >= PLAN_CACHE_SIZE:
-            _PLANS.pop(next(iter(_PLANS)))
-    _PLANS[key] = schedule  # most recent last
-    return schedule
-
-
 class Report(NamedTuple):
     """What one value_and_grad call did (``return_report=True``)."""
 
@@ -400,13 +381,8 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     T, B = xs_c.shape[:2]
     sizes = model.sizes(batch=B, dtype=dtype)
     if schedule is None:
-        if policy is None:
-            policy = "full" if budget is None else "msm"
-        if budget is None:
-            if policy != "full":
-                raise ValueError(f"value_and_grad: policy={policy!r} needs budget= (bytes, '64MiB' or a fraction)")
-            budget = 1.0
-        schedule = _cached_plan(T, budget, model, B, dtype, policy, sizes)
+        budget, policy = resolve_policy(budget, policy, where="value_and_grad")
+        schedule = cached_plan(T, budget=budget, policy=policy, model=model, batch=B, dtype=dtype)
     else:
         if budget is not None or policy is not None:
             raise ValueError("value_and_grad: give either schedule= or budget=/policy=, not both")
@@ -878,3 +854,37 @@ def measure_byte_cost(model: Sequence, *, batch: int, dtype: Any = "float32", T:
     stream(False)
     rounds = [(stream(True) - stream(False)) for _ in range(repeats)]
     return max(float(np.median(rounds)), 0.0) / (T * n * dt.itemsize)
+
+
+def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: np.ndarray | None = None) -> np.ndarray:
+    """The state after every step of ``xs``, from ``h0`` (zeros if None), with no gradient.
+
+    Returns a new array of shape ``model.state_shape(batch)``, what ``h0=``
+    accepts, so a long sequence can be run piece by piece: the forward of the
+    same steps as :func:`value_and_grad`, bit for bit, keeping O(1) memory.
+
+    Example::
+
+        h = mb.final_state(model, params, xs[:500])
+        h = mb.final_state(model, params, xs[500:], h0=h)   # == mb.final_state(model, params, xs)
+    """
+    if not isinstance(model, Sequence):
+        raise TypeError(f"final_state: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
+    arrays = model.check_params(params, where="final_state")
+    xs_c, h0_flat = model.check_inputs(xs, arrays[0].dtype, where="final_state", h0=h0)
+    B = xs_c.shape[1]
+    sizes = model.sizes(batch=B, dtype=arrays[0].dtype, split=False)
+    cur = h0_flat
+    nxt = np.empty_like(cur)
+    internal = np.empty(sizes.internal_len, cur.dtype)
+    work = np.empty(max(sizes.work_len, 1), cur.dtype)
+    _advance(model.cell.forward_step, arrays, xs_c, cur, nxt, internal, work)
+    return model.user_state(cur if xs_c.shape[0] % 2 == 0 else nxt, B)
+
+
+@njit
+def _advance(fwd, arrays, xs, cur, nxt, internal, work):
+    w_ih, w_hh, b_ih, b_hh, w_out, b_out = arrays
+    for t in range(xs.shape[0]):
+        fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], cur, nxt, internal, work)
+        cur, nxt = nxt, cur

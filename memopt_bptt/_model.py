@@ -304,6 +304,17 @@ class Sequence:
         extra = own - whole.working_bytes // whole.itemsize + (len(lanes) - 1) * params + len(lanes) * python
         return whole._replace(lanes=lanes, lane_extra_len=extra)
 
+    def split_note(self, sizes: Sizes) -> str:
+        """What splitting the work (lanes or unit threads) adds to the working
+        buffers, and how to save it, for a budget error's message ("" if unsplit)."""
+        if sizes.unit_threads > 1:
+            return (f"; {sizes.unit_threads} unit threads take {sizes.lane_extra_len * sizes.itemsize} bytes "
+                    "of the working buffers, Sequence(..., unit_threads=1) saves them")
+        if sizes.lanes:
+            return (f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
+                    "working buffers, Sequence(..., lanes=1) saves them")
+        return ""
+
     def lane_chunk_rows(self, lane_batch: int) -> int:
         """Rows of the input copy a lane keeps for deferred weight gradients
         (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
@@ -350,9 +361,8 @@ class Sequence:
             arrays.append(np.ascontiguousarray(a))
         return tuple(arrays)
 
-    def check_data(self, xs: Any, ys: Any, dtype: np.dtype, *, where: str = "value_and_grad",
-                   h0: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(xs, ys_float, ys_int, h0) checked and contiguous; one of the ys is a dummy."""
+    def check_inputs(self, xs: Any, dtype: np.dtype, *, where: str, h0: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(xs, flat h0) checked and contiguous, for a forward without targets."""
         if not isinstance(xs, np.ndarray):
             raise TypeError(f"{where}: xs must be a numpy array of shape (T, batch, {self.cell.input_size})")
         if xs.ndim != 3 or xs.shape[2] != self.cell.input_size or xs.shape[0] < 1 or xs.shape[1] < 1:
@@ -363,6 +373,25 @@ class Sequence:
                             f"(e.g. xs.astype(np.{dtype.name}))")
         if not _all_finite(xs):
             raise ValueError(f"{where}: xs contains NaN or inf")
+        B = xs.shape[1]
+        if h0 is None:
+            h0_arr = np.zeros(B * self.cell.state_width(self.output_size), dtype)
+        else:
+            expect = self.state_shape(B)
+            if not isinstance(h0, np.ndarray) or h0.shape != expect:
+                got = h0.shape if isinstance(h0, np.ndarray) else type(h0).__name__
+                raise ValueError(f"{where}: h0 has shape {got}, expected {expect}")
+            if h0.dtype != dtype:
+                raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
+            if not _all_finite(h0):
+                raise ValueError(f"{where}: h0 contains NaN or inf")
+            h0_arr = self.flat_state(h0)
+        return np.ascontiguousarray(xs), h0_arr
+
+    def check_data(self, xs: Any, ys: Any, dtype: np.dtype, *, where: str = "value_and_grad",
+                   h0: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(xs, ys_float, ys_int, h0) checked and contiguous; one of the ys is a dummy."""
+        xs, h0_arr = self.check_inputs(xs, dtype, where=where, h0=h0)
         T, B = xs.shape[:2]
         if not isinstance(ys, np.ndarray):
             raise TypeError(f"{where}: ys must be a numpy array")
@@ -387,20 +416,7 @@ class Sequence:
                                  f"found {int(ys.min())}..{int(ys.max())}")
             ys_i = np.ascontiguousarray(ys, dtype=np.int64)
             ys_f = np.zeros((1, 1, 1), dtype)
-        state_len = B * self.cell.state_width(self.output_size)
-        if h0 is None:
-            h0_arr = np.zeros(state_len, dtype)
-        else:
-            expect = self.state_shape(B)
-            if not isinstance(h0, np.ndarray) or h0.shape != expect:
-                got = h0.shape if isinstance(h0, np.ndarray) else type(h0).__name__
-                raise ValueError(f"{where}: h0 has shape {got}, expected {expect}")
-            if h0.dtype != dtype:
-                raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
-            if not _all_finite(h0):
-                raise ValueError(f"{where}: h0 contains NaN or inf")
-            h0_arr = self.flat_state(h0)
-        return np.ascontiguousarray(xs), ys_f, ys_i, h0_arr
+        return xs, ys_f, ys_i, h0_arr
 
     def _state_blocks(self) -> tuple[int, bool]:
         """(number of hidden-wide blocks, whether state_shape lists blocks first)."""

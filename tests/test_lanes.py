@@ -9,6 +9,7 @@ lanes (bit-identical to the threaded one).
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import tracemalloc
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 import memopt_bptt as mb
 import memopt_bptt._executor as executor
+import memopt_bptt._plans as plans
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,14 +175,14 @@ def test_schedule_planned_without_lanes_is_rejected():
 def test_value_and_grad_reuses_its_plans(monkeypatch):
     model, params, xs, ys, _ = problem("gru", "mse", T=12, batch=4, lanes=2)
     calls = []
-    real = executor.plan
+    real = plans.plan
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("budget"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(executor, "_PLANS", {})
-    monkeypatch.setattr(executor, "plan", counting)
+    monkeypatch.setattr(plans, "_PLANS", collections.OrderedDict())
+    monkeypatch.setattr(plans, "plan", counting)
     budget = least_bytes(model, 12, 4) + 3000
     first = mb.value_and_grad(model, params, xs, ys, budget=budget)
     again = mb.value_and_grad(model, params, xs, ys, budget=budget)
@@ -189,9 +191,9 @@ def test_value_and_grad_reuses_its_plans(monkeypatch):
     mb.value_and_grad(model, params, xs, ys, budget=budget + 500)      # another budget plans again
     mb.value_and_grad(model, params, xs[:10], ys[:10], budget=budget)  # another T too
     assert len(calls) == 3
-    for k in range(executor.PLAN_CACHE_SIZE + 2):                       # the cache stays bounded
+    for k in range(plans.PLAN_CACHE_SIZE + 2):                       # the cache stays bounded
         mb.value_and_grad(model, params, xs, ys, budget=budget + 10 * (k + 1))
-    assert len(executor._PLANS) == executor.PLAN_CACHE_SIZE
+    assert len(plans._PLANS) == plans.PLAN_CACHE_SIZE
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

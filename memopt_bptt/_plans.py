@@ -1,0 +1,50 @@
+"""The one plan cache: schedules reused across calls of value_and_grad and train.
+
+Planning an msm table can take longer than the sweep it plans, and training
+calls the executor with the same T, budget and sizes thousands of times. The
+cache keeps the last ``PLAN_CACHE_SIZE`` schedules, keyed by everything that
+decides one (T, the parsed budget, the policy, the model's sizes and
+description, its b/f ratio); a schedule is immutable and small (three int64
+per action), so sharing one is safe.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from ._budget import parse_budget
+from ._planner import plan
+from ._schedule import Schedule
+
+__all__ = ["PLAN_CACHE_SIZE", "cached_plan", "resolve_policy"]
+
+PLAN_CACHE_SIZE = 16
+_PLANS: OrderedDict = OrderedDict()
+
+
+def resolve_policy(budget: Any, policy: str | None, *, where: str) -> tuple[Any, str]:
+    """(budget, policy) with the defaults filled in: no budget means plain BPTT
+    (policy "full", budget 1.0 = all of plain BPTT's memory); a budget without a
+    policy means "msm". A policy other than "full" needs a budget."""
+    if policy is None:
+        policy = "full" if budget is None else "msm"
+    if budget is None:
+        if policy != "full":
+            raise ValueError(f"{where}: policy={policy!r} needs budget= (bytes, '64MiB' or a fraction)")
+        budget = 1.0
+    return budget, policy
+
+
+def cached_plan(T: int, *, budget: Any, policy: str, model: Any, batch: int, dtype: Any) -> Schedule:
+    """``mb.plan(T, budget=..., model=..., batch=..., dtype=..., policy=...)``,
+    from the cache when the same request was planned recently."""
+    sizes = model.sizes(batch=batch, dtype=dtype)
+    key = (T, parse_budget(budget), policy, sizes, model.cell.backward_forward_ratio, model.describe())
+    schedule = _PLANS.pop(key, None)
+    if schedule is None:
+        schedule = plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)
+        while len(_PLANS) >= PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    _PLANS[key] = schedule  # most recent last
+    return schedule
