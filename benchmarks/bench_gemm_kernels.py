@@ -1,4 +1,4 @@
-"""The library's register-tiled GEMM (memopt_bptt.cells._mm) against OpenBLAS, one thread.
+"""The library's register-tiled GEMM (memopt_bptt._kernels.mm) against OpenBLAS, one thread.
 
 The unit threads of an LSTM step (Sequence.unit_split) run their narrow
 products through ``_mm.product``: the tiled kernel where the columns fill
@@ -35,8 +35,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
-from memopt_bptt.cells._blas import BLAS_LIBRARY, blas_threads, gemm  # noqa: E402
-from memopt_bptt.cells._mm import fits, matmul  # noqa: E402
+from memopt_bptt._kernels.blas import BLAS_LIBRARY, blas_threads, gemm  # noqa: E402
+from memopt_bptt._kernels.mm import fits, matmul  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from . import _split
 from .cells import Cell
 
 __all__ = ["Sequence", "Sizes", "LOSSES"]
@@ -19,30 +20,6 @@ whatever T and the sizes (it depends on the cell's number of buffers). The
 budget covers the data the sweep keeps (checkpoints and working buffers), as
 the contract says."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-LANE_PYTHON_BYTES = 6144
-"""Charged to the budget for every lane when the batch is split: its thread,
-the Python objects of its buffers and their cache-line gaps (two lanes
-measured 10.5-13.4 KB under tracemalloc beyond one lane's, whatever T and
-the sizes)."""
-UNIT_PYTHON_BYTES = 8192
-"""Charged to the budget for every thread when the hidden units are split:
-its thread, closure and buffer objects (two threads measured 11.8 KB under
-tracemalloc beyond one thread's run, three 16.9 KB, whatever T and the sizes)."""
-MIN_LANE_BATCH = 4
-"""Automatic lanes never get fewer batch rows than this."""
-LANE_MAX_MACS = 1 << 21
-"""Automatic lanes only for a recurrent GEMM below this many multiply-adds.
-Measured (T=1000, batch 16, float32, two cores; two lanes / one): LSTM
-hidden 128 0.080 / 0.117 s, GRU 128 0.054 / 0.087 s, Elman 256 0.071 / 0.103 s
-(all 1.05 M or less); GRU 256 (3.1 M) 0.221 / 0.213 s, LSTM 256 (4.2 M) 0.284 /
-0.272 s, where two BLAS threads on the whole batch do as well."""
-MIN_UNIT_HIDDEN = 32
-"""Automatic unit threads give every thread at least this many hidden units."""
-MIN_LANE_MACS = 1 << 17
-"""Automatic lanes only for a recurrent GEMM of at least this many
-multiply-adds (LSTM hidden 64 at batch 8): below, a step takes a few
-microseconds, and a second gradient accumulator would be a large part of a
-small budget for little time saved."""
 
 
 class Sizes(NamedTuple):
@@ -175,7 +152,7 @@ class Sequence:
         one-lane run's in the last bits (a sum taken in another order).
 
         ``lanes=None`` (the default) splits a model whose recurrent GEMM has
-        ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` multiply-adds (LSTM hidden 64
+        ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` (see memopt_bptt._split) multiply-adds (LSTM hidden 64
         to 128 and Elman up to 256 at batch 16, ...) into two lanes
         when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
         k lanes (at most one per batch row), ``lanes=1`` for none. Every lane
@@ -189,21 +166,7 @@ class Sequence:
 
             mb.Sequence(mb.LSTM(64, 64), output_size=16).lane_batches(16)   # (8, 8)
         """
-        cell = self.cell
-        if self.unit_threads is not None and self.unit_threads > 1:
-            n = 1
-        elif self.lanes is None:
-            macs = self._recurrent_macs(batch)
-            n = 2 if MIN_LANE_MACS <= macs < LANE_MAX_MACS and batch >= 2 * MIN_LANE_BATCH else 1
-        else:
-            n = min(self.lanes, batch)
-        q, r = divmod(batch, n)
-        return tuple(q + (1 if k < r else 0) for k in range(n))
-
-    def _recurrent_macs(self, batch: int) -> int:
-        cell = self.cell
-        rec = self.output_size if cell.recurrent_from_output else cell.hidden_size
-        return cell.n_gates * cell.hidden_size * rec * batch
+        return _split.lane_batches(self, batch)
 
     def unit_split(self, batch: int) -> tuple[tuple[int, int], ...]:
         """How each step's hidden units are split between threads: (u0, u1) per thread.
@@ -230,17 +193,7 @@ class Sequence:
 
             mb.Sequence(mb.LSTM(64, 256), output_size=16).unit_split(16)   # ((0, 128), (128, 256))
         """
-        cell = self.cell
-        H = cell.hidden_size
-        if cell.unit_kernels is None or len(self.lane_batches(batch)) > 1:
-            n = 1
-        elif self.unit_threads is None:
-            n = 2 if self._recurrent_macs(batch) >= LANE_MAX_MACS and H >= 2 * MIN_UNIT_HIDDEN else 1
-        else:
-            n = min(self.unit_threads, H)
-        q, r = divmod(H, n)
-        bounds = np.cumsum([0] + [q + (1 if k < r else 0) for k in range(n)])
-        return tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n))
+        return _split.unit_split(self, batch)
 
     def describe(self) -> str:
         c = self.cell
@@ -284,41 +237,17 @@ class Sequence:
         dt = _dtype_of("float64" if dtype is None else dtype, where="sizes")
         batch = int(batch)
         whole = self._sizes(batch, dt)
-        lanes = self.lane_batches(batch) if split else (batch,)
-        if len(lanes) == 1:
-            threads = len(self.unit_split(batch)) if split else 1
-            if threads == 1:
-                return whole
-            # every thread after the first: its own scratch; every thread: a readout buffer of twice the
-            # outputs (one is charged already) and its units' h_t, two (hidden, batch) blocks of partial
-            # gradients it shares with the others, and its Python objects
-            H = self.cell.hidden_size
-            extra = ((threads - 1) * whole.work_len + (2 * threads - 1) * whole.output_len + batch * H
-                     + threads * (2 * batch * H + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
-            return whole._replace(lane_extra_len=extra, unit_threads=threads)
-        parts = [self._sizes(b, dt) for b in lanes]
-        own = sum(p.working_bytes // p.itemsize + self.lane_chunk_rows(b) * self.cell.input_size
-                  for p, b in zip(parts, lanes))
-        params = sum(math.prod(s) for s in self.param_shapes.values())
-        python = -(-LANE_PYTHON_BYTES // whole.itemsize)
-        extra = own - whole.working_bytes // whole.itemsize + (len(lanes) - 1) * params + len(lanes) * python
-        return whole._replace(lanes=lanes, lane_extra_len=extra)
+        return _split.split_sizes(self, whole, dt) if split else whole
 
     def split_note(self, sizes: Sizes) -> str:
         """What splitting the work (lanes or unit threads) adds to the working
         buffers, and how to save it, for a budget error's message ("" if unsplit)."""
-        if sizes.unit_threads > 1:
-            return (f"; {sizes.unit_threads} unit threads take {sizes.lane_extra_len * sizes.itemsize} bytes "
-                    "of the working buffers, Sequence(..., unit_threads=1) saves them")
-        if sizes.lanes:
-            return (f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
-                    "working buffers, Sequence(..., lanes=1) saves them")
-        return ""
+        return _split.split_note(sizes)
 
     def lane_chunk_rows(self, lane_batch: int) -> int:
         """Rows of the input copy a lane keeps for deferred weight gradients
         (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
-        return self.cell.grad_chunk * lane_batch
+        return _split.lane_chunk_rows(self, lane_batch)
 
     def _sizes(self, batch: int, dt: np.dtype) -> Sizes:
         sw = int(self.cell.state_width(self.output_size))
@@ -421,7 +350,7 @@ class Sequence:
     def _state_blocks(self) -> tuple[int, bool]:
         """(number of hidden-wide blocks, whether state_shape lists blocks first)."""
         sw = self.cell.state_width(self.output_size)
-        return sw // self.cell.hidden_size, self.cell.kind == "lstm"
+        return sw // self.cell.hidden_size, self.cell.state_blocks
 
     def flat_state(self, state: np.ndarray) -> np.ndarray:
         """A new 1-D copy of a state of shape ``state_shape(batch)`` in the kernels' layout."""
@@ -458,10 +387,9 @@ class Sequence:
 
         (batch, hidden) for Elman and GRU, (2, batch, hidden) for LSTM (h0, c0),
         (batch, output_size) for Jordan (the fed-back output y_0); other cells
-        (batch, state_width).
+        (batch, state_width), or (blocks, batch, hidden) with ``Cell.state_blocks``.
         """
-        kind = self.cell.kind
         sw = self.cell.state_width(self.output_size)
-        if kind == "lstm":
-            return (2, batch, self.cell.hidden_size)
+        if self.cell.state_blocks:
+            return (sw // self.cell.hidden_size, batch, self.cell.hidden_size)
         return (batch, sw)

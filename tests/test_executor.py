@@ -434,7 +434,7 @@ _BLAS_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import memopt_bptt as mb
-    from memopt_bptt.cells import _blas
+    from memopt_bptt._kernels import blas as _blas
     out = {"blas": _blas.BLAS_LIBRARY}
     for dtype in ("float64", "float32"):
         model = mb.Sequence(mb.LSTM(input_size=5, hidden_size=7), output_size=3)

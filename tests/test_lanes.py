@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memopt_bptt as mb
-import memopt_bptt._executor as executor
+import memopt_bptt._executor._runner as runner
 import memopt_bptt._plans as plans
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def test_lanes_are_charged_to_the_budget():
     # each lane's buffers (linear in the batch here) + its rows of 2 steps' inputs + one more gradient
     # accumulator + the lanes' Python objects
     extra = two.working_bytes - one.working_bytes
-    python = 2 * mb._model.LANE_PYTHON_BYTES
+    python = 2 * mb._split.LANE_PYTHON_BYTES
     assert extra == (2 * 2 * 3 * 4 + params) * 8 + python
 
 
@@ -132,7 +132,7 @@ def test_sequential_lanes_give_the_same_bits_as_threads(monkeypatch):
     model, params, xs, ys, h0 = problem("lstm", "mse", T=30, batch=8, lanes=2, hidden=5)
     budget = least_bytes(model, 30, 8) + 5 * model.sizes(batch=8).state_bytes
     threaded = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
-    monkeypatch.setattr(executor, "_usable_cpus", lambda: 1)
+    monkeypatch.setattr(runner, "usable_cpus", lambda: 1)
     sequential = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
     assert threaded[0] == sequential[0]
     for name in threaded[1]:

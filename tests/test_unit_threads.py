@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memopt_bptt as mb
-import memopt_bptt._executor as executor
-from memopt_bptt.cells._mm import fits, matmul, product
-from memopt_bptt.cells._sync import SLOT, abort, barrier, new_flags
+import memopt_bptt._executor._runner as runner
+from memopt_bptt._kernels.mm import fits, matmul, product
+from memopt_bptt._kernels.sync import SLOT, abort, barrier, new_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +93,7 @@ def test_unit_threads_are_charged_to_the_budget():
     # its units' h_t (one output buffer is charged already), two (H, batch) blocks of partial
     # gradients, and its Python objects
     extra = two.working_bytes - one.working_bytes
-    python = 2 * -(-mb._model.UNIT_PYTHON_BYTES // 8) * 8
+    python = 2 * -(-mb._split.UNIT_PYTHON_BYTES // 8) * 8
     readout = 2 * 2 * 6 * 3 - 6 * 3 + 6 * 8
     assert extra == (6 * (4 * 8 + 4) + readout + 2 * 2 * 6 * 8) * 8 + python
     assert two.lane_extra_len * 8 == extra
@@ -178,7 +178,7 @@ def test_threads_taking_turns_on_one_cpu_give_the_same_bits(monkeypatch):
     model, params, xs, ys, h0 = problem("mse", T=30, batch=4, threads=2, hidden=6)
     budget = least_bytes(model, 30, 4) + 5 * model.sizes(batch=4).state_bytes
     threaded = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
-    monkeypatch.setattr(executor, "_usable_cpus", lambda: 1)  # no spinning: yield at every wait
+    monkeypatch.setattr(runner, "usable_cpus", lambda: 1)  # no spinning: yield at every wait
     turns = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget)
     assert threaded[0] == turns[0]
     for name in threaded[1]:

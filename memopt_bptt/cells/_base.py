@@ -132,6 +132,9 @@ class Cell:
             backward_shared, flush), the step split by hidden units for
             threads that share it (see the module docstring); needs
             ``feature_major`` and ``grad_chunk > 0``.
+        state_blocks: h0 and its gradient have the shape (state_width /
+            hidden_size, batch, hidden_size), as nn.LSTM's (h0, c0) stacked;
+            otherwise (batch, state_width).
     """
 
     kind: str
@@ -152,6 +155,7 @@ class Cell:
     chunk_width: Callable[[int, int], int] | None = None
     flush_grads: Callable[..., None] | None = None
     unit_kernels: tuple | None = None
+    state_blocks: bool = False
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +178,8 @@ class Cell:
             if not (self.feature_major and self.grad_chunk and not self.recurrent_from_output):
                 raise ValueError("Cell: unit_kernels need feature_major=True, grad_chunk > 0 and "
                                  "recurrent_from_output=False")
+        if self.state_blocks and not self.feature_major:
+            raise ValueError("Cell: state_blocks=True needs feature_major=True")
         if self.feature_major and self.output_is_state:
             raise ValueError("Cell: feature_major=True needs output_is_state=False (the readout reads h_t)")
 

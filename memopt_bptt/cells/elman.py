@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import grad_through_output, relu_into, tanh_into
+from .._kernels.activations import grad_through_output, relu_into, tanh_into
+from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
-from ._blas import add_row_sums, gemm, transposed_input
 
 __all__ = ["Elman"]
 

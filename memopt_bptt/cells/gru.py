@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import one, sigmoid_into, tanh_into
+from .._kernels.activations import one, sigmoid_into, tanh_into
+from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
-from ._blas import add_row_sums, gemm, transposed_input
 
 __all__ = ["GRU"]
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._activations import grad_through_output, relu_into, tanh_into
+from .._kernels.activations import grad_through_output, relu_into, tanh_into
+from .._kernels.blas import gemm
 from ._base import Cell
-from ._blas import gemm
 
 __all__ = ["Jordan"]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._activations import one, sigmoid_into, tanh_into
+from .._kernels.activations import one, sigmoid_into, tanh_into
+from .._kernels.blas import add_row_sums, gemm, transposed_input
+from .._kernels.mm import product
 from ._base import Cell, _check_chunk
-from ._blas import add_row_sums, gemm, transposed_input
-from ._mm import product
 
 __all__ = ["LSTM"]
 
@@ -289,5 +289,6 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
         flush_grads=lstm_flush_grads,
         unit_kernels=(lstm_forward_units, lstm_state_from_internal_units, lstm_backward_units,
                       lstm_backward_shared_units, lstm_flush_grads_units),
+        state_blocks=True,
         options={} if grad_chunk == 2 else {"grad_chunk": grad_chunk},
     )

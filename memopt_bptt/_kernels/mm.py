@@ -31,7 +31,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._blas import gemm
+from .blas import gemm
 
 __all__ = ["matmul", "fits", "product", "LINE_BYTES"]
 

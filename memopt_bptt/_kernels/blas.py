@@ -71,10 +71,6 @@ def _bind_blas() -> str:
 
 
 BLAS_LIBRARY = _bind_blas()
-# Kernels cached by memopt_bptt 0.1 call these names with 32-bit integers: keep
-# them bound to SciPy's LP64 routines so such a stale cache stays correct.
-_llvm.add_symbol("memopt_bptt_dgemm", get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
-_llvm.add_symbol("memopt_bptt_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
 """Which BLAS the kernels call (see the module docstring)."""
 
 

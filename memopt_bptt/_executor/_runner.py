@@ -1,0 +1,260 @@
+"""The buffers and workers of one sweep: the whole batch, lanes, or unit threads.
+
+Every buffer is allocated here, in Python, before the sweep (the checkpoint
+pool at the schedule's planned size and the working buffers the planner
+charged for), so the jitted sweep allocates nothing and what it keeps is
+visible to ``tracemalloc``. A sweep gets its buffers as a small NamedTuple
+(:class:`Buffers`), its sizes and position as another (:class:`Spec`), and
+the same six arguments in every mode. Whether the batch is split, and how,
+was decided by ``memopt_bptt._split``; :class:`Run` only carries it out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._kernels.blas import blas_threads
+from .._kernels.sync import abort, new_flags
+from .._split import blas_threads_for, unit_out_len
+from ._compile import sweep_for
+
+__all__ = ["Buffers", "Data", "Run", "Spec", "usable_cpus"]
+
+_CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs them
+# Stand-ins for the buffers one mode does not use (allocated once, outside any traced call).
+_NO_FLAGS = new_flags(0)
+_NO_EXCHANGE = {np.dtype(t): np.zeros((1, 1, 1), t) for t in (np.float32, np.float64)}
+
+
+class Data(NamedTuple):
+    """The sequence: inputs (T, batch, input) and targets, float (mse) or labels (cross-entropy); the other is a dummy."""
+
+    xs: np.ndarray
+    ys_f: np.ndarray
+    ys_i: np.ndarray
+
+
+class Spec(NamedTuple):
+    """One worker's rows, units and sizes (elements), as the sweep reads them."""
+
+    b0: int             # first batch row (a lane's offset; 0 otherwise)
+    rows: int           # batch rows of this sweep
+    thread: int         # lane or unit-thread index
+    u0: int             # hidden units u0 .. u1-1 (units mode; 0 .. hidden otherwise)
+    u1: int
+    state_len: int      # elements of a state of these rows
+    internal_len: int   # elements of an internal state of these rows
+    quantum: int        # elements of one pool slot
+    chunk: int          # Cell.grad_chunk (1 for a cell without deferred gradients)
+    hidden: int
+    n_outputs: int
+    loss_kind: int      # 0 mse, 1 cross-entropy
+    spin: int           # rounds a barrier spins before yielding the CPU
+    scale: float        # 1 / (number of loss terms)
+
+
+class Buffers(NamedTuple):
+    """One worker's buffers (in units mode all but work, outbuf and norms are shared)."""
+
+    pool: np.ndarray       # checkpoint slots
+    cur: np.ndarray        # the state the forward is at
+    nxt: np.ndarray        # the next (or a rebuilt) state
+    ds: np.ndarray         # dL/ds_t
+    ds_prev: np.ndarray    # dL/ds_{t-1}
+    work_int: np.ndarray   # the working internal state
+    work: np.ndarray       # the cell's scratch
+    outbuf: np.ndarray     # outputs and dL/dout (units mode: also their transpose and h_t's)
+    chunk: np.ndarray      # deferred weight-gradient block (Cell.grad_chunk)
+    xchunk: np.ndarray     # a lane's rows of a block's inputs
+    exchange: np.ndarray   # unit threads' partial dL/dh_{t-1}, (2, threads, batch*hidden)
+    flags: np.ndarray      # unit threads' barrier counters
+    norms: np.ndarray      # ||dL/dh_t||^2 at index t, or empty
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Run:
+    """One sweep's workers over a batch: lanes (``rows`` mode, one or more) or
+    unit threads (``units`` mode), as ``model.sizes`` says.
+
+    ``allocate`` makes the buffers, ``run`` runs a schedule's codes on every
+    worker (each on a thread of its own when there are several and cores for
+    them), and ``reduce`` adds the workers' gradients and norms in order.
+    """
+
+    def __init__(self, model: Any, arrays: tuple, data: Data, sizes: Any, *, loss_kind: int, scale: float):
+        self.model, self.arrays, self.data, self.sizes = model, arrays, data, sizes
+        self.loss_kind, self.scale = loss_kind, scale
+        self.batch = data.xs.shape[1]
+        self.mode = "units" if sizes.unit_threads > 1 else "rows"
+        self.sweep = sweep_for(model.cell, self.mode)
+        if self.mode == "units":
+            self.parts = model.unit_split(self.batch)
+            # Spin at barriers while every thread has a CPU; else yield at once, so the threads take turns.
+            self.spin = 1 << 14 if usable_cpus() >= len(self.parts) else 0
+        else:
+            self.parts = sizes.lanes or (self.batch,)
+            self.spin = 0
+        self.blas = blas_threads_for(model, sizes)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.parts)
+
+    def _spec(self, k: int, b0: int, rows: int, u0: int, u1: int) -> Spec:
+        cell, sz = self.model.cell, self.sizes
+        return Spec(b0, rows, k, u0, u1, rows * sz.state_width, rows * sz.internal_width, sz.quantum[0] * rows,
+                    cell.grad_chunk or 1, cell.hidden_size, self.model.output_size, self.loss_kind, self.spin,
+                    self.scale)
+
+    def allocate(self, pool_quanta: int, h0_flat: np.ndarray, grads: tuple, norms: np.ndarray) -> list:
+        """Every worker's (Buffers, gradients, Spec). The first worker adds into
+        ``grads``; every other lane into its own (charged to the budget)."""
+        if self.mode == "units":
+            return self._allocate_units(pool_quanta, h0_flat, grads, norms)
+        return self._allocate_lanes(pool_quanta, h0_flat, grads, norms)
+
+    def _allocate_lanes(self, pool_quanta, h0_flat, grads, norms):
+        model, cell, dtype, B = self.model, self.model.cell, self.arrays[0].dtype, self.batch
+        n_lanes = len(self.parts)
+        exchange = _NO_EXCHANGE[np.dtype(dtype)]
+        jobs = []
+        b0 = 0
+        for k, bl in enumerate(self.parts):
+            ls = model.sizes(batch=bl, dtype=dtype, split=False)
+            x_rows = model.lane_chunk_rows(bl) if n_lanes > 1 else 0
+            shapes = [(ls.state_len,)] * 4 + [(ls.internal_len,), (max(ls.work_len, 1),), (ls.output_len,),
+                                              (max(ls.chunk_len, 1),), (max(x_rows, 1), cell.input_size)]
+            if k:
+                shapes += [a.shape for a in self.arrays]
+            pool = np.empty(pool_quanta * ls.quantum[0] * bl, dtype)
+            if n_lanes == 1:
+                views = [np.empty(shape, dtype) for shape in shapes]
+            else:  # all but the pool are views of one block with cache-line gaps: no line is written by two lanes
+                line = max(_CACHE_LINE // ls.itemsize, 1)
+                sizes_ = [math.prod(shape) for shape in shapes]
+                starts = np.cumsum([line] + [-(-n // line) * line for n in sizes_])
+                block = np.empty(int(starts[-1]) + line, dtype)
+                views = [block[a: a + n].reshape(shape) for a, n, shape in zip(starts, sizes_, shapes)]
+            model.lane_rows(views[0], bl, 0, bl)[...] = model.lane_rows(h0_flat, B, b0, b0 + bl)
+            for v in views[2:4] + views[9:]:
+                v[:] = 0.0
+            lane_norms = norms if k == 0 else np.zeros_like(norms)
+            bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms)
+            jobs.append((bufs, grads if k == 0 else tuple(views[9:]), self._spec(k, b0, bl, 0, cell.hidden_size)))
+            b0 += bl
+        return jobs
+
+    def _allocate_units(self, pool_quanta, h0_flat, grads, norms):
+        sz, dtype, B = self.sizes, self.arrays[0].dtype, self.batch
+        n = len(self.parts)
+        pool = np.empty(pool_quanta * sz.quantum[0] * B, dtype)
+        cur, nxt, ds, ds_prev = (np.empty(sz.state_len, dtype) for _ in range(4))
+        work_int = np.empty(sz.internal_len, dtype)
+        cur[:] = h0_flat
+        ds[:] = 0.0
+        ds_prev[:] = 0.0
+        chunk = np.empty(max(sz.chunk_len, 1), dtype)
+        exchange = np.empty((2, n, B * self.model.cell.hidden_size), dtype)
+        flags = new_flags(n)
+        jobs = []
+        for k, (u0, u1) in enumerate(self.parts):
+            own = (np.empty(max(sz.work_len, 1), dtype), np.empty(unit_out_len(sz, u0, u1), dtype))
+            bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, chunk[:0].reshape((0, 1)),
+                           exchange, flags, norms if k == 0 else np.zeros_like(norms))
+            jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1)))
+        return jobs
+
+    @staticmethod
+    def nbytes(jobs: list) -> int:
+        """Bytes of the buffers and the other lanes' gradients, each counted once
+        (not the returned gradients, the norms or the barrier's counters)."""
+        seen, total = {id(g) for g in jobs[0][1]}, 0
+        for bufs, grads, _ in jobs:
+            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS), *grads):
+                if id(a) not in seen and a is not _NO_FLAGS and a is not _NO_EXCHANGE.get(a.dtype):
+                    seen.add(id(a))
+                    total += a.nbytes
+        return total
+
+    def run(self, codes: np.ndarray, jobs: list) -> list:
+        """Every worker's (loss sum, forwards, dL/ds_0, last state); re-raises a worker's error."""
+        n = len(jobs)
+        results: list[Any] = [None] * n
+        sweep, params, data = self.sweep, self.arrays, self.data
+
+        def one(k: int) -> None:
+            bufs, grads, spec = jobs[k]
+            try:
+                results[k] = sweep(codes, params, data, bufs, grads, spec)
+            except BaseException as exc:  # re-raised by the calling thread
+                if bufs.flags is not _NO_FLAGS:
+                    abort(bufs.flags)  # release the other threads from their barriers
+                results[k] = exc
+
+        with blas_threads(self.blas):
+            if n == 1:
+                one(0)
+            elif self.mode == "units" or usable_cpus() > 1:
+                _on_threads(one, n)
+            else:  # lanes on one CPU: one after the other, the same bits
+                for k in range(n):
+                    one(k)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    def loss_sum(self, results: list) -> float:
+        """The loss summed over lanes (each lane's rows), or thread 0's (every thread computes all of it)."""
+        if self.mode == "units":
+            return results[0][0]
+        total = 0.0
+        for r in results:
+            total += r[0]
+        return total
+
+    def reduce(self, jobs: list) -> None:
+        """Add the other lanes' gradients into the first's, in lane order, and
+        every worker's squared norms; take the norms' square roots."""
+        grads = jobs[0][1]
+        if self.mode == "rows":
+            for _, own, _ in jobs[1:]:
+                for g, part in zip(grads, own):
+                    g += part
+        norms = jobs[0][0].norms
+        if norms.shape[0]:
+            for bufs, _, _ in jobs[1:]:
+                norms[1:] += bufs.norms[1:]
+            np.sqrt(norms[1:], out=norms[1:])
+
+    def gather_state(self, results: list, which: int) -> np.ndarray:
+        """The whole batch's flat dL/ds_0 (which=2) or last state (which=3) from the workers' results."""
+        if self.mode == "units" or len(self.parts) == 1:
+            return results[0][which]
+        B = self.batch
+        out = np.empty(self.sizes.state_len, self.arrays[0].dtype)
+        b0 = 0
+        for bl, r in zip(self.parts, results):
+            self.model.lane_rows(out, B, b0, b0 + bl)[...] = self.model.lane_rows(r[which], bl, 0, bl)
+            b0 += bl
+        return out
+
+
+def _on_threads(fn, n: int) -> None:
+    """fn(k) for k < n, each on a thread of its own; returns when all are done."""
+    threads = [threading.Thread(target=fn, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()

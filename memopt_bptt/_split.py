@@ -1,0 +1,153 @@
+"""How the work of one sweep is split between threads, and what that charges.
+
+The one place for this policy: whether a batch is split into *lanes*
+(independent sweeps of the same schedule over disjoint batch rows, whose
+weight gradients are added in lane order at the end), whether every step's
+hidden units are split between *unit threads* that meet at barriers, how
+many threads BLAS gets, and what each split adds to the working buffers the
+budget pays for. ``Sequence.lane_batches``, ``Sequence.unit_split`` and
+``Sequence.sizes`` read it; the planner only sees the resulting sizes.
+
+Every choice depends only on the model and the batch, never on the machine,
+so a model's gradients are the same bits everywhere (and bit-identical
+across policies and budgets). The thresholds are multiply-adds of the
+recurrent GEMM (``weight_hh`` rows x columns x batch); the figures behind
+them are in benchmarks/bench_cells.py's results.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["lane_batches", "unit_split", "split_sizes", "split_note", "blas_threads_for"]
+
+MIN_LANE_BATCH = 4
+"""Automatic lanes never get fewer batch rows than this."""
+MIN_LANE_MACS = 1 << 17
+"""Automatic lanes only for a recurrent GEMM of at least this many
+multiply-adds (LSTM hidden 64 at batch 8): below, a step takes a few
+microseconds, and a second gradient accumulator would be a large part of a
+small budget for little time saved."""
+LANE_MAX_MACS = 1 << 21
+"""Automatic lanes only below this many multiply-adds; automatic unit
+threads from here on. Measured (T=1000, batch 16, float32, two cores; two
+lanes / one): LSTM hidden 128 0.080 / 0.117 s, GRU 128 0.054 / 0.087 s,
+Elman 256 0.071 / 0.103 s (all 1.05 M or less); GRU 256 (3.1 M) 0.221 /
+0.213 s, LSTM 256 (4.2 M) 0.284 / 0.272 s, where two BLAS threads on the
+whole batch do as well."""
+MIN_UNIT_HIDDEN = 32
+"""Automatic unit threads give every thread at least this many hidden units."""
+SMALL_GEMM_MACS = 1 << 20
+"""A model run in one lane whose recurrent GEMM is below this many
+multiply-adds runs its BLAS on one thread: at hidden 64 and batch 16 (0.26 M)
+splitting each small GEMM over two BLAS threads costs more in
+synchronisation than it saves. Lanes and unit threads always run BLAS on one
+thread each."""
+LANE_PYTHON_BYTES = 6144
+"""Charged to the budget for every lane when the batch is split: its thread,
+the Python objects of its buffers and their cache-line gaps (two lanes
+measured 10.5-13.4 KB under tracemalloc beyond one lane's, whatever T and
+the sizes)."""
+UNIT_PYTHON_BYTES = 8192
+"""Charged to the budget for every thread when the hidden units are split:
+its thread and buffer objects (two threads measured 11.8 KB under
+tracemalloc beyond one thread's run, three 16.9 KB, whatever T and the sizes)."""
+
+
+def recurrent_macs(model: Any, batch: int) -> int:
+    """Multiply-adds of one step's recurrent GEMM."""
+    cell = model.cell
+    rec = model.output_size if cell.recurrent_from_output else cell.hidden_size
+    return cell.n_gates * cell.hidden_size * rec * batch
+
+
+def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
+    """Batch rows per lane, in order (see ``Sequence.lane_batches``)."""
+    if model.unit_threads is not None and model.unit_threads > 1:
+        n = 1
+    elif model.lanes is None:
+        macs = recurrent_macs(model, batch)
+        n = 2 if MIN_LANE_MACS <= macs < LANE_MAX_MACS and batch >= 2 * MIN_LANE_BATCH else 1
+    else:
+        n = min(model.lanes, batch)
+    q, r = divmod(batch, n)
+    return tuple(q + (1 if k < r else 0) for k in range(n))
+
+
+def unit_split(model: Any, batch: int) -> tuple[tuple[int, int], ...]:
+    """Hidden units (u0, u1) per unit thread (see ``Sequence.unit_split``)."""
+    cell = model.cell
+    H = cell.hidden_size
+    if cell.unit_kernels is None or len(lane_batches(model, batch)) > 1:
+        n = 1
+    elif model.unit_threads is None:
+        n = 2 if recurrent_macs(model, batch) >= LANE_MAX_MACS and H >= 2 * MIN_UNIT_HIDDEN else 1
+    else:
+        n = min(model.unit_threads, H)
+    q, r = divmod(H, n)
+    bounds = np.cumsum([0] + [q + (1 if k < r else 0) for k in range(n)])
+    return tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n))
+
+
+def lane_chunk_rows(model: Any, lane_batch: int) -> int:
+    """Rows of the input copy a lane keeps for deferred weight gradients
+    (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
+    return model.cell.grad_chunk * lane_batch
+
+
+def unit_out_len(sizes: Any, u0: int, u1: int) -> int:
+    """A unit thread's readout buffer: outputs, their transpose and its units' h_t transposed."""
+    return 2 * sizes.output_len + sizes.batch * (u1 - u0)
+
+
+def split_sizes(model: Any, whole: Any, dtype: np.dtype) -> Any:
+    """``whole`` (the unsplit Sizes of a batch) with what the model's split adds:
+    for lanes, each lane's own buffers, a copy of its inputs' rows for
+    deferred weight gradients, a gradient accumulator for every lane but the
+    first and ``LANE_PYTHON_BYTES`` per lane; for unit threads, a scratch
+    buffer for every thread but the first, a readout buffer per thread
+    (:func:`unit_out_len`; one output buffer is charged already), two
+    (hidden, batch) blocks of partial gradients per thread and
+    ``UNIT_PYTHON_BYTES`` per thread."""
+    batch = whole.batch
+    lanes = lane_batches(model, batch)
+    if len(lanes) == 1:
+        units = unit_split(model, batch)
+        threads = len(units)
+        if threads == 1:
+            return whole
+        H = model.cell.hidden_size
+        outs = sum(unit_out_len(whole, u0, u1) for u0, u1 in units)
+        extra = ((threads - 1) * whole.work_len + outs - whole.output_len
+                 + threads * (2 * batch * H + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
+        return whole._replace(lane_extra_len=extra, unit_threads=threads)
+    parts = [model.sizes(batch=b, dtype=dtype, split=False) for b in lanes]
+    own = sum(p.working_bytes // p.itemsize + lane_chunk_rows(model, b) * model.cell.input_size
+              for p, b in zip(parts, lanes))
+    params = sum(math.prod(s) for s in model.param_shapes.values())
+    python = -(-LANE_PYTHON_BYTES // whole.itemsize)
+    extra = own - whole.working_bytes // whole.itemsize + (len(lanes) - 1) * params + len(lanes) * python
+    return whole._replace(lanes=lanes, lane_extra_len=extra)
+
+
+def split_note(sizes: Any) -> str:
+    """What the split adds to the working buffers and how to save it, for a
+    budget error's message ("" when the work is not split)."""
+    if sizes.unit_threads > 1:
+        return (f"; {sizes.unit_threads} unit threads take {sizes.lane_extra_len * sizes.itemsize} bytes "
+                "of the working buffers, Sequence(..., unit_threads=1) saves them")
+    if sizes.lanes:
+        return (f"; {len(sizes.lanes)} lanes take {sizes.lane_extra_len * sizes.itemsize} bytes of the "
+                "working buffers, Sequence(..., lanes=1) saves them")
+    return ""
+
+
+def blas_threads_for(model: Any, sizes: Any) -> int | None:
+    """BLAS threads for a sweep of these sizes: one per lane or unit thread,
+    one for a small GEMM, else BLAS's own number (None)."""
+    if sizes.lanes or sizes.unit_threads > 1:
+        return 1
+    return 1 if recurrent_macs(model, sizes.batch) < SMALL_GEMM_MACS else None
