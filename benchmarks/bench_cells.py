@@ -3,14 +3,10 @@ BPTT of an LSTM over T=1000 against torch nn.LSTM.
 
 What it measures (see shared MEASURING.md for the method):
 
-1. Kernel time per step: each cell's forward kernel run over T steps from a
-   small jitted driver (every step writes its own internal state, as plain
-   BPTT does), then its backward kernel over the same steps in reverse; batch
-   16, input 64, hidden 64 and 256, float32 and float64. A model whose steps
-   are shared by threads (Sequence.unit_split: LSTM hidden 256) is timed as
-   value_and_grad runs it: plain BPTT's schedule, its forward half (every
-   step kept) and its reverse half (each reversal with readout and loss).
-   Beside it, the same
+1. Time per step, as value_and_grad's sweep runs it (whole batch, lanes or
+   unit threads): plain BPTT's schedule, its forward half (every step kept)
+   and its reverse half (each reversal with its rebuild, readout and loss);
+   batch 16, input 64, hidden 64 and 256, float32 and float64. Beside it, the same
    network as torch nn.RNN / nn.GRU / nn.LSTM over the whole sequence (forward
    with autograd recording, then backward), per step. Jordan has no torch
    counterpart. Also mb.value_and_grad (readout + mse loss, fwd+bwd) per step.
@@ -27,7 +23,7 @@ pause before each timed run: OpenBLAS and OpenMP workers spin for a while
 after a call, and without the pause one side's spinning threads steal a core
 from the other (measured: torch hidden 64 took 3x longer right after ours).
 Ours runs its BLAS on one thread where the GEMMs are small
-(memopt_bptt._executor.SMALL_GEMM_MACS), as value_and_grad does.
+(memopt_bptt._split.SMALL_GEMM_MACS), as value_and_grad does.
 
     python benchmarks/bench_cells.py            # full run, a few minutes
     python benchmarks/bench_cells.py --quick    # short run (fewer sizes and steps)
@@ -65,11 +61,10 @@ import time  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
 
 import memopt_bptt as mb  # noqa: E402
-from memopt_bptt._executor import _chunk_kernels, _reverse_step, _sweep_threads, _UnitRun  # noqa: E402
-from memopt_bptt.cells._blas import blas_threads  # noqa: E402
+from memopt_bptt._actions import OP_CODES  # noqa: E402
+from memopt_bptt._executor._runner import Data, Run  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -81,31 +76,6 @@ PAUSE = 0.3  # seconds between timed runs, see _median_interleaved
 
 
 # ---- jitted drivers: call a cell's kernels in a loop, as plain BPTT does -------
-
-@njit
-def _drive_forward(fwd, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, s0, internals, work):
-    cur = s0.copy()
-    nxt = np.empty_like(s0)
-    for t in range(xs.shape[0]):
-        fwd(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs[t], cur, nxt, internals[t], work)
-        cur, nxt = nxt, cur
-    return cur
-
-
-@njit
-def _drive_backward(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, internals, inject, ds, ds_prev,
-                    g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c):
-    for t in range(xs.shape[0] - 1, -1, -1):
-        # a step's loss gradient joins dL/ds_t, as in training (and keeps
-        # float32 out of denormals over long runs)
-        for p in range(inject.shape[0]):
-            ds[p] += inject[p]
-        _reverse_step(bwd, flush, w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs, t, 0, xs.shape[1], internals[t], ds,
-                      ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work, chunk, c,
-                      xs[0])  # as the executor does for a whole batch
-        ds, ds_prev = ds_prev, ds
-    return ds
-
 
 # ---- helpers -----------------------------------------------------------------------
 
@@ -184,7 +154,6 @@ def lstm_step_flops(batch: int, inp: int, hidden: int) -> float:
 
 def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> dict:
     model = mb.Sequence(_make_cell(kind, hidden), output_size=OUTPUT, loss="mse")
-    cell = model.cell
     params = model.init_params(seed=0, dtype=dtype)
     P = tuple(params.values())
     sizes = model.sizes(batch=BATCH, dtype=dtype)
@@ -192,41 +161,21 @@ def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> d
     xs = rng.standard_normal((n_steps, BATCH, INPUT)).astype(dtype)
     ys = rng.standard_normal((n_steps, BATCH, OUTPUT)).astype(dtype)
     s0 = np.zeros(sizes.state_len, dtype)
-    internals = np.zeros((n_steps, sizes.internal_len), dtype)   # touched once here, as a pool would be
-    work = np.zeros(max(sizes.work_len, 1), dtype)
-    inject = (1e-3 * rng.standard_normal(sizes.state_len)).astype(dtype)
-    ds = np.zeros(sizes.state_len, dtype)
-    ds_prev = np.zeros(sizes.state_len, dtype)
     grads = tuple(np.zeros_like(a) for a in P)
-    bwd, flush, c = _chunk_kernels(cell)
-    chunk = np.zeros(max(sizes.chunk_len, 1), dtype)
-    threads = _sweep_threads(P[1], BATCH)  # the BLAS threads value_and_grad uses for this size
+    # As value_and_grad runs it (whole batch, lanes or unit threads, with its BLAS threads): plain
+    # BPTT's schedule split in its forward half (every step kept in the pool) and its reverse half
+    # (each reversal with its rebuild, readout and loss), on one set of buffers.
+    full = mb.plan(n_steps, budget=1.0, model=model, batch=BATCH, dtype=dtype, policy="full")
+    codes = full.codes
+    r0 = int(np.argmax(codes[:, 0] == OP_CODES["reverse"]))
+    run = Run(model, P, Data(xs, ys, np.zeros((1, 1), np.int64)), sizes, loss_kind=0, scale=1.0 / ys.size)
+    jobs = run.allocate(full.pool_quanta, s0, grads, np.zeros(0))
 
     def ours_fwd():
-        with blas_threads(threads):
-            _drive_forward(cell.forward_step, *P, xs, s0, internals, work)
+        run.run(codes[:r0], jobs)
 
     def ours_bwd():
-        ds[:] = 0.0
-        with blas_threads(threads):
-            _drive_backward(bwd, flush, *P, xs, internals, inject, ds, ds_prev, *grads, work, chunk, c)
-
-    if sizes.unit_threads > 1:
-        # Steps shared by threads (Sequence.unit_split), as value_and_grad runs them: plain BPTT's
-        # schedule split in its forward half (every step kept in the pool) and its reverse half
-        # (each reversal with its readout and loss), on one set of buffers.
-        full = mb.plan(n_steps, budget=1.0, model=model, batch=BATCH, dtype=dtype, policy="full")
-        codes = full.codes
-        r0 = int(np.argmax(codes[:, 0] == 5))
-        runner = _UnitRun(model, P, xs, ys, np.zeros((1, 1), np.int64), sizes, 1.0 / ys.size, 0)
-        bufs = runner.buffers(full.pool_quanta, s0)
-        norms = [np.zeros(0)] * len(runner.units)
-
-        def ours_fwd():
-            runner.run(codes[:r0], bufs, list(grads), norms)
-
-        def ours_bwd():
-            runner.run(codes[r0:], bufs, list(grads), norms)
+        run.run(codes[r0:], jobs)
 
     def ours_vag():
         mb.value_and_grad(model, params, xs, ys)
