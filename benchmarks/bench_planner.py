@@ -12,7 +12,7 @@ size exceeds the limits are skipped with "skipped: estimated N s / M GB"; the
 time estimate is the planner's DP work (cells x inner loop, from T and the
 budget) times the seconds per unit of work measured at the last smaller T of
 the same policy and budget (or at T = 400). msm runs the pruned exact table
-(memopt_bptt._planner._msm_fast_table; its work unit is a table cell), or,
+(memopt_bptt._planner._msm._msm_fast_table; its work unit is a table cell), or,
 where the optimum is its proven lower bound, no table at all (work T + M); where
 even that is too much work the planner's ``msm`` returns the better of ism
 and revolve with a warning; those rows say "fallback" and are estimated from
@@ -101,9 +101,9 @@ def msm_falls_back(T, fraction, lay):
 
 def msm_closed_form(T, fraction, lay):
     """Whether plan(policy="msm") needs no table: the optimum is its proven lower
-    bound (memopt_bptt._planner._lb_taus), planned in O(T + M)."""
-    from memopt_bptt import _planner
-    taus = getattr(_planner, "_lb_taus", None)
+    bound (memopt_bptt._planner._tables._lb_taus), planned in O(T + M)."""
+    from memopt_bptt._planner import _tables
+    taus = getattr(_tables, "_lb_taus", None)
     if taus is None:
         return False
     M = free_quanta(T, fraction, lay)

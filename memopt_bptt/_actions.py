@@ -3,7 +3,8 @@
 A schedule is a tuple of :class:`Action`. There is one *current state*
 buffer (the state the forward sweep is at), one working internal-state
 buffer, and a checkpoint pool addressed by ``slot``, an offset into the pool
-measured in quanta (see :mod:`memopt_bptt._planner`). Actions:
+measured in quanta (see :mod:`memopt_bptt._planner`). Actions, in the order
+of their codes (:class:`Op`, column 0 of ``Schedule.codes``):
 
 =================  =====================================================  ==========
 op                 meaning                                                forwards
@@ -29,12 +30,27 @@ In Revolve's terms (Griewank & Walther 2000): ``takeshot``/``restore``/
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
-__all__ = ["Action", "OPS", "OP_CODES", "WORKING"]
+__all__ = ["Action", "Op", "OPS", "OP_CODES", "WORKING"]
 
-OPS = ("takeshot", "restore", "advance", "keep", "restore_internal", "reverse")
-OP_CODES = {name: code for code, name in enumerate(OPS)}
+
+class Op(enum.IntEnum):
+    """An action's code in a schedule's ``codes`` array (column 0); the order is the format."""
+
+    TAKESHOT = 0
+    RESTORE = 1
+    ADVANCE = 2
+    KEEP = 3
+    RESTORE_INTERNAL = 4
+    REVERSE = 5
+
+
+OPS = tuple(op.name.lower() for op in Op)
+"""The action names, indexed by code: ``OPS[Op.KEEP] == "keep"``."""
+OP_CODES = {name: Op(code) for code, name in enumerate(OPS)}
+"""Name -> :class:`Op`: ``OP_CODES["keep"] is Op.KEEP``."""
 WORKING = -1
 """``slot`` value naming the working internal-state buffer."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._actions import OP_CODES, OPS, WORKING, Action
+from ._actions import OP_CODES, OPS, WORKING, Action, Op
 
 __all__ = ["Schedule", "ScheduleError"]
 
@@ -310,26 +310,28 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
     # one byte per position, not a Python set, so a long schedule stays cheap to check
     hidden_pos = bytearray(T + 1)
     internal_pos = bytearray(T + 1)
+    # bound once: an enum attribute lookup per row made validating a long schedule much slower
+    takeshot, restore, advance, keep = Op.TAKESHOT, Op.RESTORE, Op.ADVANCE, Op.KEEP
+    restore_internal, reverse = Op.RESTORE_INTERNAL, Op.REVERSE
     for i, (op, step, slot) in _rows(codes):
-        name = OPS[op] if 0 <= op < len(OPS) else None
-        if name == "takeshot":
+        if op == takeshot:
             if step != cur:
                 raise ScheduleError(f"action {i}: takeshot of position {step} but current is {cur}")
             write(slot, "hidden", step, hq, i)
             hidden_pos[step] = 1
-        elif name == "restore":
+        elif op == restore:
             read(slot, "hidden", step, i)
             cur = step
-        elif name == "restore_internal":
+        elif op == restore_internal:
             read(slot, "internal", step, i)
             cur = step
-        elif name == "advance":
+        elif op == advance:
             if step <= cur or step > T:
                 raise ScheduleError(f"action {i}: advance from {cur} to {step}")
             forwards += step - cur
             cur = step
             working = None
-        elif name == "keep":
+        elif op == keep:
             if step != cur + 1 or step > T:
                 raise ScheduleError(f"action {i}: keep of step {step} from position {cur}")
             forwards += 1
@@ -340,7 +342,7 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
             else:
                 write(slot, "internal", step, kq, i)
                 internal_pos[step] = 1
-        elif name == "reverse":
+        elif op == reverse:
             if step != next_rev:
                 raise ScheduleError(f"action {i}: reverse of step {step}, expected {next_rev}")
             if slot == WORKING:

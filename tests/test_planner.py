@@ -145,11 +145,38 @@ def test_beta_is_binomial():
     assert [mb.beta(2, r) for r in range(5)] == [math.comb(2 + r, 2) for r in range(5)]
 
 
-def test_hsm_cost_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="m"):
-        mb.hsm_cost(5, 0)
-    with pytest.raises(ValueError, match="t"):
-        mb.hsm_cost(-1, 3)
+# (function, arguments, the argument named, its least valid value); numforw(10, 0) never returned
+# before the check (its search for r cannot end with no snapshot)
+BAD_COST_ARGUMENTS = [
+    ("numforw", (10, 0), "m", 1), ("numforw", (10, -2), "m", 1), ("numforw", (0, 3), "t", 1),
+    ("numforw", (-5, 3), "t", 1), ("numforw", (True, 3), "t", 1), ("numforw", (10, 2.0), "m", 1),
+    ("numforw", (10, "3"), "m", 1),
+    ("hsm_cost", (5, 0), "m", 1), ("hsm_cost", (-1, 3), "t", 0), ("hsm_cost", (5, True), "m", 1),
+    ("hsm_cost", (5.0, 3), "t", 0), ("hsm_cost", (5, None), "m", 1),
+    ("beta", (-1, 3), "s", 0), ("beta", (3, -1), "r", 0), ("beta", (2.0, 3), "s", 0),
+    ("beta", (2, False), "r", 0),
+]
+
+
+@pytest.mark.parametrize("func,args,name,least", BAD_COST_ARGUMENTS)
+def test_cost_functions_reject_bad_arguments_before_any_loop(monkeypatch, func, args, name, least):
+    from memopt_bptt._planner import _closed
+
+    def no_loop(*_):
+        raise AssertionError("the jitted loop ran on a bad argument")
+
+    # the check must come first: with m < 1 the loop in _numforw would never end
+    monkeypatch.setattr(_closed, "_numforw", no_loop)
+    monkeypatch.setattr(_closed, "_hsm_cost", no_loop)
+    with pytest.raises(ValueError, match=rf"^{func}: {name}=.* must be an int >= {least}$"):
+        getattr(mb, func)(*args)
+
+
+def test_cost_functions_accept_numpy_integers():
+    assert mb.numforw(np.int64(10), np.int32(3)) == 15
+    assert mb.hsm_cost(np.int64(10), np.int64(3)) == 25
+    assert mb.beta(np.int64(2), np.int8(3)) == 10
+    assert type(mb.numforw(np.int64(10), 3)) is int
 
 
 @pytest.mark.parametrize("policy", ["hsm", "revolve"])
@@ -365,6 +392,30 @@ def test_least_byte_budget_is_exact(policy, T):
     with pytest.raises(mb.MemoryBudgetError) as info2:
         mb.plan(T, budget=least - 1, model=model, batch=batch, policy=policy)
     assert info2.value.least_bytes == least
+
+
+class _NotedModel:
+    """A model whose split_note(sizes) says what its working buffers grow with."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def split_note(self, sizes):
+        return f"; a note for batch={sizes.batch}"
+
+
+def test_budget_error_ends_with_the_models_split_note():
+    model = MODELS["lstm"]
+    with pytest.raises(mb.MemoryBudgetError) as info:
+        mb.plan(10, budget=1, model=_NotedModel(model), batch=3)
+    assert str(info.value).endswith("; a note for batch=3")
+    with pytest.raises(mb.MemoryBudgetError) as plain:
+        mb.plan(10, budget=1, model=model, batch=3)
+    assert plain.value.least_bytes == info.value.least_bytes
+    assert "a note" not in str(plain.value)
 
 
 @pytest.mark.parametrize("policy", ["msm", "hsm", "ism", "revolve", "full"])

@@ -5,7 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from memopt_bptt._planner import _dp_table, _ism_table, plan_quanta
+from memopt_bptt._planner import plan_quanta
+from memopt_bptt._planner._tables import _dp_table, _ism_table
 
 
 @pytest.mark.parametrize("kq", [1, 2, 5, 7])
@@ -48,7 +49,8 @@ def test_msm_fallback_warns_and_is_no_worse_than_single_kinds(monkeypatch):
 @pytest.mark.parametrize("T,hq,kq", [(300, 2, 7), (300, 1, 1), (300, 2, 4), (160, 1, 3), (160, 3, 5), (160, 1, 2)])
 def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
     # every (start kind, t <= T, m <= plain BPTT's need): the pruned table keeps all rows here
-    from memopt_bptt._planner import _lb_choice, _lb_taus, _msm_fast_table
+    from memopt_bptt._planner._msm import _msm_fast_table
+    from memopt_bptt._planner._tables import _lb_choice, _lb_taus
 
     M = (T - 1) * kq
     naive, _ = _dp_table(T, M, hq, kq, True, True)
@@ -74,7 +76,8 @@ def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
 
 def test_fast_msm_ring_equals_full_table():
     # the planner keeps kq + 1 rows; the last rows must equal the full table's
-    from memopt_bptt._planner import _lb_taus, _msm_fast_table
+    from memopt_bptt._planner._msm import _msm_fast_table
+    from memopt_bptt._planner._tables import _lb_taus
 
     T, M, hq, kq = 200, 500, 2, 7
     tau = _lb_taus(M, hq, kq, T)
@@ -122,7 +125,7 @@ LB_CASES = [(300, 2, 7), (300, 1, 1), (300, 2, 4), (200, 1, 3), (200, 3, 5), (20
 def test_lower_bound_is_reached_exactly_up_to_tau(T, hq, kq):
     # R(t, m) == max(t, 2t - floor((m + own*hq)/kq) - 1) exactly for t <= tau[own, m]
     # (proven: _lb_choice's split reaches it) and, in every cell checked here, only there
-    from memopt_bptt._planner import _LB_FAIL, _lb_choice, _lb_of, _lb_taus
+    from memopt_bptt._planner._tables import _LB_FAIL, _lb_choice, _lb_of, _lb_taus
 
     M = (T - 1) * kq
     naive, _ = _dp_table(T, M, hq, kq, True, True)
@@ -160,7 +163,7 @@ def test_msm_closed_form_plans_long_sequences_exactly():
     # LSTM (hq=2, kq=7) at T = 10^5 and 1%, 5%, 20% of plain BPTT: the optimum is the
     # lower bound, planned without a table and without the fallback warning
     import memopt_bptt as mb
-    from memopt_bptt._planner import _lb_of
+    from memopt_bptt._planner._tables import _lb_of
 
     T, hq, kq = 100_000, 2, 7
     for M in (6969, 34970, 139973):
@@ -177,7 +180,8 @@ def test_msm_plans_equal_the_full_table_across_tau():
     # T = 2000 (hq=2, kq=7): budgets on both sides of T <= tau(M) give the cost of the
     # pruned table run with no closed-form cells at all, and valid schedules
     import memopt_bptt as mb
-    from memopt_bptt._planner import _lb_taus, _msm_fast_table
+    from memopt_bptt._planner._msm import _msm_fast_table
+    from memopt_bptt._planner._tables import _lb_taus
 
     T, hq, kq = 2000, 2, 7
     Mmax = 560
