@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ._model import _dtype_of
 
 __all__ = ["adding_problem", "copy_task", "char_lm", "load_text", "TEXT_FILE"]
 
@@ -38,12 +37,21 @@ def _positive_int(value: Any, *, name: str, where: str, least: int = 1) -> int:
     return int(value)
 
 
+def _float_dtype(dtype: Any, *, where: str) -> np.dtype:
+    """float32 or float64, the dtypes the library computes in."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{where}: dtype={dtype!r} is not a dtype; use 'float32' or 'float64'") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{where}: dtype={dtype!r} is not supported; use 'float32' or 'float64'")
+    return dt
+
+
 def _seed(seed: Any, *, where: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"{where}: seed={seed!r} must be a non-negative int")
     return int(seed)
-
-
 
 
 def adding_problem(T: int, batch: int, *, seed: int, dtype: Any = "float64") -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +82,7 @@ def adding_problem(T: int, batch: int, *, seed: int, dtype: Any = "float64") -> 
     where = "adding_problem"
     T = _positive_int(T, name="T", where=where, least=2)
     batch = _positive_int(batch, name="batch", where=where)
-    dt = _dtype_of(dtype, where=where)
+    dt = _float_dtype(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     half = T // 2
     values = rng.uniform(0.0, 1.0, size=(T, batch))
@@ -121,7 +129,7 @@ def copy_task(T: int, batch: int, *, n_symbols: int, seed: int, length: int = 10
     if T < 2 * length + 1:
         raise ValueError(f"{where}: T={T} is too short for length={length}; need T >= 2 * length + 1 = "
                          f"{2 * length + 1} (or pass a smaller length=)")
-    dt = _dtype_of(dtype, where=where)
+    dt = _float_dtype(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     blank, delimiter = n_symbols, n_symbols + 1
     symbols = rng.integers(0, n_symbols, size=(length, batch))
@@ -175,7 +183,7 @@ def char_lm(T: int, batch: int, *, seed: int, dtype: Any = "float64",
     where = "char_lm"
     T = _positive_int(T, name="T", where=where)
     batch = _positive_int(batch, name="batch", where=where)
-    dt = _dtype_of(dtype, where=where)
+    dt = _float_dtype(dtype, where=where)
     rng = np.random.default_rng(_seed(seed, where=where))
     if text is None:
         text = load_text()

@@ -9,7 +9,7 @@ import pytest
 
 import memopt_bptt as mb
 from memopt_bptt._tasks import TEXT_FILE, adding_problem, char_lm, copy_task, load_text
-from memopt_bptt._train import Adam, train
+from memopt_bptt.training import Adam, train
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

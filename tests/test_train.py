@@ -1,4 +1,4 @@
-"""Training utilities (memopt_bptt/_train.py) against independent oracles:
+"""Training utilities (memopt_bptt/training/) against independent oracles:
 closed-form and PyTorch optimizer steps, plain numpy Elman loops for truncated
 BPTT(h; h') and for ||dL/dh_t||, PyTorch LSTMCell loops (detach at the window
 start) where torch is installed, and hand-derived window tables."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import memopt_bptt as mb
-from memopt_bptt._train import (
+from memopt_bptt.training import (
     SGD,
     Adam,
     AdamState,
@@ -272,7 +272,8 @@ def test_truncated_matches_numpy_loop(T, h, hp, budget):
 def test_truncated_window_gradient_matches_numpy_window(budget):
     """One window with h > h': error only at its last h' steps, back-propagated h
     steps from the carried state, against a plain numpy loop over that window."""
-    from memopt_bptt._train import _Plans, _window_value_and_grad
+    from memopt_bptt.training._budgeted import BudgetedPlans
+    from memopt_bptt.training._truncated import _window_value_and_grad
 
     T, h, hp = 9, 6, 3
     xs, ys = data(T, 2, seed=6)
@@ -281,8 +282,9 @@ def test_truncated_window_gradient_matches_numpy_window(budget):
     assert (start, loss_from, end) == (3, 6, 9)
     h_start = np_forward(p, xs, np.zeros((2, 5)), 0, T)[start]
     want_loss, want = np_window(p, xs, ys, h_start, start, loss_from, end)
-    plans = _Plans(ELMAN, budget, None, where="test")
-    loss, got = _window_value_and_grad(plans, p, xs, ys, h_start, start, loss_from, end, h)
+    plans = BudgetedPlans(ELMAN, budget, None, where="test")
+    window_budget = plans.budget_for(h, 2, np.float64)
+    loss, got = _window_value_and_grad(plans, p, xs, ys, h_start, (start, loss_from, end), budget=window_budget)
     assert loss == pytest.approx(want_loss, rel=1e-10)
     assert_close(got, want, rtol=1e-9, atol=1e-12)
 

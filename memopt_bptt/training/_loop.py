@@ -1,0 +1,211 @@
+"""The training loop: batches in, one optimizer update per gradient.
+
+:func:`train` draws batches from one of three kinds of source (a fixed
+``(xs, ys)`` pair, a callable ``data(rng)``, an iterable of batches), takes
+each gradient from :func:`memopt_bptt.value_and_grad` under the caller's
+budget (or, with ``truncate=``, one per truncated-BPTT window, see
+:mod:`._truncated`), clips it and applies the optimizer. The same arguments
+and seed give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .._executor import value_and_grad
+from .._model import Sequence
+from ._budgeted import BudgetedPlans
+from ._optim import _positive_float, clip_by_global_norm, global_norm
+from ._truncated import _check_truncate, _truncated_passes
+
+__all__ = ["train"]
+
+Params = dict[str, np.ndarray]
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)
+
+
+def _batches(data: Any, steps: int | None, epochs: int | None,
+             seed: int) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int | None]:
+    """(iterator of (xs, ys), number of batches or None)."""
+    if _is_pair(data):
+        n = steps if steps is not None else epochs
+        return (data for _ in range(n)), n
+    if callable(data):
+        if epochs is not None:
+            raise ValueError("train: data is a callable batch source, which has no epochs; pass steps= "
+                             "(the number of batches to draw)")
+        rng = np.random.default_rng(seed)
+
+        def draw():
+            for _ in range(steps):
+                batch = data(rng)
+                if not _is_pair(batch):
+                    raise TypeError("train: data(rng) must return a tuple (xs, ys) of numpy arrays, got "
+                                    f"{type(batch).__name__}")
+                yield batch
+        return draw(), steps
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping, np.ndarray)):
+        one_shot = iter(data) is data
+        if one_shot and (epochs or 1) > 1:
+            raise ValueError("train: data is a one-shot iterator, which cannot be re-read for epochs > 1; "
+                             "pass a list of (xs, ys) batches")
+        known = len(data) * epochs if (epochs is not None and isinstance(data, Sized)) else steps
+
+        def walk():
+            if epochs is not None:
+                for _ in range(epochs):
+                    for batch in data:
+                        yield batch
+                return
+            done = 0
+            while done < steps:
+                got = 0
+                for batch in data:
+                    yield batch
+                    got += 1
+                    done += 1
+                    if done == steps:
+                        return
+                if got == 0 or one_shot:
+                    raise ValueError(f"train: data ran out after {done} batches but steps={steps}; pass "
+                                     "fewer steps, or a list that can be cycled")
+        return walk(), known
+    raise TypeError("train: data must be a tuple (xs, ys) of arrays, a callable data(rng) -> (xs, ys), or an "
+                    f"iterable of (xs, ys) batches; got {type(data).__name__}")
+
+
+def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, policy: str | None = None,
+          optimizer: Any, steps: int | None = None, epochs: int | None = None, clip_norm: float | None = None,
+          truncate: tuple[int, int] | None = None, seed: int = 0, progress: bool = True,
+          callback: Callable[[int, Params, dict], Any] | None = None) -> tuple[Params, dict[str, Any]]:
+    """Train ``params`` by gradient descent; every gradient fits the memory budget.
+
+    ``data`` is one of
+
+    * a tuple ``(xs, ys)``: the same full batch at every step (``steps=N``;
+      ``epochs=N`` means the same, one batch per epoch);
+    * a callable ``data(rng) -> (xs, ys)`` drawing a fresh batch per step
+      from ``rng = np.random.default_rng(seed)`` (``steps=`` only);
+    * an iterable of ``(xs, ys)`` batches: ``epochs=`` passes over it, or
+      ``steps=`` batches cycling through it.
+
+    Give exactly one of ``steps`` and ``epochs``. Each batch's gradient comes
+    from :func:`value_and_grad` with ``budget``/``policy`` (schedules are
+    planned once per sequence length and reused). ``clip_norm`` clips by
+    global norm before the update. ``truncate=(h, h_prime)`` trains on-line
+    with truncated BPTT(h; h') (Williams & Peng 1990): along each batch's
+    sequence, every h' steps the window gradient (see
+    :func:`truncated_value_and_grad`; error of the last h' steps,
+    back-propagated h steps from the carried state) is applied at once, so one
+    batch makes ceil(T / h') updates; the carried state is computed with the
+    parameters current when those steps were run.
+
+    Returns ``(params, history)``; history holds one entry per update in
+    "loss" (the mean loss the update's gradient is of), "grad_norm" (global
+    norm before clipping), "time" (seconds since the start) and "batch" (the
+    batch index), plus "updates", "batches", "truncate", "budget", "policy",
+    "optimizer", "seed", "schedule" (summary of the longest schedule used)
+    and "schedules" (summaries keyed by sequence length).
+
+    ``callback(update, params, history)`` runs after each update; returning
+    True stops training. ``progress`` shows a tqdm bar with the loss. The
+    same arguments and seed give bit-identical results. The caller's
+    ``params`` are not modified.
+
+    Example::
+
+        xs, ys = mb.adding_problem(50, 16, seed=0)
+        params, history = mb.train(model, params, (xs, ys), optimizer=mb.Adam(1e-2),
+                                   steps=100, budget=0.1)
+    """
+    where = "train"
+    if not isinstance(model, Sequence):
+        raise TypeError(f"{where}: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
+    model.check_params(params, where=where)
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"{where}: optimizer={optimizer!r} must have init(params) and "
+                        "update(params, grads, state), e.g. mb.Adam(1e-3) or mb.SGD(0.1)")
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"{where}: give exactly one of steps= (number of batches) or epochs= "
+                         f"(passes over an iterable of batches); got steps={steps!r}, epochs={epochs!r}")
+    for name, v in (("steps", steps), ("epochs", epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{where}: {name}={v!r} must be an int >= 1")
+    steps = None if steps is None else int(steps)
+    epochs = None if epochs is None else int(epochs)
+    if clip_norm is not None:
+        clip_norm = _positive_float(clip_norm, name="clip_norm", where=where)
+    if truncate is not None:
+        if not isinstance(truncate, (tuple, list)) or len(truncate) != 2:
+            raise ValueError(f"{where}: truncate={truncate!r} must be a pair (h, h_prime) with h >= h_prime >= 1")
+        truncate = _check_truncate(truncate[0], truncate[1], where=where)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed={seed!r} must be a non-negative int")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{where}: callback must be callable as callback(update, params, history)")
+    plans = BudgetedPlans(model, budget, policy, where=where)
+    batches, n_batches = _batches(data, steps, epochs, int(seed))
+
+    current = {k: np.array(v, copy=True) for k, v in params.items()}
+    opt_state = optimizer.init(current)
+    history: dict[str, Any] = {"loss": [], "grad_norm": [], "time": [], "batch": []}
+    t_start = time.perf_counter()
+    stop = False
+    n_done = 0
+    bar = tqdm(total=n_batches, desc="train", unit="batch", disable=not progress, leave=False)
+    try:
+        for b, batch in enumerate(batches):
+            if not _is_pair(batch):
+                raise TypeError(f"{where}: batch {b} is {type(batch).__name__}, not a tuple (xs, ys) of arrays")
+            xs, ys = batch
+            if truncate is None:
+                if not isinstance(xs, np.ndarray) or xs.ndim != 3:
+                    raise ValueError(f"{where}: batch {b}: xs must be a numpy array of shape (T, batch, input_size)")
+                schedule = plans.schedule(xs.shape[0], xs.shape[1], xs.dtype)
+                updates = [value_and_grad(model, current, xs, ys, schedule=schedule)]
+            else:
+                model.check_data(xs, ys, current[next(iter(current))].dtype, where=where)
+                updates = ((loss, grads) for _, loss, grads in
+                           _truncated_passes(model, lambda: current, xs, ys, truncate[0], truncate[1], plans,
+                                             where=where))
+            for loss, grads in updates:
+                if clip_norm is not None:
+                    grads, norm = clip_by_global_norm(grads, clip_norm)
+                else:
+                    norm = global_norm(grads)
+                current, opt_state = optimizer.update(current, grads, opt_state)
+                history["loss"].append(float(loss))
+                history["grad_norm"].append(float(norm))
+                history["time"].append(time.perf_counter() - t_start)
+                history["batch"].append(b)
+                if callback is not None and callback(len(history["loss"]) - 1, current, history) is True:
+                    stop = True
+                    break
+            n_done = b + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+            if stop:
+                break
+    finally:
+        bar.close()
+    summaries = plans.summaries()
+    history.update({
+        "updates": len(history["loss"]),
+        "batches": n_done,
+        "truncate": truncate,
+        "budget": budget,
+        "policy": plans.policy,
+        "optimizer": repr(optimizer),
+        "seed": int(seed),
+        "schedules": summaries,
+        "schedule": summaries[max(summaries)] if summaries else None,
+    })
+    return current, history
