@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 
 from _tracing import kept_bytes, least_bytes  # noqa: E402
 from oracles import brute_force_cost  # noqa: E402
+from reference import reference_outputs  # noqa: E402
 
 POLICIES = ("msm", "hsm", "ism", "revolve", "sqrt", "full")
 CELLS = {
@@ -464,3 +465,44 @@ def test_scipy_blas_fallback_gives_the_same_gradients():
         assert a[0] == pytest.approx(b[0], rel=tol)
         for ga, gb in zip(a[1:], b[1:]):
             np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol)
+
+
+# ---- final_state: the forward alone, carried piece by piece ------------------------------------------
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_final_state_continues_the_reference_forward(kind):
+    """The state after xs[:4] continues the textbook forward (tests/reference.py) over xs[4:]
+    exactly where running the whole sequence would be; pieces chain bit for bit."""
+    model, params, xs, _, h0 = make_problem(kind, "mse", T=9, batch=3, with_h0=True)
+    nonlinearity = "relu" if kind.endswith("relu") else "tanh"
+    ref_kind = kind.split("_")[0]
+    whole = reference_outputs(ref_kind, params, xs, h0=h0, nonlinearity=nonlinearity)
+    h = mb.final_state(model, params, xs[:4], h0=h0)
+    assert h.shape == model.state_shape(3)
+    rest = reference_outputs(ref_kind, params, xs[4:], h0=h, nonlinearity=nonlinearity)
+    np.testing.assert_allclose(rest, whole[4:], rtol=1e-12, atol=1e-12)
+    assert np.array_equal(mb.final_state(model, params, xs[4:], h0=h), mb.final_state(model, params, xs, h0=h0))
+
+
+@pytest.mark.parametrize("split", [{"lanes": 2}, {"unit_threads": 2}])
+def test_final_state_of_a_split_model_matches_one_thread(split):
+    cell = mb.LSTM(input_size=3, hidden_size=8)
+    model = mb.Sequence(cell, output_size=2, **split)
+    one = mb.Sequence(cell, output_size=2, lanes=1, unit_threads=1)
+    params = model.init_params(seed=3)
+    xs = np.random.default_rng(4).normal(size=(7, 8, 3))
+    np.testing.assert_allclose(mb.final_state(model, params, xs), mb.final_state(one, params, xs),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_final_state_rejects_bad_input():
+    model, params, xs, _, _ = make_problem("gru", "mse", T=5, batch=2)
+    with pytest.raises(ValueError, match="final_state: xs has shape"):
+        mb.final_state(model, params, xs[:, :, :1])
+    with pytest.raises(ValueError, match="final_state: h0 has shape"):
+        mb.final_state(model, params, xs, h0=np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="final_state: xs is float32"):
+        mb.final_state(model, params, xs.astype(np.float32))
+    bad = xs.copy()
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="final_state: xs contains NaN"):
+        mb.final_state(model, params, bad)
