@@ -61,16 +61,20 @@ __all__ = [
 
 class GradCheck(NamedTuple):
     """What :func:`check_grads` checked: the loss, and per array (``"h0"`` for dL/dh0) the number of
-    entries compared and the largest relative error |analytic - numeric| / max(|analytic|, |numeric|)."""
+    entries compared, the largest |analytic - numeric| and the largest relative error
+    |analytic - numeric| / max(|analytic|, |numeric|). (Entries near zero pass through ``atol``: their
+    relative error can be large while the absolute one is at the finite differences' rounding.)"""
 
     loss: float
     n_checked: dict[str, int]
+    max_abs_error: dict[str, float]
     max_rel_error: dict[str, float]
 
     def __str__(self) -> str:
         width = max((len(k) for k in self.max_rel_error), default=4)
         lines = [f"loss {self.loss:.12g}"]
-        lines += [f"{name:<{width}}  {self.n_checked[name]:4d} entries  max relative error {err:.2e}"
+        lines += [f"{name:<{width}}  {self.n_checked[name]:4d} entries  max |difference| "
+                  f"{self.max_abs_error[name]:.2e}  max relative {err:.2e}"
                   for name, err in self.max_rel_error.items()]
         return "\n".join(lines)
 
@@ -116,7 +120,7 @@ def check_grads(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *
     Example::
 
         result = check_grads(model, params, xs, ys, budget=0.2, policy="msm")
-        print(result)            # loss, then entries checked and max relative error per parameter
+        print(result)            # loss, then per parameter: entries checked, largest differences
     """
     if not isinstance(model, Sequence):
         raise TypeError(f"check_grads: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
@@ -155,13 +159,14 @@ def check_grads(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *
         targets.append(("h0", state, h0_grad[0]))
     rng = np.random.default_rng(int(seed))
     n_checked: dict[str, int] = {}
+    max_abs: dict[str, float] = {}
     max_rel: dict[str, float] = {}
     for name, array, analytic in targets:
         flat = array.reshape(-1)  # a view: writes perturb the array value_and_grad reads
         count = flat.size if n_checks is None else min(int(n_checks), flat.size)
         picks = np.sort(rng.choice(flat.size, size=count, replace=False)) if count < flat.size \
             else np.arange(flat.size)
-        worst = 0.0
+        worst = worst_abs = 0.0
         for k in picks.tolist():
             keep = flat[k]
             flat[k] = keep + eps
@@ -181,9 +186,11 @@ def check_grads(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *
                     f"(budget={budget!r}, policy={policy!r})")
             scale = max(abs(got), abs(numeric))
             worst = max(worst, abs(got - numeric) / scale if scale > 0 else 0.0)
+            worst_abs = max(worst_abs, abs(got - numeric))
         n_checked[name] = len(picks)
+        max_abs[name] = worst_abs
         max_rel[name] = worst
-    return GradCheck(float(loss), n_checked, max_rel)
+    return GradCheck(float(loss), n_checked, max_abs, max_rel)
 
 
 # ---- replay_schedule -----------------------------------------------------------------------------
