@@ -28,6 +28,7 @@ if os.environ.get("NUMBA_DISABLE_JIT") != "1":
     sys.exit("run with NUMBA_DISABLE_JIT=1: the counters wrap the kernels' Python functions")
 
 import memopt_bptt as mb  # noqa: E402
+from memopt_bptt.testing import least_budget  # noqa: E402
 
 INPUT, HIDDEN, OUTPUT, BATCH = 3, 4, 2, 2
 GRID_T = (1, 2, 3, 5, 8, 12)
@@ -56,17 +57,6 @@ def counting_model(counter: Counter, loss: str = "mse") -> mb.Sequence:
     return mb.Sequence(cell, output_size=OUTPUT, loss=loss)
 
 
-def least_bytes(T: int, model: mb.Sequence, policy: str) -> int:
-    budget = 1
-    for _ in range(4):
-        try:
-            mb.plan(T, budget=budget, model=model, batch=BATCH, policy=policy)
-            return budget
-        except mb.MemoryBudgetError as exc:
-            budget = exc.least_bytes
-    raise AssertionError(f"least_bytes did not converge for T={T}, policy={policy}")
-
-
 def main(out_path: str) -> None:
     out: dict[str, np.ndarray] = {}
     counter = Counter()
@@ -82,9 +72,9 @@ def main(out_path: str) -> None:
         out[f"xs/{T}"] = xs
         out[f"ys/{T}"] = ys
         full_bytes = mb.plan(T, budget=1.0, model=model, batch=BATCH, policy="full").budget_bytes
-        least_msm = least_bytes(T, model, "msm")
+        least_msm = least_budget(model, T=T, batch=BATCH)
         for policy in POLICIES:
-            least_pol = least_bytes(T, model, policy)
+            least_pol = least_budget(model, T=T, batch=BATCH, policy=policy)
             budgets = sorted({max(least_pol, least_msm if f == "least"
                                   else int(least_msm + f * (full_bytes - least_msm))) for f in FRACTIONS})
             for budget in budgets:

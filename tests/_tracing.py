@@ -1,11 +1,12 @@
 """Helpers shared by the memory tests: what one value_and_grad call keeps (tracemalloc), and the
-least budget plan() accepts."""
+least budget plan() accepts (memopt_bptt.testing.least_budget, under the name the tests use)."""
 
 from __future__ import annotations
 
 import tracemalloc
 
 import memopt_bptt as mb
+from memopt_bptt.testing import least_budget
 
 
 def kept_bytes(model, params, xs, ys, schedule) -> int:
@@ -22,13 +23,5 @@ def kept_bytes(model, params, xs, ys, schedule) -> int:
 
 
 def least_bytes(model, T, batch, policy="msm", dtype="float64"):
-    """The least byte budget plan() accepts, read from MemoryBudgetError.least_bytes."""
-    budget = 1
-    for _ in range(4):
-        try:
-            mb.plan(T, budget=budget, model=model, batch=batch, policy=policy, dtype=dtype)
-            return budget
-        except mb.MemoryBudgetError as exc:
-            assert exc.least_bytes is not None and exc.least_bytes > budget
-            budget = exc.least_bytes
-    raise AssertionError("MemoryBudgetError.least_bytes does not lead to a budget that works")
+    """The least byte budget plan() accepts: :func:`memopt_bptt.testing.least_budget`."""
+    return least_budget(model, T=T, batch=batch, policy=policy, dtype=dtype)

@@ -1,8 +1,8 @@
 """An independent pure-numpy forward of every network, returning the mean loss.
 
 Written from the equations (PyTorch's nn.RNN / nn.GRU / nn.LSTM documentation,
-gate orders i,f,g,o and r,z,n; nn.Linear readout; DESIGN.md section 3 for the
-losses), not from the package's kernels, so it is an oracle for the loss value
+gate orders i,f,g,o and r,z,n; nn.Linear readout; the losses as the
+docstring of ``mb.Sequence`` states them), not from the package's kernels, so it is an oracle for the loss value
 and, through central finite differences, for every gradient. It imports
 nothing from memopt_bptt: a test passes the cell's kind and options in.
 
@@ -94,7 +94,7 @@ def reference_outputs(kind: str, params: dict, xs: np.ndarray, *, h0: np.ndarray
 
 def reference_loss(kind: str, params: dict, xs: np.ndarray, ys: np.ndarray, *, loss: str = "mse",
                    h0: np.ndarray | None = None, nonlinearity: str = "tanh") -> float:
-    """Mean loss over every step and batch row (DESIGN.md section 3).
+    """Mean loss over every step and batch row (as ``mb.Sequence``'s docstring defines it).
 
     "mse": mean over all T*B*O elements of the squared error.
     "cross_entropy": mean over T*B of -log softmax(y_t)[label].
