@@ -7,7 +7,8 @@ Zhou et al. 2016) with plain loops instead of BLAS.
     h'  = (1 - f) * h + f * n
 
 Checked with finite differences of a numpy forward through value_and_grad,
-and for bit-identical gradients across policies. docs/custom_cell.md walks
+with memopt_bptt.testing.check_grads under a budget, and for bit-identical
+gradients across policies. docs/custom_cell.md walks
 through the same cell and is executed here too.
 """
 
@@ -22,6 +23,7 @@ import pytest
 from numba import njit
 
 import memopt_bptt as mb
+from memopt_bptt.testing import check_grads, least_budget, replay_schedule
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,19 +186,26 @@ def test_custom_cell_matches_finite_differences(case):
     assert max_relative_error(dh0, fd_h0) < 1e-6
 
 
+def test_check_grads_under_a_tight_budget(case):
+    model, params, xs, ys, h0 = case
+    budget = least_budget(model, T=T, batch=B)
+    schedule = mb.plan(T, budget=budget, model=model, batch=B)
+    assert replay_schedule(schedule).forward_steps > T  # the budget forces replays
+    result = check_grads(model, params, xs, ys, budget=budget, h0=h0, check_h0=True, n_checks=None)
+    assert max(result.max_rel_error.values()) < 1e-6
+
+
 @pytest.mark.parametrize("policy", ["msm", "hsm", "ism", "revolve", "sqrt"])
 def test_custom_cell_gradients_bit_identical_across_policies(case, policy):
     model, params, xs, ys, h0 = case
     full = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
     sizes = model.sizes(batch=B)
-    # three hidden states' room besides the working buffers: forces replays
-    budget = sizes.working_bytes + 3 * sizes.state_bytes
-    try:
-        small = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget,
-                                  policy=policy, return_report=True)
-    except mb.MemoryBudgetError as exc:  # sqrt's fixed layout may need more
-        small = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=exc.least_bytes,
-                                  policy=policy, return_report=True)
+    # the working buffers and three hidden states (the initial one and two more): forces replays;
+    # sqrt's fixed layout may need more
+    budget = max(least_budget(model, T=T, batch=B) + 2 * sizes.state_bytes,
+                 least_budget(model, T=T, batch=B, policy=policy))
+    small = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True, budget=budget,
+                              policy=policy, return_report=True)
     report = small[3]
     assert report.forward_steps > T  # it did replay
     assert report.schedule.peak_bytes <= report.schedule.budget_bytes
