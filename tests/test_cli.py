@@ -75,7 +75,7 @@ BAD_IN_PROCESS = [
                          "no/such/dir/x.png"], "--plot"),
 ]
 
-DEMO = ["demo", "--steps", "40", "--updates", "4", "--batch", "4", "--hidden", "8", "--budget", "20%"]
+DEMO = ["demo"]   # the defaults, as README's first command runs it
 
 
 def _good_cases(tmp) -> dict[str, list[str]]:
@@ -365,13 +365,23 @@ def test_python_dash_m_is_the_same_program(runs):
 
 
 # ---- demo ------------------------------------------------------------------------------
-def test_demo_trains_and_checks_the_gradient(runs):
+def test_demo_learns_within_the_budget_and_checks_the_gradient(runs):
+    """The default demo: the plan, a loss well below the best constant prediction's
+    on a fresh batch, the measured memory against plain BPTT's, bit-identity."""
     out = _ok(runs[("good", "demo")])
-    assert "bit-identical to plain BPTT" in out
-    assert re.search(r"forward steps: (\d+) counted \(planned \1,", out)
-    peak = re.search(r"measured peak ([0-9.]+) (B|KiB|MiB)", out)
-    assert peak and "against plain BPTT's planned" in out
-    assert re.search(r"loss: [0-9.]+ .* -> [0-9.]+", out)
+    plan = re.search(r"^plan: msm in .* \((\d+\.\d)% of plain BPTT's .*: (\d+) forward steps for (\d+) ", out, re.M)
+    assert plan and float(plan.group(1)) <= 5.0 and int(plan.group(2)) > int(plan.group(3))
+    assert re.search(r"^training loss: [0-9.]+ .* -> [0-9.]+", out, re.M)
+    fresh = re.search(r"^fresh batch: loss ([0-9.]+), .* constant prediction's ([0-9.]+) ", out, re.M)
+    assert fresh, out
+    loss, constant = float(fresh.group(1)), float(fresh.group(2))
+    assert constant > 0.1          # the targets' variance: about 0.2 for the adding problem
+    assert loss < 0.5 * constant   # learned, by a wide margin (measured: about 1% of it)
+    peak = re.search(r"^memory: measured peak ([0-9.]+) (B|KiB|MiB) .* against plain BPTT's planned", out, re.M)
+    assert peak
+    assert re.search(r"^forward steps: (\d+) counted \(planned \1,", out, re.M)
+    assert re.search(r"^gradient check: loss and all 6 parameter gradients are bit-identical to plain BPTT", out,
+                     re.M)
 
 
 # ---- budget parsing (in process) --------------------------------------------------------

@@ -40,16 +40,16 @@ from ._truncated import truncated_value_and_grad
 from ._truncated import truncation_windows
 
 __all__ = [
-    "SGD",
-    "SGDState",
     "Adam",
     "AdamState",
     "clip_by_global_norm",
     "global_norm",
+    "grad_norm_by_lag",
+    "load_params",
+    "save_params",
+    "SGD",
+    "SGDState",
     "train",
     "truncated_value_and_grad",
     "truncation_windows",
-    "save_params",
-    "load_params",
-    "grad_norm_by_lag",
 ]

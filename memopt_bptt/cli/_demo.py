@@ -1,0 +1,106 @@
+"""The demo: train an LSTM on the adding problem under a memory budget, then check it.
+
+Everything is the public API: :func:`memopt_bptt.adding_problem` draws a
+fresh batch per update, :func:`memopt_bptt.train` runs :class:`memopt_bptt.Adam`
+with every gradient planned within the budget, and on a fresh batch
+afterwards the demo prints
+
+* the loss against the best constant prediction's (the mean target; its loss
+  is the targets' variance), so learning shows as a ratio below one;
+* the peak memory measured by :func:`memopt_bptt.value_and_grad`'s report
+  next to what plain BPTT would keep;
+* whether the loss and every gradient are bit-identical to plain BPTT's
+  (exit code 1 if not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+import memopt_bptt as mb
+
+from ._args import PROG, CliError
+from ._target import Target, least_text
+
+__all__ = ["DemoResult", "cmd_demo", "run_demo"]
+
+EVAL_SEED_OFFSET = 2**31
+"""The fresh batch's seed is this plus --seed: above every training batch's
+seed, which train's generator draws below 2**31."""
+
+
+class DemoResult(NamedTuple):
+    """What the demo found, beside what it printed."""
+
+    losses: list[float]     # training loss per update
+    final_loss: float       # on a fresh batch, after training
+    baseline_loss: float    # the best constant prediction's on that batch: the targets' variance
+    same: bool              # loss and gradients bit-identical to plain BPTT
+
+
+def cmd_demo(args: argparse.Namespace, out: Any) -> int:
+    """``memopt-bptt demo``: exit code 0 when the gradient check passes, 1 when it fails."""
+    return 0 if run_demo(args, out).same else 1
+
+
+def run_demo(args: argparse.Namespace, out: Any) -> DemoResult:
+    """Train, print the plan, the loss, the memory and the gradient check to ``out``."""
+    t_start = time.perf_counter()
+    T, B, dtype = args.steps, args.batch, args.dtype
+    model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=args.hidden), output_size=1, loss="mse")
+    params = model.init_params(seed=args.seed, dtype=dtype)
+    plain = mb.plan(T, budget=1.0, model=model, batch=B, dtype=dtype, policy="full")
+    try:
+        schedule = mb.plan(T, budget=args.budget, model=model, batch=B, dtype=dtype, policy=args.policy)
+    except mb.MemoryBudgetError as exc:
+        target = Target(model, B, dtype, None, float(plain.peak_bytes))
+        least, fix = least_text(exc, target, T, args.policy)
+        raise CliError(f"--budget is below the least that works for the demo (T={T}, batch {B}) with "
+                       f"--policy {args.policy}: {least}; use {fix} or more") from None
+    print(f"{PROG} demo: {model.describe()} on the adding problem (mb.adding_problem), T={T}, batch {B}, "
+          f"{dtype}, {args.updates} updates of mb.Adam({args.lr:g}) by mb.train", file=out)
+    print(f"plan: {args.policy} in {mb.format_bytes(schedule.budget_bytes)} "
+          f"({schedule.budget_bytes / plain.peak_bytes:.1%} of plain BPTT's {mb.format_bytes(plain.peak_bytes)}): "
+          f"{schedule.forward_steps} forward steps for {T} ({schedule.forward_steps / T:.2f} per step), "
+          f"predicted time x{schedule.time_ratio:.2f}, {schedule.n_hidden_slots} hidden + "
+          f"{schedule.n_internal_slots} internal slots", file=out)
+    print("(the first update may include Numba compiling the sweep: a few seconds, once per machine)", file=out)
+    out.flush()
+
+    def draw_batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return mb.adding_problem(T, B, seed=int(rng.integers(EVAL_SEED_OFFSET)), dtype=dtype)
+
+    # train plans through the same cache as mb.plan above: the same schedule
+    params, history = mb.train(model, params, draw_batch, budget=args.budget, policy=args.policy,
+                               optimizer=mb.Adam(args.lr), steps=args.updates, clip_norm=1.0, seed=args.seed)
+    losses = history["loss"]
+    k = max(1, min(10, len(losses) // 2))
+    print(f"training loss: {np.mean(losses[:k]):.4f} (mean of the first {k} updates) -> "
+          f"{np.mean(losses[-k:]):.4f} (last {k}), {history['time'][-1]:.1f} s", file=out)
+
+    xs, ys = mb.adding_problem(T, B, seed=EVAL_SEED_OFFSET + args.seed, dtype=dtype)
+    loss, grads, report = mb.value_and_grad(model, params, xs, ys, schedule=schedule, return_report=True)
+    plain_loss, plain_grads = mb.value_and_grad(model, params, xs, ys)   # plain BPTT
+    baseline = float(np.var(ys.astype(np.float64)))
+    print(f"fresh batch: loss {loss:.4f}, {loss / baseline:.0%} of the best constant prediction's {baseline:.4f} "
+          "(predicting the mean target; its loss is the targets' variance)", file=out)
+    print(f"memory: measured peak {mb.format_bytes(report.measured_peak_bytes)} (tracemalloc, one update) "
+          f"against plain BPTT's planned {mb.format_bytes(plain.peak_bytes)} "
+          f"({report.measured_peak_bytes / plain.peak_bytes:.1%}); this schedule planned "
+          f"{mb.format_bytes(report.planned_bytes)} within a budget of {mb.format_bytes(schedule.budget_bytes)}",
+          file=out)
+    print(f"forward steps: {report.forward_steps} counted (planned {schedule.forward_steps}, plain BPTT {T})",
+          file=out)
+    same = loss == plain_loss and all(np.array_equal(grads[name], plain_grads[name]) for name in grads)
+    if same:
+        print(f"gradient check: loss and all {len(grads)} parameter gradients are bit-identical to plain BPTT "
+              "(np.array_equal)", file=out)
+    else:
+        bad = [name for name in grads if not np.array_equal(grads[name], plain_grads[name])]
+        print(f"gradient check FAILED: {bad or ['loss']} differ from plain BPTT", file=out)
+    print(f"wall time: {time.perf_counter() - t_start:.1f} s", file=out)
+    return DemoResult(list(losses), float(loss), baseline, same)
