@@ -63,7 +63,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 import memopt_bptt as mb  # noqa: E402
-from memopt_bptt._actions import OP_CODES  # noqa: E402
+from memopt_bptt._actions import Op  # noqa: E402
 from memopt_bptt._executor._runner import Data, Run  # noqa: E402
 
 try:
@@ -167,7 +167,7 @@ def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> d
     # (each reversal with its rebuild, readout and loss), on one set of buffers.
     full = mb.plan(n_steps, budget=1.0, model=model, batch=BATCH, dtype=dtype, policy="full")
     codes = full.codes
-    r0 = int(np.argmax(codes[:, 0] == OP_CODES["reverse"]))
+    r0 = int(np.argmax(codes[:, 0] == Op.REVERSE))
     run = Run(model, P, Data(xs, ys, np.zeros((1, 1), np.int64)), sizes, loss_kind=0, scale=1.0 / ys.size)
     jobs = run.allocate(full.pool_quanta, s0, grads, np.zeros(0))
 

@@ -15,6 +15,7 @@ Example::
 
 from ._actions import Action
 from ._actions import OPS
+from ._actions import Op
 from ._budget import MemoryBudgetError
 from ._budget import format_bytes
 from ._budget import parse_budget
@@ -79,6 +80,7 @@ __all__ = [
     "LSTM",
     "MemoryBudgetError",
     "numforw",
+    "Op",
     "OPS",
     "parse_budget",
     "plan",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._actions import OP_CODES
+from .._actions import Op
 from .._model import Sequence
 from ._runner import Data, Run
 
@@ -15,7 +15,7 @@ __all__ = ["measure_step_times", "measure_byte_cost"]
 
 
 def _codes(rows: list) -> np.ndarray:
-    return np.array([[OP_CODES[op], step, -1] for op, step in rows], np.int64).reshape((-1, 3))
+    return np.array([[op, step, -1] for op, step in rows], np.int64).reshape((-1, 3))
 
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,
@@ -59,9 +59,9 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     h0 = (0.1 * rng.standard_normal(sizes.state_len)).astype(dt)
     grads = tuple(np.zeros_like(a) for a in arrays)
     no_norms = np.zeros(0, np.float64)
-    keep = _codes([("keep", 1)])  # one step into the working internal state, reversed over and over
-    forward = _codes([("advance", repeats)])
-    reverse = _codes([("reverse", t) for t in range(repeats, 0, -1)])
+    keep = _codes([(Op.KEEP, 1)])  # one step into the working internal state, reversed over and over
+    forward = _codes([(Op.ADVANCE, repeats)])
+    reverse = _codes([(Op.REVERSE, t) for t in range(repeats, 0, -1)])
     empty = forward[:0]
     times = []
     for codes in (forward, reverse):

@@ -34,16 +34,16 @@ import math
 
 from numba import njit
 
-from memopt_bptt._actions import OP_CODES
+from memopt_bptt._actions import Op
 from memopt_bptt._kernels.blas import gemm
 from memopt_bptt._kernels.mm import product
 from memopt_bptt._kernels.sync import barrier
 
-TAKESHOT = OP_CODES["takeshot"]
-RESTORE = OP_CODES["restore"]
-ADVANCE = OP_CODES["advance"]
-KEEP = OP_CODES["keep"]
-RESTORE_INTERNAL = OP_CODES["restore_internal"]
+TAKESHOT = int(Op.TAKESHOT)  # plain ints: compile-time constants in the jitted dispatch
+RESTORE = int(Op.RESTORE)
+ADVANCE = int(Op.ADVANCE)
+KEEP = int(Op.KEEP)
+RESTORE_INTERNAL = int(Op.RESTORE_INTERNAL)
 MSE = 0  # spec.loss_kind; 1 is cross-entropy
 
 
@@ -88,7 +88,7 @@ def sweep(codes, params, data, bufs, grads, spec):
             REBUILD(params, data, bufs, spec, step - 1, pool[off: off + K], cur)  # noqa: F821
             pos = step
             nb = SYNC(bufs, spec, nb)  # noqa: F821
-        else:  # reverse
+        else:  # Op.REVERSE
             internal = work_int if off < 0 else pool[off: off + K]
             REBUILD(params, data, bufs, spec, step - 1, internal, nxt)  # noqa: F821
             nb = SYNC(bufs, spec, nb)  # noqa: F821

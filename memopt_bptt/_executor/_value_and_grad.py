@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._actions import OP_CODES
+from .._actions import Op
 from .._model import Sequence
 from .._plans import cached_plan, resolve_policy
 from .._schedule import Schedule
@@ -176,6 +176,6 @@ def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: np.ndarray
     dummy = Data(xs_c, np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64))
     run = Run(model, arrays, dummy, model.sizes(batch=B, dtype=dtype), loss_kind=0, scale=1.0)
     grads = tuple(np.zeros_like(a) for a in arrays)
-    codes = np.array([[OP_CODES["advance"], T, -1]], np.int64)
+    codes = np.array([[Op.ADVANCE, T, -1]], np.int64)
     results = run.run(codes, run.allocate(0, h0_flat, grads, np.zeros(0, np.float64)))
     return model.user_state(run.gather_state(results, 3), B)
