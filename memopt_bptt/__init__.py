@@ -19,11 +19,8 @@ from ._actions import Op
 from ._budget import MemoryBudgetError
 from ._budget import format_bytes
 from ._budget import parse_budget
-from ._executor import Report
-from ._executor import final_state
 from ._executor import measure_byte_cost
 from ._executor import measure_step_times
-from ._executor import value_and_grad
 from ._model import Sequence
 from ._planner import POLICIES
 from ._planner import beta
@@ -48,6 +45,9 @@ from .training import save_params
 from .training import train
 from .training import truncated_value_and_grad
 from .training import truncation_windows
+from ._value_and_grad import Report
+from ._value_and_grad import final_state
+from ._value_and_grad import value_and_grad
 from ._version import __version__
 from .cells import GRU
 from .cells import LSTM

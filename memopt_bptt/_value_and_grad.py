@@ -3,9 +3,10 @@
 The data flow: ``value_and_grad`` checks the parameters and data
 (``Sequence.check_params`` / ``check_data``), takes a schedule from the plan
 cache (``memopt_bptt._plans``) or the caller, lowers nothing (a Schedule
-holds its integer codes), lets :class:`~._runner.Run` allocate the buffers
-the planner charged for, and runs the one jitted sweep (``_sweep.py``) on
-each lane or unit thread. A report, when asked for, traces that run with
+holds its integer codes), lets the executor's :class:`Run` allocate the
+buffers the planner charged for, and runs the one jitted sweep
+(``_executor/_sweep.py``) on each lane or unit thread. The executor itself
+never plans: it runs the schedule it is given. A report, when asked for, traces that run with
 ``tracemalloc``.
 """
 
@@ -18,11 +19,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._actions import Op
-from .._model import Sequence
-from .._plans import cached_plan, resolve_policy
-from .._schedule import Schedule
-from ._runner import Data, Run
+from ._actions import Op
+from ._executor import Data, Run
+from ._model import Sequence
+from ._plans import cached_plan, resolve_policy
+from ._schedule import Schedule
 
 __all__ = ["Report", "final_state", "value_and_grad"]
 
