@@ -273,7 +273,7 @@ def test_truncated_window_gradient_matches_numpy_window(budget):
     """One window with h > h': error only at its last h' steps, back-propagated h
     steps from the carried state, against a plain numpy loop over that window."""
     from memopt_bptt.training._budgeted import BudgetedPlans
-    from memopt_bptt.training._truncated import _window_value_and_grad
+    from memopt_bptt.training._truncated import window_value_and_grad
 
     T, h, hp = 9, 6, 3
     xs, ys = data(T, 2, seed=6)
@@ -284,7 +284,7 @@ def test_truncated_window_gradient_matches_numpy_window(budget):
     want_loss, want = np_window(p, xs, ys, h_start, start, loss_from, end)
     plans = BudgetedPlans(ELMAN, budget, None, where="test")
     window_budget = plans.budget_for(h, 2, np.float64)
-    loss, got = _window_value_and_grad(plans, p, xs, ys, h_start, (start, loss_from, end), budget=window_budget)
+    loss, got = window_value_and_grad(plans, p, xs, ys, h_start, (start, loss_from, end), budget=window_budget)
     assert loss == pytest.approx(want_loss, rel=1e-10)
     assert_close(got, want, rtol=1e-9, atol=1e-12)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._executor import value_and_grad
+from .._value_and_grad import value_and_grad
 from .._model import Sequence
 
 __all__ = ["grad_norm_by_lag"]

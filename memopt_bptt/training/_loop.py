@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .._executor import value_and_grad
+from .._value_and_grad import value_and_grad
 from .._model import Sequence
 from ._budgeted import BudgetedPlans
-from ._optim import _positive_float, clip_by_global_norm, global_norm
-from ._truncated import _check_truncate, _truncated_passes
+from ._optim import clip_by_global_norm, global_norm, positive_number
+from ._truncated import check_truncate, window_gradients
 
 __all__ = ["train"]
 
@@ -142,11 +142,11 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
     steps = None if steps is None else int(steps)
     epochs = None if epochs is None else int(epochs)
     if clip_norm is not None:
-        clip_norm = _positive_float(clip_norm, name="clip_norm", where=where)
+        clip_norm = positive_number(clip_norm, name="clip_norm", where=where)
     if truncate is not None:
         if not isinstance(truncate, (tuple, list)) or len(truncate) != 2:
             raise ValueError(f"{where}: truncate={truncate!r} must be a pair (h, h_prime) with h >= h_prime >= 1")
-        truncate = _check_truncate(truncate[0], truncate[1], where=where)
+        truncate = check_truncate(truncate[0], truncate[1], where=where)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"{where}: seed={seed!r} must be a non-negative int")
     if callback is not None and not callable(callback):
@@ -174,7 +174,7 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
             else:
                 model.check_data(xs, ys, current[next(iter(current))].dtype, where=where)
                 updates = ((loss, grads) for _, loss, grads in
-                           _truncated_passes(model, lambda: current, xs, ys, truncate[0], truncate[1], plans,
+                           window_gradients(model, lambda: current, xs, ys, truncate[0], truncate[1], plans,
                                              where=where))
             for loss, grads in updates:
                 if clip_norm is not None:

@@ -39,7 +39,8 @@ def _check_tree(params: Any, grads: Any, *, where: str) -> None:
             raise ValueError(f"{where}: params[{k!r}] and grads[{k!r}] must be arrays of one shape")
 
 
-def _positive_float(value: Any, *, name: str, where: str, allow_zero: bool = False) -> float:
+def positive_number(value: Any, *, name: str, where: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``); the error names ``where`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{where}: {name}={value!r} must be a number")
     v = float(value)
@@ -69,8 +70,8 @@ class SGD:
     """
 
     def __init__(self, lr: float, *, momentum: float = 0.0):
-        self.lr = _positive_float(lr, name="lr", where="SGD")
-        self.momentum = _positive_float(momentum, name="momentum", where="SGD", allow_zero=True)
+        self.lr = positive_number(lr, name="lr", where="SGD")
+        self.momentum = positive_number(momentum, name="momentum", where="SGD", allow_zero=True)
         if self.momentum >= 1.0:
             raise ValueError(f"SGD: momentum={momentum!r} must be in [0, 1)")
 
@@ -119,15 +120,15 @@ class Adam:
     """
 
     def __init__(self, lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.lr = _positive_float(lr, name="lr", where="Adam")
+        self.lr = positive_number(lr, name="lr", where="Adam")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"Adam: betas={betas!r} must be a pair (b1, b2)")
-        b1 = _positive_float(betas[0], name="betas[0]", where="Adam", allow_zero=True)
-        b2 = _positive_float(betas[1], name="betas[1]", where="Adam", allow_zero=True)
+        b1 = positive_number(betas[0], name="betas[0]", where="Adam", allow_zero=True)
+        b2 = positive_number(betas[1], name="betas[1]", where="Adam", allow_zero=True)
         if b1 >= 1.0 or b2 >= 1.0:
             raise ValueError(f"Adam: betas={betas!r} must both be in [0, 1)")
         self.betas = (b1, b2)
-        self.eps = _positive_float(eps, name="eps", where="Adam")
+        self.eps = positive_number(eps, name="eps", where="Adam")
 
     def __repr__(self) -> str:
         return f"Adam(lr={self.lr:g}, betas={self.betas}, eps={self.eps:g})"
@@ -185,7 +186,7 @@ def clip_by_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> tup
 
         grads, norm = mb.clip_by_global_norm(grads, 1.0)
     """
-    max_norm = _positive_float(max_norm, name="max_norm", where="clip_by_global_norm")
+    max_norm = positive_number(max_norm, name="max_norm", where="clip_by_global_norm")
     norm = global_norm(grads)
     if not math.isfinite(norm):
         raise FloatingPointError("clip_by_global_norm: the gradient norm is not finite; check the data and "

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._executor import final_state, value_and_grad
+from .._value_and_grad import final_state, value_and_grad
 from .._model import Sequence
 from ._budgeted import BudgetedPlans, WindowBudget
 
@@ -31,7 +31,8 @@ Params = dict[str, np.ndarray]
 Window = tuple[int, int, int]
 
 
-def _check_truncate(h: Any, h_prime: Any, *, where: str) -> tuple[int, int]:
+def check_truncate(h: Any, h_prime: Any, *, where: str) -> tuple[int, int]:
+    """(h, h_prime) as ints with h >= h_prime >= 1; the error names ``where``."""
     for name, v in (("h", h), ("h_prime", h_prime)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{where}: {name}={v!r} must be an int >= 1")
@@ -56,7 +57,7 @@ def truncation_windows(T: int, *, h: int, h_prime: int) -> list[tuple[int, int, 
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"truncation_windows: T={T!r} must be an int >= 1")
-    h, h_prime = _check_truncate(h, h_prime, where="truncation_windows")
+    h, h_prime = check_truncate(h, h_prime, where="truncation_windows")
     windows = []
     prev = 0
     while prev < T:
@@ -66,7 +67,7 @@ def truncation_windows(T: int, *, h: int, h_prime: int) -> list[tuple[int, int, 
     return windows
 
 
-def _window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray, ys: np.ndarray,
+def window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray, ys: np.ndarray,
                            h0: np.ndarray | None, window: Window, *, budget: WindowBudget) -> tuple[float, Params]:
     """Mean loss over steps loss_from+1..end of ``window = (start, loss_from, end)``
     and its gradient back-propagated to ``start``, from the state ``h0`` there.
@@ -97,7 +98,7 @@ def _window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray,
     return loss, grads
 
 
-def _truncated_passes(model: Sequence, get_params: Callable[[], Params], xs: np.ndarray, ys: np.ndarray,
+def window_gradients(model: Sequence, get_params: Callable[[], Params], xs: np.ndarray, ys: np.ndarray,
                       h: int, h_prime: int, plans: BudgetedPlans, *, where: str) -> Iterator[tuple[int, float, Params]]:
     """Yield ``(n_loss_steps, loss, grads)`` per window, fetching the current
     parameters before each window (so a caller may update them in between).
@@ -126,7 +127,7 @@ def _truncated_passes(model: Sequence, get_params: Callable[[], Params], xs: np.
                 pos = stop
                 if stop in starts:
                     stored[stop] = carried
-        loss, grads = _window_value_and_grad(plans, params, xs, ys, h0, (start, loss_from, end), budget=budget)
+        loss, grads = window_value_and_grad(plans, params, xs, ys, h0, (start, loss_from, end), budget=budget)
         if k + 1 < len(windows):
             next_start = windows[k + 1][0]
             for p in [p for p in stored if p < next_start]:
@@ -168,14 +169,14 @@ def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys
     where = "truncated_value_and_grad"
     if not isinstance(model, Sequence):
         raise TypeError(f"{where}: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
-    h, h_prime = _check_truncate(h, h_prime, where=where)
+    h, h_prime = check_truncate(h, h_prime, where=where)
     arrays = model.check_params(params, where=where)
     model.check_data(xs, ys, arrays[0].dtype, where=where)
     plans = BudgetedPlans(model, budget, policy, where=where)
     T = xs.shape[0]
     loss_total: float | None = None
     grads_total: Params | None = None
-    for n_k, loss, grads in _truncated_passes(model, lambda: params, xs, ys, h, h_prime, plans, where=where):
+    for n_k, loss, grads in window_gradients(model, lambda: params, xs, ys, h, h_prime, plans, where=where):
         w = n_k / T  # exactly 1.0 when one window covers the sequence
         if grads_total is None:
             loss_total = w * loss
