@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .._value_and_grad import value_and_grad
 from .._model import Sequence
+from .._value_and_grad import value_and_grad
 
 __all__ = ["grad_norm_by_lag"]
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .._value_and_grad import value_and_grad
 from .._model import Sequence
+from .._value_and_grad import value_and_grad
 from ._budgeted import BudgetedPlans
 from ._optim import clip_by_global_norm, global_norm, positive_number
 from ._truncated import check_truncate, window_gradients

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .._value_and_grad import final_state, value_and_grad
 from .._model import Sequence
+from .._value_and_grad import final_state, value_and_grad
 from ._budgeted import BudgetedPlans, WindowBudget
 
 __all__ = ["truncated_value_and_grad", "truncation_windows"]
