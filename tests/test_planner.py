@@ -179,6 +179,7 @@ def test_cost_functions_accept_numpy_integers():
     assert type(mb.numforw(np.int64(10), 3)) is int
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["hsm", "revolve"])
 def test_plan_hsm_equals_closed_form_full_grid(policy):
     # every T <= 500 and m <= 20 (measured: ~6 s for hsm's table, ~0.3 s for revolve)

@@ -176,6 +176,7 @@ def test_msm_closed_form_plans_long_sequences_exactly():
                 pool_quanta=pool, forward_steps=int(forwards)).validate()
 
 
+@pytest.mark.slow
 def test_msm_plans_equal_the_full_table_across_tau():
     # T = 2000 (hq=2, kq=7): budgets on both sides of T <= tau(M) give the cost of the
     # pruned table run with no closed-form cells at all, and valid schedules
