@@ -6,6 +6,13 @@ docstring of ``mb.Sequence`` states them), not from the package's kernels, so it
 and, through central finite differences, for every gradient. It imports
 nothing from memopt_bptt: a test passes the cell's kind and options in.
 
+``finite_difference_grads`` differentiates a loss given as a function, here
+this independent forward, so it also catches a forward kernel that is wrong
+in the same way as its backward; ``memopt_bptt.testing.check_grads``
+differentiates ``value_and_grad``'s own loss (the user-facing check). The
+two are kept apart on purpose: an oracle should share no code with what it
+checks.
+
 Example::
 
     loss = reference_loss("lstm", params, xs, ys, loss="mse")

@@ -9,7 +9,7 @@ Zhou et al. 2016) with plain loops instead of BLAS.
 Checked with finite differences of a numpy forward through value_and_grad,
 with memopt_bptt.testing.check_grads under a budget, and for bit-identical
 gradients across policies. docs/custom_cell.md walks
-through the same cell and is executed here too.
+through the same cell and is executed here too (marked slow).
 """
 
 import importlib.util
@@ -215,8 +215,13 @@ def test_custom_cell_gradients_bit_identical_across_policies(case, policy):
     np.testing.assert_array_equal(small[2], full[2])
 
 
+@pytest.mark.slow
 def test_doc_walkthrough_runs(tmp_path):
-    """docs/custom_cell.md's python blocks, run in order as one module."""
+    """docs/custom_cell.md's python blocks, run in order as one module.
+
+    Slow: the doc's kernels live in a fresh file under tmp_path, so they and
+    their sweep compile on every run (8-20 s); the tests above cover the
+    same cell in the default run."""
     with open(DOC, encoding="utf-8") as fh:
         blocks = re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
     assert len(blocks) >= 3

@@ -1,8 +1,9 @@
 """memopt_bptt.testing against independent oracles.
 
 * check_grads: passes on every built-in cell under a budget, and fails, naming
-  the parameter, the index and both values, on a cell whose backward kernel is
-  deliberately wrong in one entry.
+  the parameter, the index and both values, when one entry of the gradients
+  (or of dL/dh0) is deliberately wrong, and (slow) on a cell whose backward
+  kernel is wrong in one entry.
 * replay_schedule: its counts equal Revolve's closed forms (mb.hsm_cost,
   mb.numforw) and the exhaustive search of tests/oracles.py, and the
   executor's own count; hand-made broken schedules are rejected.
@@ -79,8 +80,42 @@ def test_check_grads_samples_entries_reproducibly():
     assert some.n_checked["readout.bias"] == O
 
 
+def _corrupt_budgeted_gradients(monkeypatch, name, index, delta):
+    """value_and_grad as check_grads sees it, with one entry of the budgeted (analytic) run off by delta;
+    the finite differences' plain-BPTT losses are untouched."""
+    true_value_and_grad = mbt.value_and_grad
+
+    def value_and_grad(*args, **kwargs):
+        out = true_value_and_grad(*args, **kwargs)
+        if kwargs.get("budget") is not None:
+            target = out[2] if name == "h0" else out[1][name]
+            target[index] += delta
+        return out
+
+    monkeypatch.setattr(mbt, "value_and_grad", value_and_grad)
+
+
+@pytest.mark.parametrize("name,index", [("cell.bias_hh", (1,)), ("cell.weight_hh", (2, 3)), ("h0", (0, 1))])
+def test_check_grads_fails_on_one_wrong_entry_naming_it(monkeypatch, name, index):
+    model = mb.Sequence(CELLS["gru"](), output_size=O)
+    params = model.init_params(seed=4)
+    xs, ys = _data(model, seed=5)
+    budget = least_budget(model, T=T, batch=B)
+    _, grads, dh0 = mb.value_and_grad(model, params, xs, ys, budget=budget, return_h0_grad=True)
+    right = (dh0 if name == "h0" else grads[name])[index]
+    delta = 1e-3 * max(abs(right), 1e-3)   # small: 0.1% of the entry
+    _corrupt_budgeted_gradients(monkeypatch, name, index, delta)
+    with pytest.raises(AssertionError) as info:
+        check_grads(model, params, xs, ys, budget=budget, check_h0=True, n_checks=None)
+    message = str(info.value)
+    assert (f"'{name}'" if name != "h0" else "dL/dh0") in message and str(index) in message
+    assert repr(float(right + delta)) in message        # the analytic value as value_and_grad gave it
+    monkeypatch.undo()
+    check_grads(model, params, xs, ys, budget=budget, check_h0=True, n_checks=None)   # and passes unbroken
+
+
 @njit(cache=True)
-def _elman_backward_off_by_one_bias(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
+def _elman_backward_off_in_one_bias(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                                     g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work):
     _ELMAN_BACKWARD(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
                     g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_out, g_b_out, work)
@@ -90,9 +125,10 @@ def _elman_backward_off_by_one_bias(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, int
 _ELMAN_BACKWARD = mb.Elman(input_size=I, hidden_size=H).backward_step
 
 
-def test_check_grads_fails_on_a_wrong_backward_naming_parameter_index_and_values():
+@pytest.mark.slow   # compiles a sweep for its own cell; the test above covers the check without one
+def test_check_grads_fails_on_a_wrong_backward_kernel():
     base = mb.Elman(input_size=I, hidden_size=H)
-    wrong = dataclasses.replace(base, kind="elman_wrong_bias", backward_step=_elman_backward_off_by_one_bias)
+    wrong = dataclasses.replace(base, kind="elman_wrong_bias", backward_step=_elman_backward_off_in_one_bias)
     model = mb.Sequence(wrong, output_size=O)
     params = model.init_params(seed=4)
     xs, ys = _data(model, seed=5)
@@ -102,7 +138,7 @@ def test_check_grads_fails_on_a_wrong_backward_naming_parameter_index_and_values
     assert "'cell.bias_hh'" in message and "(1,)" in message
     analytic = mb.value_and_grad(model, params, xs, ys)[1]["cell.bias_hh"][1]
     assert repr(float(analytic)) in message
-    # the same model passes where the kernel is right: only that entry is wrong
+    # the same parameters pass with the right kernel: only that entry is wrong
     result = check_grads(mb.Sequence(base, output_size=O), params, xs, ys, n_checks=None)
     assert result.max_rel_error["cell.bias_hh"] < 1e-6
 
