@@ -1,6 +1,6 @@
 """Planner tests: closed forms, exhaustive search, monotonicity, budgets, goldens.
 
-Oracles (DESIGN.md section 5): ``tests/oracles.py`` (Revolve's closed form
+Oracles (as the README and memopt_bptt/_planner/__init__.py state them): ``tests/oracles.py`` (Revolve's closed form
 and an exhaustive 0-1 BFS over every valid schedule, both independent of the
 package), an independent replay of the action list written here, and
 schedules worked out by hand from the recurrence. No executor code runs.
@@ -115,7 +115,8 @@ KNOWN_HSM = [(10, 2, 30), (10, 3, 25), (100, 5, 416), (300, 10, 1136), (1000, 10
 
 @pytest.mark.parametrize("t,m,cost", KNOWN_HSM)
 def test_known_hsm_values(t, m, cost):
-    # DESIGN.md's checked values; the oracle must agree too, or the oracle is wrong.
+    # Values checked by hand from the recurrence (Gruslys et al. 2016, section 3, and Revolve's
+    # binomial closed form); the oracle must agree too, or the oracle is wrong.
     assert closed_form_hsm(t, m) == cost
     assert mb.hsm_cost(t, m) == cost
     assert mb.numforw(t, m) == cost - t
