@@ -178,5 +178,6 @@ def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: np.ndarray
     run = Run(model, arrays, dummy, model.sizes(batch=B, dtype=dtype), loss_kind=0, scale=1.0)
     grads = tuple(np.zeros_like(a) for a in arrays)
     codes = np.array([[Op.ADVANCE, T, -1]], np.int64)
+    codes.flags.writeable = False  # as a Schedule's codes are: the same compiled sweep
     results = run.run(codes, run.allocate(0, h0_flat, grads, np.zeros(0, np.float64)))
     return model.user_state(run.gather_state(results, 3), B)

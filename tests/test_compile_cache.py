@@ -105,3 +105,16 @@ def test_unknown_mode_is_refused():
         _compile.sweep_for(mb.GRU(input_size=2, hidden_size=3), "lanes")
     with pytest.raises(ValueError, match="no unit kernels"):
         _compile.sweep_for(mb.GRU(input_size=2, hidden_size=3), "units")
+
+
+def test_final_state_and_measurement_share_value_and_grads_compiled_sweep():
+    """One compiled signature serves value_and_grad, final_state and measure_step_times
+    (each extra one would cost seconds of compiling in every new process)."""
+    model = mb.Sequence(mb.Elman(input_size=2, hidden_size=3), output_size=1)
+    params = model.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=(5, 2, 2)), rng.normal(size=(5, 2, 1))
+    mb.value_and_grad(model, params, xs, ys, budget=0.9)
+    mb.final_state(model, params, xs)
+    mb.measure_step_times(model, batch=2, dtype="float64", repeats=2)
+    assert len(_compile.sweep_for(model.cell, "rows").signatures) == 1

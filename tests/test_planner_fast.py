@@ -46,6 +46,49 @@ def test_msm_fallback_warns_and_is_no_worse_than_single_kinds(monkeypatch):
 
 
 # ---- the pruned exact MSM table (_msm_fast_table) --------------------------------
+@pytest.mark.parametrize("T,hq,kq", [(200, 2, 7), (160, 1, 3), (120, 3, 5)])
+def test_parallel_row_pairs_give_the_serial_table(T, hq, kq):
+    """_msm_fast_table_pair (the two start kinds of a row as one parallel loop, for large
+    tables) writes the same costs and choices as the serial _msm_fast_table, which the
+    naive table checks below."""
+    from memopt_bptt._planner._msm import _msm_fast_table, _msm_fast_table_pair
+    from memopt_bptt._planner._tables import _lb_taus
+
+    M = (T - 1) * kq
+    tau = _lb_taus(M, hq, kq, T)
+    choice_serial = np.zeros((2, M + 1, T + 1), np.int32)
+    choice_pair = np.zeros((2, M + 1, T + 1), np.int32)
+    serial, evals_serial = _msm_fast_table(T, M, hq, kq, M + 1, choice_serial, tau)
+    pair, evals_pair = _msm_fast_table_pair(T, M, hq, kq, M + 1, choice_pair, tau)
+    np.testing.assert_array_equal(pair, serial)
+    np.testing.assert_array_equal(choice_pair, choice_serial)
+    assert evals_pair == evals_serial
+
+
+def test_plan_quanta_is_the_same_with_either_table(monkeypatch):
+    import memopt_bptt._planner as planner
+
+    calls = {"serial": 0, "pair": 0}
+
+    def counting(name, fn):
+        def wrapped(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(planner, "_msm_fast_table", counting("serial", planner._msm_fast_table))
+    monkeypatch.setattr(planner, "_msm_fast_table_pair", counting("pair", planner._msm_fast_table_pair))
+    budgets = (8, 12, 20)  # quanta where the optimum is above the lower bound: the table runs
+    default = [planner.plan_quanta(300, free, 2, 7, "msm") for free in budgets]
+    assert calls == {"serial": len(budgets), "pair": 0}
+    monkeypatch.setattr(planner, "PAIR_MIN_CELLS", 0)  # every table through the parallel rows
+    for free, (codes, forwards, pool) in zip(budgets, default):
+        codes2, forwards2, pool2 = planner.plan_quanta(300, free, 2, 7, "msm")
+        assert (forwards2, pool2) == (forwards, pool)
+        np.testing.assert_array_equal(codes2, codes)
+    assert calls == {"serial": len(budgets), "pair": len(budgets)}
+
+
 @pytest.mark.parametrize("T,hq,kq", [(300, 2, 7), (300, 1, 1), (300, 2, 4), (160, 1, 3), (160, 3, 5), (160, 1, 2)])
 def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
     # every (start kind, t <= T, m <= plain BPTT's need): the pruned table keeps all rows here

@@ -15,7 +15,10 @@ __all__ = ["measure_step_times", "measure_byte_cost"]
 
 
 def _codes(rows: list) -> np.ndarray:
-    return np.array([[op, step, -1] for op, step in rows], np.int64).reshape((-1, 3))
+    """Lowered actions, read-only as a Schedule's codes are (so the sweep compiled for those runs them)."""
+    codes = np.array([[op, step, -1] for op, step in rows], np.int64).reshape((-1, 3))
+    codes.flags.writeable = False
+    return codes
 
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,

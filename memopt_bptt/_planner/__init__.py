@@ -103,7 +103,7 @@ from .._budget import MemoryBudgetError, parse_budget
 from .._schedule import Schedule, plain_pool_quanta
 from ._closed import _fixed_pool, _sqrt_segment, beta, hsm_cost, numforw
 from ._emit import _MODE_FULL, _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit
-from ._msm import _msm_fast_table
+from ._msm import PAIR_MIN_CELLS, _msm_fast_table, _msm_fast_table_pair
 from ._tables import _dp_table, _ism_table, _lb_of, _lb_taus
 
 __all__ = ["plan", "beta", "numforw", "hsm_cost", "POLICIES"]
@@ -187,12 +187,15 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         choice = np.zeros((2, cap + 1, T + 1), np.int16 if T < 2 ** 15 else np.int32)
         # One thread: the two-kind parallel rows measured slower on two (T=10^4 at 1%:
         # 2.45 s against 1.65 s), their synchronisation per row outweighing the split.
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
+        if kq > hq and (cap + 1) * (T + 1) >= PAIR_MIN_CELLS:
+            threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                _msm_fast_table_pair(T, cap, hq, kq, kq + 1, choice, tau)
+            finally:
+                numba.set_num_threads(threads)
+        else:
             _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
-        finally:
-            numba.set_num_threads(threads)
         return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k, tau)
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
     return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, no_tau)

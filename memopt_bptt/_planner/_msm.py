@@ -136,8 +136,9 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     t > tau[own, m] and returns (cost [own, R, T+1] as kept, split
     evaluations). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
     their lower bound, proven below; their splits come from _lb_choice. The
-    two start kinds of a row read only lower rows when kq > hq: then they are
-    one parallel loop (_msm_row_pair), which plan_quanta runs on one thread.
+    two start kinds of a row read only lower rows when kq > hq: then
+    _msm_fast_table_pair computes them as one parallel loop (_msm_row_pair),
+    which plan_quanta runs on one thread for large tables (PAIR_MIN_CELLS).
 
     Three proven facts make it exact without scanning every split:
 
@@ -186,21 +187,39 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     first need. Ties may resolve to a different split than _dp_table's; the
     cost is the same (tests/test_planner_fast.py checks every cell).
     """
-    cost = np.zeros((2, R, T + 1), np.int64)
-    pmx = np.zeros((2, R, T + 1), np.int64)
-    # per start kind, stacks 0 = (own 1, m-hq) [A of H], 1 = (own 0, m-kq) [A of I], 2 = (own, m) [B]
-    stk = np.zeros((2, 3, T + 1), np.int64)
-    stkv = np.zeros((2, 3, T + 1), np.int64)
-    ssz = np.zeros((2, 3), np.int64)
-    upto = np.zeros((2, 3), np.int64)
+    cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
     evals = 0
     for m in range(M + 1):
-        if kq > hq:
-            evals += _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
-        else:
-            for own in range(2):  # row m of own = 1 reads row m of own = 0
-                evals += _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk[own], stkv[own], ssz[own],
-                                  upto[own])
+        for own in range(2):  # row m of own = 1 reads row m of own = 0
+            evals += _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk[own], stkv[own], ssz[own],
+                              upto[own])
+    return cost, evals
+
+
+@njit(cache=True)
+def _msm_buffers(T, R):
+    """cost and pmx [own, R, T+1]; per start kind, stacks 0 = (own 1, m-hq) [A of H],
+    1 = (own 0, m-kq) [A of I], 2 = (own, m) [B], their values, sizes and fill marks."""
+    return (np.zeros((2, R, T + 1), np.int64), np.zeros((2, R, T + 1), np.int64),
+            np.zeros((2, 3, T + 1), np.int64), np.zeros((2, 3, T + 1), np.int64),
+            np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64))
+
+
+PAIR_MIN_CELLS = 1 << 22
+"""plan_quanta runs _msm_fast_table_pair (both start kinds of a row as one
+parallel loop) for tables of at least this many cells (rows x (T + 1)), else
+_msm_fast_table: compiling the parallel loop takes about 10 s the first time
+on a machine (Numba's parfors), which a table of this size repays (T = 10^4 at
+1%: 3.1 s against 4.5 s serial) and a small one never does."""
+
+
+@njit(cache=True)
+def _msm_fast_table_pair(T, M, hq, kq, R, choice, tau):
+    """_msm_fast_table with both start kinds of each row in _msm_row_pair (needs kq > hq)."""
+    cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
+    evals = 0
+    for m in range(M + 1):
+        evals += _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
     return cost, evals
 
 
