@@ -114,7 +114,9 @@ def test_final_state_and_measurement_share_value_and_grads_compiled_sweep():
     params = model.init_params(seed=0)
     rng = np.random.default_rng(0)
     xs, ys = rng.normal(size=(5, 2, 2)), rng.normal(size=(5, 2, 1))
+    sweep = _compile.sweep_for(model.cell, "rows")
     mb.value_and_grad(model, params, xs, ys, budget=0.9)
+    compiled = set(sweep.signatures)  # other tests in this process may have compiled others before
     mb.final_state(model, params, xs)
     mb.measure_step_times(model, batch=2, dtype="float64", repeats=2)
-    assert len(_compile.sweep_for(model.cell, "rows").signatures) == 1
+    assert set(sweep.signatures) == compiled
