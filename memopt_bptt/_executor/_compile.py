@@ -29,8 +29,6 @@ import threading
 import types
 from typing import Any
 
-from numba import njit
-
 __all__ = ["MODES", "sweep_for", "is_cached"]
 
 MODES = ("rows", "units")
@@ -49,16 +47,11 @@ _MODE_OPS = {
 }
 
 
-@njit(cache=True)
-def _no_flush(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
-              g_w_out, g_b_out):
-    """flush_grads of a cell that adds its weight gradients in backward_step (never called)."""
-    return
-
-
 def _kernels(cell: Any, mode: str) -> dict[str, Any]:
     kernels = {"cell_forward": cell.forward_step, "cell_backward": cell.backward_step,
-               "cell_rebuild": cell.state_from_internal, "cell_flush": cell.flush_grads or _no_flush}
+               "cell_rebuild": cell.state_from_internal}
+    if cell.flush_grads is not None:  # only the deferred backward (Cell.grad_chunk > 0) calls it
+        kernels["cell_flush"] = cell.flush_grads
     if mode == "units":
         if cell.unit_kernels is None:
             raise ValueError(f"cell {cell.kind!r} has no unit kernels (Cell.unit_kernels); use unit_threads=1")
