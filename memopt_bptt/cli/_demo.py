@@ -68,7 +68,8 @@ def run_demo(args: argparse.Namespace, out: Any) -> DemoResult:
           f"{schedule.forward_steps} forward steps for {T} ({schedule.forward_steps / T:.2f} per step), "
           f"predicted time x{schedule.time_ratio:.2f}, {schedule.n_hidden_slots} hidden + "
           f"{schedule.n_internal_slots} internal slots", file=out)
-    print("(the first update may include Numba compiling the sweep: a few seconds, once per machine)", file=out)
+    print("(the first run on a machine compiles the planner and the sweep, about half a minute on 2 cores; "
+          "later runs load them from Numba's cache)", file=out)
     out.flush()
 
     def draw_batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
