@@ -134,6 +134,11 @@ def msm_table_work(T: int, M: int, hq: int, kq: int) -> float:
     return float(np.sum(4.0 * t * m_used))
 
 
+def _choice_dtype(T: int) -> type:
+    """The splits' dtype: a split is at most T, so int16 up to 2^15 - 1 steps halves the table."""
+    return np.int16 if T < 2 ** 15 else np.int32
+
+
 def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm") -> tuple[np.ndarray, int, int]:
     """Plan in quanta: (codes, forward_steps, pool_quanta). ``free_quanta`` excludes
     the initial state's slot. Raises ValueError if the policy cannot fit."""
@@ -141,7 +146,9 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
     M = max(int(free_quanta), 0)
     sqrt_k = _sqrt_segment(T)
-    dummy = np.zeros((2, 1, 1), np.int32)
+    # Every mode hands _emit its choices the same way, [own, m, t], C-ordered, of one dtype for a T
+    # (each other array type would compile _emit again, ~4 s on a machine's first plan).
+    dummy = np.zeros((2, 1, 1), _choice_dtype(T))
     no_tau = np.zeros((2, 1), np.int64)
     if policy in ("full", "sqrt"):
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
@@ -154,7 +161,8 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     if policy == "ism":
         n_slots = min(M // kq, max(T - 1, 0))
         _, choice = _ism_table(T, n_slots)
-        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, choice.reshape((1,) + choice.shape), sqrt_k, no_tau)
+        ism_choice = np.ascontiguousarray(choice.T, dtype=_choice_dtype(T))[None]  # [0, n, t]
+        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, ism_choice, sqrt_k, no_tau)
     if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
@@ -184,7 +192,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     # memory above what keeping every internal state needs changes nothing
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
     if policy == "msm" and kq >= hq:
-        choice = np.zeros((2, cap + 1, T + 1), np.int16 if T < 2 ** 15 else np.int32)
+        choice = np.zeros((2, cap + 1, T + 1), _choice_dtype(T))
         # One thread: the two-kind parallel rows measured slower on two (T=10^4 at 1%:
         # 2.45 s against 1.65 s), their synchronisation per row outweighing the split.
         if kq > hq and (cap + 1) * (T + 1) >= PAIR_MIN_CELLS:
@@ -196,9 +204,10 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
                 numba.set_num_threads(threads)
         else:
             _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
-        return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1), sqrt_k, tau)
-    _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)
-    return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, no_tau)
+        return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, tau)
+    _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)  # a [own, t, m] view of [own, m, t]
+    return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1).astype(_choice_dtype(T)), sqrt_k,
+                 no_tau)
 
 
 class _TooSmall(Exception):

@@ -65,9 +65,9 @@ def _split(mode, t, m, own, hq, kq, choice, cap, sqrt_k, tau):
     if mode == _MODE_TABLE:
         if m < tau.shape[1] and t <= tau[own, m]:
             return _lb_choice(t, m, own, hq, kq, tau)
-        return choice[own, t, min(m, cap)]
+        return choice[own, min(m, cap), t]
     if mode == _MODE_ISM:
-        return choice[0, t, min(m // kq, cap)]
+        return choice[0, min(m // kq, cap), t]
     if mode == _MODE_REVOLVE:
         return _hsm_split(t, m // hq + 1)
     if mode == _MODE_SQRT and t > sqrt_k:
@@ -89,7 +89,7 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k, tau):
     forwards = 0
     peak = hq
     sp = _push(tasks, 0, _TASK_SEGMENT, 0, T, M, 0, hq, 0)
-    cap = choice.shape[2] - 1
+    cap = choice.shape[1] - 1  # choice is [own, m, t]
     while sp > 0:
         sp -= 1
         kind = tasks[sp, 0]
