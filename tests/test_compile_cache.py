@@ -8,7 +8,6 @@ change with the source of every file the compiled code comes from.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -44,10 +44,10 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"measure_step_times: repeats={repeats!r} must be a positive int")
-    whole = model.sizes(batch=batch, dtype=dtype)
-    sizes = model.sizes(batch=whole.lanes[0], dtype=dtype, split=False) if whole.lanes else whole
-    if whole.lanes:  # one lane of the split, with one BLAS thread, as it runs beside the others
-        sizes = sizes._replace(lanes=(sizes.batch,))
+    sizes = model.sizes(batch=batch, dtype=dtype)
+    if sizes.lanes:  # one lane of the split, with one BLAS thread, as it runs beside the others
+        lane = sizes.lanes[0]
+        sizes = model.sizes(batch=lane, dtype=dtype, split=False)._replace(lanes=(lane,))
     dt = np.dtype(sizes.dtype)
     B = sizes.batch
     params = model.init_params(seed=seed, dtype=dt)

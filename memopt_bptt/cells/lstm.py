@@ -11,7 +11,6 @@ same expressions the forward uses.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from .._kernels.activations import one, sigmoid_into, tanh_into
