@@ -1,0 +1,426 @@
+"""A Schedule's actions run over torch tensors: the scan's interpreter.
+
+The same six actions as the Numba executor (``memopt_bptt/_actions.py``
+has the table), with torch objects in the buffers:
+
+* a *hidden* checkpoint (:class:`Hidden`) is a state: the step's output
+  tensors, referenced, not copied (a scan never writes a state in place and
+  checks that the step did not either), plus the random generators' state at
+  that position where the step draws random numbers;
+* an *internal* state (:class:`Kept`) is a step run with grad enabled from
+  detached leaves: its autograd graph (what autograd saved for its backward),
+  its output state and its loss. ``reverse`` is one ``torch.autograd.grad``
+  call through that graph, seeded with dL/dloss_t and dL/ds_t, asking for
+  dL/ds_{t-1}, dL/dx_t (dL/dy_t) and the parameters' gradients, which are
+  summed over steps in the order T, T-1, ..., 1 (plain autograd's order over
+  an unrolled loop, so the sums are the same bits);
+* ``advance`` runs steps under ``torch.no_grad()``.
+
+The first pass (every action before the first ``reverse``) runs in the
+autograd Function's forward and records each step's loss; it computes every
+step once, so the forward count of the whole call is the schedule's
+``forward_steps``. The rest runs in the Function's backward. Step 1 is run
+before planning, with grad, to measure a kept step's bytes: the sweep uses
+that run (the *probe*) as its step 1 instead of computing it again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from .. import Op
+from .._actions import WORKING
+from ._context import Autocast, Generators, RngState
+from ._memory import Tracker, distinct_bytes, saving_into
+from ._state import StateSpec, describe
+
+__all__ = ["Hidden", "Kept", "Problem", "Sweep", "keep_step", "record_loss", "run_step"]
+
+_TAKESHOT, _RESTORE, _ADVANCE = int(Op.TAKESHOT), int(Op.RESTORE), int(Op.ADVANCE)
+_KEEP, _RESTORE_INTERNAL, _REVERSE = int(Op.KEEP), int(Op.RESTORE_INTERNAL), int(Op.REVERSE)
+
+
+class Problem(NamedTuple):
+    """What one scan computes, fixed for the whole call."""
+
+    step: Callable[..., Any]
+    loss_fn: Callable[..., Any]
+    spec: StateSpec
+    xs: torch.Tensor
+    targets: torch.Tensor
+    params: tuple[torch.Tensor, ...]   # tensors differentiated besides the state, x_t and y_t
+    x_grad: bool                       # x_t is a leaf of each kept step (xs needs a gradient)
+    y_grad: bool                       # the same for targets
+    generators: Generators | None      # None: nothing draws random numbers, replays restore nothing
+    replay_loss: bool                  # loss_fn draws random numbers, so replays run it too
+    autocast: Autocast
+
+
+class Hidden(NamedTuple):
+    """A hidden-state checkpoint: the state at ``position``."""
+
+    position: int
+    state: tuple[torch.Tensor, ...]
+    versions: tuple[int, ...]          # the tensors' version counters when kept
+    rng: RngState | None
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.state + (() if self.rng is None else self.rng.tensors)
+
+
+class Kept(NamedTuple):
+    """Step ``position`` run with grad: its graph (the internal state I_t), output state and loss."""
+
+    position: int
+    inputs: tuple[torch.Tensor, ...]   # s_{t-1}: a detached leaf per differentiable tensor
+    x_leaf: torch.Tensor | None
+    y_leaf: torch.Tensor | None
+    outputs: tuple[torch.Tensor, ...]  # s_t, in the graph
+    loss: torch.Tensor
+    saved: tuple[torch.Tensor, ...]    # what autograd saved, where it was recorded (memory tracking)
+    rng: RngState | None
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.outputs + (self.loss,) + self.saved + (() if self.rng is None else self.rng.tensors)
+
+    def state(self) -> tuple[torch.Tensor, ...]:
+        return tuple(o.detach() for o in self.outputs)
+
+
+def _check_loss(loss: Any, t: int) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.dtype.is_floating_point:
+        raise ValueError(f"scan_loss: loss_fn returned {describe(loss)} at t={t}; it must return a scalar (a "
+                         "0-dim floating-point tensor), e.g. F.mse_loss(readout(h), y_t) with its default "
+                         "reduction='mean'")
+    return loss
+
+
+def record_loss(losses: torch.Tensor, t: int, loss: torch.Tensor) -> None:
+    """losses[t-1] = loss, refusing a dtype or device other than step 1's (no silent cast)."""
+    if loss.dtype != losses.dtype or loss.device != losses.device:
+        raise ValueError(f"scan_loss: loss_fn returned a {loss.dtype} scalar on {loss.device} at t={t}, but a "
+                         f"{losses.dtype} scalar on {losses.device} at t=1; it must return the same dtype and "
+                         "device at every step")
+    losses[t - 1] = loss.detach()
+
+
+def run_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *,
+             with_loss: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """Step t under no_grad from s_{t-1}: (s_t, its loss if asked for or if loss_fn draws random numbers)."""
+    spec = problem.spec
+    with torch.no_grad():
+        new = spec.flatten(problem.step(problem.xs[t - 1], spec.build(state)), step=t)
+        loss = None
+        if with_loss or problem.replay_loss:
+            loss = _check_loss(problem.loss_fn(spec.build(new), problem.targets[t - 1]), t)
+    return new, loss
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_()
+
+
+def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, saved: list | None = None,
+              rng_marks: list | None = None) -> Kept:
+    """Step t and its loss with grad, from detached leaves of s_{t-1} (and of x_t, y_t where they need
+    gradients). ``saved``: record what autograd saves there; ``rng_marks``: append the generators' state
+    between the step and the loss (how the first step finds out which of the two draws random numbers)."""
+    spec = problem.spec
+    inputs = tuple(_leaf(s) if d else s for s, d in zip(state, spec.differentiable))
+    x_leaf = _leaf(problem.xs[t - 1]) if problem.x_grad else None
+    y_leaf = _leaf(problem.targets[t - 1]) if problem.y_grad else None
+    x = problem.xs[t - 1] if x_leaf is None else x_leaf
+    y = problem.targets[t - 1] if y_leaf is None else y_leaf
+    with torch.enable_grad(), (contextlib.nullcontext() if saved is None else saving_into(saved)):
+        outputs = spec.flatten(problem.step(x, spec.build(inputs)), step=t)
+        if rng_marks is not None:
+            rng_marks.append(problem.generators.capture())
+        loss = _check_loss(problem.loss_fn(spec.build(outputs), y), t)
+    rng = None if problem.generators is None else problem.generators.capture()
+    return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, () if saved is None else tuple(saved), rng)
+
+
+def _rows(codes: np.ndarray, start: int, chunk: int = 4096) -> Iterator[tuple[int, int, int, int]]:
+    """(row, op, step, slot) from ``start`` on, a chunk at a time (no Python list as long as the schedule)."""
+    for first in range(start, codes.shape[0], chunk):
+        for i, (op, step, slot) in enumerate(codes[first: first + chunk].tolist(), first):
+            yield i, op, step, slot
+
+
+class _Pool:
+    """Live checkpoints by offset in the pool (quanta). A write over any quantum of a live
+    checkpoint destroys it, as in the planner's model (``Schedule.validate`` simulates the same)."""
+
+    def __init__(self, tracker: Tracker | None):
+        self._starts: list[int] = []                                 # sorted offsets of live checkpoints
+        self._entries: dict[int, tuple[int, Hidden | Kept]] = {}     # offset -> (end, checkpoint)
+        self._tracker = tracker
+
+    def put(self, offset: int, size: int, entry: Hidden | Kept) -> None:
+        self.clear(offset, offset + size)
+        bisect.insort(self._starts, offset)
+        self._entries[offset] = (offset + size, entry)
+        if self._tracker is not None:
+            self._tracker.add(entry.tensors())
+
+    def clear(self, start: int, end: int) -> None:
+        """Drop every checkpoint overlapping quanta [start, end)."""
+        starts = self._starts
+        i = bisect.bisect_left(starts, start)
+        if i > 0 and self._entries[starts[i - 1]][0] > start:
+            i -= 1
+        j = bisect.bisect_left(starts, end, lo=i)
+        for offset in starts[i:j]:
+            _, entry = self._entries.pop(offset)
+            if self._tracker is not None:
+                self._tracker.remove(entry.tensors())
+        del starts[i:j]
+
+    def get(self, offset: int, kind: type, position: int) -> Any:
+        held = self._entries.get(offset)
+        entry = None if held is None else held[1]
+        if not isinstance(entry, kind) or entry.position != position:
+            found = "nothing" if entry is None else f"a {type(entry).__name__} of position {entry.position}"
+            raise RuntimeError(f"scan_loss: the schedule reads a {kind.__name__} of position {position} at pool "
+                               f"offset {offset}, which holds {found} (a planner or interpreter bug)")
+        return entry
+
+
+class Sweep:
+    """One scan's run of a schedule: :meth:`forward` (the first pass) then :meth:`backward`, once each."""
+
+    def __init__(self, problem: Problem, schedule: Any, *, state0: tuple[torch.Tensor, ...], probe: Kept,
+                 rng0: RngState | None, tracker: Tracker | None, persistent: frozenset = frozenset()):
+        self.problem = problem
+        self.T = schedule.T
+        self._codes = schedule.codes
+        self._hq, self._kq = schedule.hidden_quanta, schedule.internal_quanta
+        self._tracker = tracker
+        self._persistent = persistent
+        self._pool = _Pool(tracker)
+        self._rng0 = rng0
+        self._probe: Kept | None = probe
+        self._working: Kept | None = None
+        self._current: tuple[torch.Tensor, ...] = ()
+        self._grads: tuple[torch.Tensor | None, ...] = (None,) * len(state0)
+        self._position = 0
+        self._next_row = 0
+        self.losses = torch.empty(self.T, dtype=probe.loss.dtype, device=probe.loss.device)
+        self.forward_steps = 1          # the probe is step 1
+        self.reversals = 0
+        self.largest_kept_bytes = 0     # tracked only
+        self._param_grads: list[torch.Tensor | None] = []
+        self._owned: list[bool] = []
+        self._dxs = self._dys = None
+        if tracker is not None:
+            tracker.add(probe.tensors())
+            self.largest_kept_bytes = self._kept_bytes(probe)
+        self._set_current(state0)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The tracked peak (0 when not tracking)."""
+        return 0 if self._tracker is None else self._tracker.peak
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def _kept_bytes(self, kept: Kept) -> int:
+        return distinct_bytes(kept.tensors(), self._persistent)
+
+    def _set_current(self, state: tuple[torch.Tensor, ...]) -> None:
+        if self._tracker is not None:
+            self._tracker.add(state)
+            self._tracker.remove(self._current)
+        self._current = state
+
+    def _set_working(self, kept: Kept | None) -> None:
+        if self._tracker is not None:
+            self._tracker.add(() if kept is None else kept.tensors())
+            self._tracker.remove(() if self._working is None else self._working.tensors())
+        self._working = kept
+
+    def _set_grads(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        if self._tracker is not None:
+            self._tracker.add([g for g in grads if g is not None])
+            self._tracker.remove([g for g in self._grads if g is not None])
+        self._grads = grads
+
+    def _take_probe(self) -> Kept:
+        """Step 1, already run: its loss recorded; the caller places it or lets it go."""
+        probe, self._probe = self._probe, None
+        record_loss(self.losses, 1, probe.loss)
+        return probe
+
+    def _let_go_probe(self, probe: Kept) -> None:
+        if self._tracker is not None:
+            self._tracker.remove(probe.tensors())
+
+    # ---- the actions but reverse ----------------------------------------------------------------
+    def _act(self, op: int, t: int, slot: int, first: bool) -> None:
+        if op == _ADVANCE:
+            self._advance(t, first)
+        elif op == _KEEP:
+            self._keep(t, slot, first)
+        elif op == _TAKESHOT:
+            self._takeshot(t, slot)
+        elif op == _RESTORE:
+            self._restore(t, slot)
+        elif op == _RESTORE_INTERNAL:
+            kept = self._pool.get(slot, Kept, t)
+            self._resume(t, kept.state(), kept.rng)
+        else:
+            raise RuntimeError(f"scan_loss: unknown action code {op} in the schedule")
+
+    def _advance(self, to: int, first: bool) -> None:
+        for t in range(self._position + 1, to + 1):
+            if t == 1 and self._probe is not None:
+                probe = self._take_probe()
+                self._set_current(probe.state())
+                self._let_go_probe(probe)
+                continue
+            state, loss = run_step(self.problem, t, self._current, with_loss=first)
+            self.forward_steps += 1
+            if first:
+                record_loss(self.losses, t, loss)
+            self._set_current(state)
+        self._position = to
+
+    def _keep(self, t: int, slot: int, first: bool) -> None:
+        if slot != WORKING:
+            self._pool.clear(slot, slot + self._kq)   # what the slot held is dead: free it before the step
+        elif self._working is not None:
+            self._set_working(None)
+        probe = None
+        if t == 1 and self._probe is not None:
+            kept = probe = self._take_probe()
+        else:
+            saved = None if self._tracker is None else []
+            kept = keep_step(self.problem, t, self._current, saved=saved)
+            self.forward_steps += 1
+            if first:
+                record_loss(self.losses, t, kept.loss)
+            if self._tracker is not None:
+                self.largest_kept_bytes = max(self.largest_kept_bytes, self._kept_bytes(kept))
+        if slot == WORKING:
+            self._set_working(kept)
+        else:
+            self._pool.put(slot, self._kq, kept)
+        if probe is not None:
+            self._let_go_probe(probe)
+        self._set_current(kept.state())
+        self._position = t
+
+    def _takeshot(self, t: int, slot: int) -> None:
+        generators = self.problem.generators
+        rng = None
+        if generators is not None:
+            # at position 0 the generators have moved on by the probe's step 1; elsewhere they are at t
+            rng = self._rng0 if t == 0 else generators.capture()
+        state = self._current
+        self._pool.put(slot, self._hq, Hidden(t, state, tuple(s._version for s in state), rng))
+
+    def _restore(self, t: int, slot: int) -> None:
+        hidden = self._pool.get(slot, Hidden, t)
+        if tuple(s._version for s in hidden.state) != hidden.versions:
+            raise RuntimeError(f"scan_loss: the state at t={t}, kept as a checkpoint, was modified in place "
+                               "(by step, loss_fn or the caller); step must return new tensors, not write "
+                               "into its input state")
+        self._resume(t, hidden.state, hidden.rng)
+
+    def _resume(self, t: int, state: tuple[torch.Tensor, ...], rng: RngState | None) -> None:
+        self._set_current(state)
+        self._position = t
+        if rng is not None:
+            self.problem.generators.restore(rng)
+
+    # ---- the two passes -------------------------------------------------------------------------
+    def forward(self) -> torch.Tensor:
+        """Every action before the first reverse; returns the T losses (step 1's first)."""
+        for i, op, t, slot in _rows(self._codes, 0):
+            if op == _REVERSE:
+                self._next_row = i
+                break
+            self._act(op, t, slot, first=True)
+        else:
+            raise RuntimeError("scan_loss: the schedule reverses no step (a planner bug)")
+        return self.losses
+
+    def backward(self, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The rest of the schedule: gradients for (state0's tensors, xs, targets, *params)."""
+        problem = self.problem
+        self._param_grads = [None] * len(problem.params)
+        self._owned = [False] * len(problem.params)
+        self._dxs = torch.zeros_like(problem.xs) if problem.x_grad else None
+        self._dys = torch.zeros_like(problem.targets) if problem.y_grad else None
+        forked = contextlib.nullcontext() if problem.generators is None else problem.generators.fork()
+        with forked, problem.autocast.entered():
+            for _, op, t, slot in _rows(self._codes, self._next_row):
+                if op == _REVERSE:
+                    self._reverse(t, slot, grad_losses)
+                else:
+                    self._act(op, t, slot, first=False)
+        grads = (*self._grads, self._dxs, self._dys, *self._param_grads)
+        self._pool.clear(0, 1 << 62)
+        self._set_current(())
+        self._set_grads(())
+        return grads
+
+    def _reverse(self, t: int, slot: int, grad_losses: torch.Tensor) -> None:
+        problem = self.problem
+        kept = self._working if slot == WORKING else self._pool.get(slot, Kept, t)
+        if kept is None or kept.position != t:
+            raise RuntimeError(f"scan_loss: the schedule reverses step {t} from the working buffer, which does "
+                               "not hold it (a planner or interpreter bug)")
+        roots, seeds = [], []
+        if kept.loss.requires_grad:
+            roots.append(kept.loss)
+            seeds.append(grad_losses[t - 1])
+        for out, grad in zip(kept.outputs, self._grads):
+            if grad is not None and out.requires_grad:
+                roots.append(out)
+                seeds.append(grad)
+        differentiable = problem.spec.differentiable
+        leaves = [s for s, d in zip(kept.inputs, differentiable) if d]
+        wrt = leaves + [leaf for leaf in (kept.x_leaf, kept.y_leaf) if leaf is not None] + list(problem.params)
+        if roots:
+            got = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
+        else:
+            got = (None,) * len(wrt)
+        state_grads = iter(got[:len(leaves)])
+        grads = tuple(next(state_grads) if d else None for d in differentiable)
+        rest = len(leaves)
+        for buffer, leaf in ((self._dxs, kept.x_leaf), (self._dys, kept.y_leaf)):
+            if leaf is not None:
+                if got[rest] is not None:
+                    buffer[t - 1] = got[rest]
+                rest += 1
+        for k, grad in enumerate(got[rest:]):
+            self._accumulate(k, grad)
+        self.reversals += 1
+        if self._tracker is not None:
+            self._tracker.add([g for g in grads if g is not None])   # dL/ds_{t-1} beside dL/ds_t and the graph
+        if slot == WORKING:
+            self._set_working(None)
+        else:
+            self._pool.clear(slot, slot + 1)
+        self._set_grads(grads)
+        if self._tracker is not None:
+            self._tracker.remove([g for g in grads if g is not None])
+
+    def _accumulate(self, k: int, grad: torch.Tensor | None) -> None:
+        """Parameter k's gradient += grad, in reversal order. The first is taken as it is (it may alias
+        a seed), the second summed into a new tensor owned here, the rest added in place."""
+        if grad is None:
+            return
+        total = self._param_grads[k]
+        if total is None:
+            self._param_grads[k] = grad
+        elif self._owned[k]:
+            total.add_(grad)
+        else:
+            self._param_grads[k] = total + grad
+            self._owned[k] = True
