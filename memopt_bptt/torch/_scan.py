@@ -82,10 +82,7 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        sweep, ctx.sweep = ctx.sweep, None
-        if sweep is None:
-            raise RuntimeError("scan_loss: the scan's backward already ran (it frees its checkpoints as it goes); "
-                               "call scan_loss again for a second backward")
+        sweep = ctx.sweep
         for i, (t, version) in enumerate(ctx.inputs):
             if t._version != version:
                 raise RuntimeError(f"scan_loss: input {i} of the scan (state0's tensors, xs, targets, then the "

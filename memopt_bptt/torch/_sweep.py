@@ -19,7 +19,9 @@ has the table), with torch objects in the buffers:
 The first pass (every action before the first ``reverse``) runs in the
 autograd Function's forward and records each step's loss; it computes every
 step once, so the forward count of the whole call is the schedule's
-``forward_steps``. The rest runs in the Function's backward. Step 1 is run
+``forward_steps``. The rest runs in the Function's backward. Reversals free
+what they reverse, so a second backward (``retain_graph=True``) runs the
+first pass again, from state0, before its own. Step 1 is run
 before planning, with grad, to measure a kept step's bytes: the sweep uses
 that run (the *probe*) as its step 1 instead of computing it again.
 """
@@ -217,6 +219,8 @@ class Sweep:
         self._param_grads: list[torch.Tensor | None] = []
         self._owned: list[bool] = []
         self._dxs = self._dys = None
+        self._state0 = state0
+        self._spent = False             # a backward ran: the next one starts from state0 again
         if tracker is not None:
             tracker.add(probe.tensors())
             self.largest_kept_bytes = self._kept_bytes(probe)
@@ -358,6 +362,8 @@ class Sweep:
         self._dys = torch.zeros_like(problem.targets) if problem.y_grad else None
         forked = contextlib.nullcontext() if problem.generators is None else problem.generators.fork()
         with forked, problem.autocast.entered():
+            if self._spent:
+                self._first_pass_again()
             for _, op, t, slot in _rows(self._codes, self._next_row):
                 if op == _REVERSE:
                     self._reverse(t, slot, grad_losses)
@@ -366,8 +372,21 @@ class Sweep:
         grads = (*self._grads, self._dxs, self._dys, *self._param_grads)
         self._pool.clear(0, 1 << 62)
         self._set_current(())
-        self._set_grads(())
+        self._set_grads((None,) * len(self._state0))
+        self._spent = True
         return grads
+
+    def _first_pass_again(self) -> None:
+        """For a second backward (retain_graph=True): the first pass's actions again, from state0 and the
+        generators' state at the start, recording no losses (they are the returned tensor's)."""
+        self._set_current(self._state0)
+        self._position = 0
+        if self._rng0 is not None:
+            self.problem.generators.restore(self._rng0)
+        for _, op, t, slot in _rows(self._codes, 0):
+            if op == _REVERSE:
+                break
+            self._act(op, t, slot, first=False)
 
     def _reverse(self, t: int, slot: int, grad_losses: torch.Tensor) -> None:
         problem = self.problem
