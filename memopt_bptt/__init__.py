@@ -21,6 +21,7 @@ from ._budget import format_bytes
 from ._budget import parse_budget
 from ._executor import measure_byte_cost
 from ._executor import measure_step_times
+from ._layers import Embedding
 from ._model import Sequence
 from ._planner import POLICIES
 from ._planner import beta
@@ -66,6 +67,7 @@ __all__ = [
     "clip_by_global_norm",
     "copy_task",
     "Elman",
+    "Embedding",
     "final_state",
     "format_bytes",
     "global_norm",

@@ -1,4 +1,4 @@
-"""Sequence: a cell, a linear readout and a loss, with input checking."""
+"""Sequence: an optional embedding, a stack of cells, a linear readout and a loss."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from . import _split
+from . import _layers, _split
+from ._layers import Embedding, Layers, layout
 from .cells import Cell
 
-__all__ = ["Sequence", "Sizes", "LOSSES"]
+__all__ = ["Sequence", "Sizes", "LOSSES", "LOSS_AT"]
 
 LOSSES = ("mse", "cross_entropy")
+LOSS_AT = ("every", "last")
 PYTHON_OVERHEAD_BYTES = 10240
 """Not charged to budgets: the Python objects of one call (array headers,
 argument tuples, small input copies), a constant 4-10 KB under tracemalloc
@@ -28,16 +30,17 @@ class Sizes(NamedTuple):
     batch: int
     dtype: str
     itemsize: int
-    state_width: int      # elements per batch row of a hidden state
-    internal_width: int   # elements per batch row of an internal state
+    state_width: int      # elements per batch row of a hidden state (every layer's)
+    internal_width: int   # elements per batch row of an internal state (every layer's)
     state_len: int        # batch * state_width
     internal_len: int     # batch * internal_width
-    work_len: int         # the cell's scratch, elements
+    work_len: int         # the cells' scratch (the largest layer's), elements
     output_len: int       # batch * output_size (loss buffer)
-    chunk_len: int = 0    # deferred weight-gradient buffer, elements (Cell.grad_chunk)
+    chunk_len: int = 0    # deferred weight-gradient blocks, elements (Cell.grad_chunk)
     lanes: tuple = ()     # batch rows per lane when the batch is split (Sequence.lane_batches), else ()
     lane_extra_len: int = 0  # elements the split (lanes or unit threads) adds to the working buffers
     unit_threads: int = 1  # threads that share each step by hidden units (Sequence.unit_split)
+    input_len: int = 0    # layer inputs built or kept per step, the embedding's dL/dx and the row weights
 
     @property
     def state_bytes(self) -> int:
@@ -61,20 +64,11 @@ class Sizes(NamedTuple):
     @property
     def working_bytes(self) -> int:
         """Buffers the executor keeps besides checkpoints: current state, rebuilt
-        state, two state gradients, one internal state, cell scratch, outputs and
-        the cell's deferred-gradient buffer; with lanes, each lane's own set and
-        the other lanes' gradient accumulators."""
+        state, two state gradients, one internal state, cell scratch, outputs,
+        the deferred-gradient blocks and the layers' input buffers; with lanes,
+        each lane's own set and the other lanes' gradient accumulators."""
         return (4 * self.state_len + self.internal_len + self.work_len + self.output_len
-                + self.chunk_len + self.lane_extra_len) * self.itemsize
-
-
-def _all_finite(a: np.ndarray) -> bool:
-    """No NaN or inf, without a temporary as large as ``a`` (min/max propagate NaN)."""
-    if a.size == 0:
-        return True
-    if np.issubdtype(a.dtype, np.integer):
-        return True
-    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+                + self.chunk_len + self.lane_extra_len + self.input_len) * self.itemsize
 
 
 def _dtype_of(dtype: Any, *, where: str) -> np.dtype:
@@ -87,58 +81,149 @@ def _dtype_of(dtype: Any, *, where: str) -> np.dtype:
     return dt
 
 
-class Sequence:
-    """A recurrent network over a sequence: cell, linear readout, mean loss.
+def _positive_or_none(value: Any, name: str, meaning: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"Sequence: {name}={value!r} must be None (automatic) or a positive int ({meaning})")
+    return int(value)
 
-    The loss is the mean over all T steps and batch rows: "mse" is PyTorch's
-    ``mse_loss(reduction="mean")`` over every output element, "cross_entropy"
-    the mean over T*batch of softmax cross-entropy against integer labels.
+
+class Sequence:
+    """A recurrent network over a sequence: layers, a linear readout and a mean loss.
+
+    ``layers`` is one cell (``mb.LSTM(...)``), or a list: optionally an
+    :class:`mb.Embedding <memopt_bptt.Embedding>` first (the inputs are then
+    integer token ids of shape (T, batch)), then one or more cells, each
+    reading the h_t of the one below (GRU over LSTM is fine). Parameter names
+    follow PyTorch (see :attr:`param_shapes`): a single cell's are
+    ``nn.LSTMCell``'s under ``cell.``, a list's ``nn.LSTM(num_layers=k)``'s
+    under ``rnn.`` (``rnn.weight_ih_l0`` ...) with ``embedding.weight``;
+    :meth:`params_from_torch` and :meth:`params_to_torch` convert a torch
+    ``state_dict``.
+
+    The loss is a mean: "mse" is PyTorch's ``mse_loss(reduction="mean")`` over
+    every output element counted, "cross_entropy" the mean of softmax
+    cross-entropy over the labels counted (``cross_entropy(reduction="mean")``).
+    ``loss_at="every"`` (the default) counts every step of every sequence (or,
+    with ``mask=``/``lengths=`` in :func:`value_and_grad`, the valid ones);
+    ``loss_at="last"`` only each sequence's last valid step (many-to-one:
+    targets of shape (batch, output_size) or (batch,)), and the readout runs
+    only at the steps where some sequence ends.
 
     ``lanes`` splits the batch into independent sweeps on separate threads:
     None (automatic, for small recurrent GEMMs), or a number of lanes (1:
     never); see :meth:`lane_batches`. ``unit_threads`` splits every step's
-    hidden units between threads instead: None (automatic, for large
-    recurrent GEMMs of a cell that supports it), or a number of threads (1:
-    never); see :meth:`unit_split`.
+    hidden units between threads instead (one layer with no embedding): None
+    (automatic, for large recurrent GEMMs of a cell that supports it), or a
+    number of threads (1: never); see :meth:`unit_split`.
 
     Example::
 
         model = mb.Sequence(mb.LSTM(input_size=8, hidden_size=32), output_size=4, loss="mse")
-        params = model.init_params(seed=0)
+        stacked = mb.Sequence([mb.Embedding(65, 16), mb.LSTM(16, 64), mb.GRU(64, 64)],
+                              output_size=65, loss="cross_entropy")
     """
 
-    def __init__(self, cell: Cell, *, output_size: int, loss: str = "mse", lanes: int | None = None,
-                 unit_threads: int | None = None):
-        if not isinstance(cell, Cell):
-            raise TypeError(f"Sequence: cell={cell!r} must be a memopt_bptt cell (mb.LSTM(...), mb.GRU(...), ...)")
+    def __init__(self, layers: Any, *, output_size: int, loss: str = "mse", lanes: int | None = None,
+                 unit_threads: int | None = None, loss_at: str = "every"):
         if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size < 1:
             raise ValueError(f"Sequence: output_size={output_size!r} must be a positive int")
+        if isinstance(layers, Cell) or isinstance(layers, (list, tuple)):
+            self.layers = Layers(layers, output_size=int(output_size))
+        else:
+            raise TypeError(f"Sequence: layers={layers!r} must be a memopt_bptt cell (mb.LSTM(...), mb.GRU(...), "
+                            "...) or a list of them, optionally after an mb.Embedding")
         if loss not in LOSSES:
             raise ValueError(f"Sequence: loss={loss!r} is not known; use 'mse' or 'cross_entropy'")
-        if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1):
-            raise ValueError(f"Sequence: lanes={lanes!r} must be None (automatic) or a positive int "
-                             "(1: never split the batch)")
-        if unit_threads is not None:
-            if isinstance(unit_threads, bool) or not isinstance(unit_threads, (int, np.integer)) or unit_threads < 1:
-                raise ValueError(f"Sequence: unit_threads={unit_threads!r} must be None (automatic) or a positive "
-                                 "int (1: never split the hidden units)")
-            if unit_threads > 1 and cell.unit_kernels is None:
+        if loss_at not in LOSS_AT:
+            raise ValueError(f"Sequence: loss_at={loss_at!r} is not known; use 'every' (a loss at every step) "
+                             "or 'last' (only at each sequence's last valid step)")
+        lanes = _positive_or_none(lanes, "lanes", "1: never split the batch")
+        unit_threads = _positive_or_none(unit_threads, "unit_threads", "1: never split the hidden units")
+        if unit_threads is not None and unit_threads > 1:
+            cells = self.layers.cells
+            if len(cells) > 1 or self.layers.embedding is not None or cells[0].unit_kernels is None:
                 raise ValueError(f"Sequence: unit_threads={unit_threads} needs a cell with unit kernels "
-                                 f"(Cell.unit_kernels; the built-in LSTM has them, {cell.kind!r} does not); "
-                                 "use unit_threads=None or 1")
-            if unit_threads > 1 and lanes is not None and lanes > 1:
+                                 f"(Cell.unit_kernels; the built-in LSTM has them, {self.layers.kind()!r} does not), "
+                                 "alone, with no embedding; use unit_threads=None or 1")
+            if lanes is not None and lanes > 1:
                 raise ValueError(f"Sequence: lanes={lanes} and unit_threads={unit_threads} cannot both split "
                                  "the work; set one of them to 1")
-        self.cell = cell
         self.output_size = int(output_size)
         self.loss = loss
-        self.lanes = None if lanes is None else int(lanes)
-        self.unit_threads = None if unit_threads is None else int(unit_threads)
+        self.loss_at = loss_at
+        self.lanes = lanes
+        self.unit_threads = unit_threads
 
     def __repr__(self) -> str:
+        layers = self.layers
+        if layers.stacked:
+            items = ([layers.embedding] if layers.embedding else []) + list(layers.cells)
+            first = "[" + ", ".join(repr(c) for c in items) + "]"
+        else:
+            first = repr(layers.cells[0])
         extra = "" if self.lanes is None else f", lanes={self.lanes}"
         extra += "" if self.unit_threads is None else f", unit_threads={self.unit_threads}"
-        return f"Sequence({self.cell!r}, output_size={self.output_size}, loss={self.loss!r}{extra})"
+        extra += "" if self.loss_at == "every" else f", loss_at={self.loss_at!r}"
+        return f"Sequence({first}, output_size={self.output_size}, loss={self.loss!r}{extra})"
+
+    # ---- what the model is ------------------------------------------------------------
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        """The recurrent layers, bottom first."""
+        return self.layers.cells
+
+    @property
+    def cell(self) -> Cell:
+        """The one cell of a single-layer model (a stack has :attr:`cells`)."""
+        if len(self.layers.cells) != 1:
+            raise AttributeError(f"Sequence.cell: this model has {len(self.layers.cells)} layers; use .cells")
+        return self.layers.cells[0]
+
+    @property
+    def embedding(self) -> Embedding | None:
+        return self.layers.embedding
+
+    @property
+    def input_size(self) -> int | None:
+        """Features per step of xs, or None when xs holds token ids (an embedding)."""
+        return None if self.layers.embedding else self.layers.cells[0].input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """The top layer's hidden size (what the readout reads)."""
+        return self.layers.top.hidden_size
+
+    @property
+    def kind(self) -> str:
+        return self.layers.kind()
+
+    @property
+    def backward_forward_ratio(self) -> float:
+        """The layers' b/f ratios weighted by their multiply-adds per step (the planner's time model)."""
+        cells = self.layers.cells
+        weights = [c.n_gates * c.hidden_size * (c.hidden_size + n) for c, n in zip(cells, self.layers.input_sizes())]
+        return float(sum(w * c.backward_forward_ratio for w, c in zip(weights, cells)) / sum(weights))
+
+    def recurrent_macs(self, batch: int) -> int:
+        """Multiply-adds of one step's recurrent GEMMs, every layer's."""
+        total = 0
+        for c in self.layers.cells:
+            rec = self.output_size if c.recurrent_from_output else c.hidden_size
+            total += c.n_gates * c.hidden_size * rec * batch
+        return total
+
+    def describe(self) -> str:
+        layers = self.layers
+        parts = [f"{c.kind}(in={n}, hidden={c.hidden_size})" for c, n in zip(layers.cells, layers.input_sizes())]
+        if layers.embedding:
+            parts.insert(0, f"embedding(vocab={layers.embedding.vocab_size}, dim={layers.embedding.embedding_dim})")
+        if len(parts) == 1:
+            c = layers.cells[0]
+            return f"{c.kind}(in={c.input_size}, hidden={c.hidden_size}, out={self.output_size})"
+        last = "" if self.loss_at == "every" else ", loss at the last step"
+        return " > ".join(parts) + f" > readout(out={self.output_size}){last}"
 
     def lane_batches(self, batch: int) -> tuple[int, ...]:
         """How the batch is split into lanes: batch rows per lane, in order.
@@ -151,7 +236,7 @@ class Sequence:
         (and bit-identical across policies, as always); they may differ from a
         one-lane run's in the last bits (a sum taken in another order).
 
-        ``lanes=None`` (the default) splits a model whose recurrent GEMM has
+        ``lanes=None`` (the default) splits a model whose recurrent GEMMs have
         ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` (see memopt_bptt._split) multiply-adds (LSTM hidden 64
         to 128 and Elman up to 256 at batch 16, ...) into two lanes
         when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
@@ -176,18 +261,16 @@ class Sequence:
         meet at a barrier wherever one reads what another wrote (two or three
         times per step). Unlike lanes, this needs no second gradient
         accumulator, only a second scratch buffer and small exchange blocks,
-        and pays off where one step's GEMMs are large (LSTM hidden 256, batch
-        16, float32, T=1000: plain BPTT 0.215 s against 0.29 s for one step on
-        two BLAS threads, where the elementwise work runs on one core; at 5%
-        of its memory 0.267 s against 0.356 s).
+        and pays off where one step's GEMMs are large.
 
-        ``unit_threads=None`` (the default) uses two threads for a cell with
-        unit kernels (Cell.unit_kernels: the built-in LSTM) whose recurrent
-        GEMM has at least ``LANE_MAX_MACS`` multiply-adds (where automatic
-        lanes stop) and at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else
-        one thread, ``((0, hidden),)``. Like lanes, the split depends only on
-        the model and the batch, never on the machine: where fewer CPUs are
-        usable the threads take turns, with the same bits.
+        ``unit_threads=None`` (the default) uses two threads for a single
+        cell with unit kernels (Cell.unit_kernels: the built-in LSTM) and no
+        embedding whose recurrent GEMM has at least ``LANE_MAX_MACS``
+        multiply-adds (where automatic lanes stop) and at least ``2 *
+        MIN_UNIT_HIDDEN`` hidden units; else one thread, ``((0, hidden),)``.
+        Like lanes, the split depends only on the model and the batch, never
+        on the machine: where fewer CPUs are usable the threads take turns,
+        with the same bits.
 
         Example::
 
@@ -195,16 +278,23 @@ class Sequence:
         """
         return _split.unit_split(self, batch)
 
-    def describe(self) -> str:
-        c = self.cell
-        return f"{c.kind}(in={c.input_size}, hidden={c.hidden_size}, out={self.output_size})"
+    @property
+    def unit_cell(self) -> Cell | None:
+        """The cell whose hidden units threads can split (one layer, no embedding, unit kernels), else None."""
+        cells = self.layers.cells
+        if len(cells) == 1 and self.layers.embedding is None and cells[0].unit_kernels is not None:
+            return cells[0]
+        return None
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.cell.param_shapes(self.output_size)
+        """Parameter names and shapes, PyTorch's (see the class docstring)."""
+        return self.layers.param_shapes()
 
     def init_params(self, seed: int = 0, *, dtype: Any = "float64") -> dict[str, np.ndarray]:
-        """PyTorch-style uniform(-1/sqrt(H), 1/sqrt(H)) initialisation, seeded.
+        """PyTorch-style initialisation, seeded: uniform(-1/sqrt(H), 1/sqrt(H))
+        with H the hidden size of the layer a parameter belongs to (the top
+        layer's for the readout), and standard normal for an embedding.
 
         Example::
 
@@ -214,8 +304,10 @@ class Sequence:
         rng = np.random.default_rng(seed)
         out = {}
         for name, shape in self.param_shapes.items():
-            fan = self.cell.hidden_size
-            bound = 1.0 / math.sqrt(fan)
+            if name == "embedding.weight":
+                out[name] = rng.standard_normal(size=shape).astype(dt)
+                continue
+            bound = 1.0 / math.sqrt(self.layers.fan_in_hidden(name))
             out[name] = rng.uniform(-bound, bound, size=shape).astype(dt)
         return out
 
@@ -236,32 +328,31 @@ class Sequence:
             raise ValueError(f"batch={batch!r} must be a positive int")
         dt = _dtype_of("float64" if dtype is None else dtype, where="sizes")
         batch = int(batch)
-        whole = self._sizes(batch, dt)
+        whole = self.rows_sizes(batch, dt, lane=False)
         return _split.split_sizes(self, whole, dt) if split else whole
+
+    def rows_sizes(self, rows: int, dt: np.dtype, *, lane: bool) -> Sizes:
+        """Sizes of one worker's sweep over ``rows`` batch rows (a lane keeps
+        copies of its inputs for deferred weight gradients: ``lane=True``)."""
+        layers, out = self.layers, self.output_size
+        sw, iw = sum(layers.state_widths()), sum(layers.internal_widths())
+        wl = max(int(c.work_size(rows, out)) for c in layers.cells)
+        if sw < 1 or iw < 1 or wl < 0:
+            raise ValueError(f"cells {layers.kind()!r} report invalid sizes: state {sw}, internal {iw}, work {wl}")
+        lay = layout(layers, rows, lane=lane)
+        row_weights = -(-rows * 8 // dt.itemsize)  # float64 loss weights of the step's rows
+        inputs = lay.xbuf_len + lay.xchunk_len + lay.dx_len + row_weights
+        return Sizes(rows, dt.name, dt.itemsize, sw, iw, rows * sw, rows * iw, wl, rows * out, lay.chunk_len,
+                     input_len=inputs)
 
     def split_note(self, sizes: Sizes) -> str:
         """What splitting the work (lanes or unit threads) adds to the working
         buffers, and how to save it, for a budget error's message ("" if unsplit)."""
         return _split.split_note(sizes)
 
-    def lane_chunk_rows(self, lane_batch: int) -> int:
-        """Rows of the input copy a lane keeps for deferred weight gradients
-        (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
-        return _split.lane_chunk_rows(self, lane_batch)
-
-    def _sizes(self, batch: int, dt: np.dtype) -> Sizes:
-        sw = int(self.cell.state_width(self.output_size))
-        iw = int(self.cell.internal_width(self.output_size))
-        wl = int(self.cell.work_size(batch, self.output_size))
-        cl = int(self.cell.grad_chunk * self.cell.chunk_width(batch, self.output_size)) if self.cell.grad_chunk else 0
-        if sw < 1 or iw < 1 or wl < 0 or cl < 0:
-            raise ValueError(f"cell {self.cell.kind!r} reports invalid sizes: state {sw}, internal {iw}, work {wl}, "
-                             f"chunk {cl}")
-        return Sizes(batch, dt.name, dt.itemsize, sw, iw, batch * sw, batch * iw, wl, batch * self.output_size, cl)
-
     # ---- checking inputs -------------------------------------------------------
     def check_params(self, params: Any, *, where: str = "value_and_grad") -> tuple[np.ndarray, ...]:
-        """The six parameter arrays in kernel order, checked; dtype must agree."""
+        """The parameter arrays in kernel order, checked; dtype must agree."""
         if not isinstance(params, Mapping):
             raise TypeError(f"{where}: params must be a dict of arrays (see model.init_params), got {type(params).__name__}")
         shapes = self.param_shapes
@@ -285,111 +376,134 @@ class Sequence:
             elif a.dtype != dtype:
                 raise TypeError(f"{where}: params[{name!r}] is {a.dtype} but other parameters are {dtype}; "
                                 "use one dtype")
-            if not _all_finite(a):
+            if not _inputs.all_finite(a):
                 raise ValueError(f"{where}: params[{name!r}] contains NaN or inf")
             arrays.append(np.ascontiguousarray(a))
         return tuple(arrays)
 
+    def check_data(self, xs: Any, ys: Any, dtype: np.dtype, *, where: str = "value_and_grad", h0: Any = None,
+                   mask: Any = None, lengths: Any = None) -> "_inputs.Checked":
+        """xs, targets, mask, lengths and h0 checked, in the executor's form (see ``_inputs.Checked``)."""
+        return _inputs.check_data(self, xs, ys, dtype, where=where, h0=h0, mask=mask, lengths=lengths)
+
     def check_inputs(self, xs: Any, dtype: np.dtype, *, where: str, h0: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(xs, flat h0) checked and contiguous, for a forward without targets."""
-        if not isinstance(xs, np.ndarray):
-            raise TypeError(f"{where}: xs must be a numpy array of shape (T, batch, {self.cell.input_size})")
-        if xs.ndim != 3 or xs.shape[2] != self.cell.input_size or xs.shape[0] < 1 or xs.shape[1] < 1:
-            raise ValueError(f"{where}: xs has shape {xs.shape}, expected (T, batch, {self.cell.input_size}) "
-                             "with T >= 1 and batch >= 1")
-        if xs.dtype != dtype:
-            raise TypeError(f"{where}: xs is {xs.dtype} but params are {dtype}; cast one to match "
-                            f"(e.g. xs.astype(np.{dtype.name}))")
-        if not _all_finite(xs):
-            raise ValueError(f"{where}: xs contains NaN or inf")
-        B = xs.shape[1]
+        """(xs, flat h0) checked, read in place where they can be, for a forward without targets."""
+        return _inputs.check_xs(self, xs, dtype, where=where), self.check_h0(h0, _inputs.batch_of(xs), dtype,
+                                                                             where=where)
+
+    def check_h0(self, h0: Any, batch: int, dtype: np.dtype, *, where: str) -> np.ndarray:
+        """The flat initial state (zeros for None), checked against :meth:`state_shape`."""
         if h0 is None:
-            h0_arr = np.zeros(B * self.cell.state_width(self.output_size), dtype)
-        else:
-            expect = self.state_shape(B)
-            if not isinstance(h0, np.ndarray) or h0.shape != expect:
-                got = h0.shape if isinstance(h0, np.ndarray) else type(h0).__name__
-                raise ValueError(f"{where}: h0 has shape {got}, expected {expect}")
-            if h0.dtype != dtype:
-                raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
-            if not _all_finite(h0):
-                raise ValueError(f"{where}: h0 contains NaN or inf")
-            h0_arr = self.flat_state(h0)
-        return np.ascontiguousarray(xs), h0_arr
+            return np.zeros(batch * sum(self.layers.state_widths()), dtype)
+        expect = self.state_shape(batch)
+        parts = h0 if isinstance(expect, list) else [h0]
+        shapes = expect if isinstance(expect, list) else [expect]
+        if isinstance(expect, list) and not (isinstance(h0, (list, tuple)) and len(h0) == len(expect)):
+            raise ValueError(f"{where}: h0 must be a list of {len(expect)} arrays, one per layer, of shapes {expect}")
+        for k, (a, shape) in enumerate(zip(parts, shapes)):
+            label = "h0" if len(shapes) == 1 else f"h0[{k}]"
+            if not isinstance(a, np.ndarray) or a.shape != shape:
+                got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(f"{where}: {label} has shape {got}, expected {shape}")
+            if a.dtype != dtype:
+                raise TypeError(f"{where}: {label} is {a.dtype} but params are {dtype}; cast it to match")
+            if not _inputs.all_finite(a):
+                raise ValueError(f"{where}: {label} contains NaN or inf")
+        return self.flat_state(h0)
 
-    def check_data(self, xs: Any, ys: Any, dtype: np.dtype, *, where: str = "value_and_grad",
-                   h0: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(xs, ys_float, ys_int, h0) checked and contiguous; one of the ys is a dummy."""
-        xs, h0_arr = self.check_inputs(xs, dtype, where=where, h0=h0)
-        T, B = xs.shape[:2]
-        if not isinstance(ys, np.ndarray):
-            raise TypeError(f"{where}: ys must be a numpy array")
-        if self.loss == "mse":
-            if ys.shape != (T, B, self.output_size):
-                raise ValueError(f"{where}: ys has shape {ys.shape}, expected (T, batch, output_size) = "
-                                 f"{(T, B, self.output_size)} for loss='mse'")
-            if ys.dtype != dtype:
-                raise TypeError(f"{where}: ys is {ys.dtype} but params are {dtype}; cast ys to match")
-            if not _all_finite(ys):
-                raise ValueError(f"{where}: ys contains NaN or inf")
-            ys_f = np.ascontiguousarray(ys)
-            ys_i = np.zeros((1, 1), np.int64)
-        else:
-            if ys.shape != (T, B):
-                raise ValueError(f"{where}: ys has shape {ys.shape}, expected integer labels of shape "
-                                 f"(T, batch) = {(T, B)} for loss='cross_entropy'")
-            if not np.issubdtype(ys.dtype, np.integer):
-                raise TypeError(f"{where}: ys must hold integer class labels for loss='cross_entropy', got {ys.dtype}")
-            if ys.size and (ys.min() < 0 or ys.max() >= self.output_size):
-                raise ValueError(f"{where}: ys labels must be in [0, {self.output_size}); "
-                                 f"found {int(ys.min())}..{int(ys.max())}")
-            ys_i = np.ascontiguousarray(ys, dtype=np.int64)
-            ys_f = np.zeros((1, 1, 1), dtype)
-        return xs, ys_f, ys_i, h0_arr
+    # ---- states at the boundary ------------------------------------------------
+    def _uniform(self) -> bool:
+        """A stack of one kind of cell and one hidden size: its state is one array, as torch's."""
+        cells = self.layers.cells
+        first = cells[0]
+        return all(c.kind == first.kind and c.hidden_size == first.hidden_size
+                   and c.state_width(self.output_size) == first.state_width(self.output_size) for c in cells)
 
-    def _state_blocks(self) -> tuple[int, bool]:
-        """(number of hidden-wide blocks, whether state_shape lists blocks first)."""
-        sw = self.cell.state_width(self.output_size)
-        return sw // self.cell.hidden_size, self.cell.state_blocks
-
-    def flat_state(self, state: np.ndarray) -> np.ndarray:
-        """A new 1-D copy of a state of shape ``state_shape(batch)`` in the kernels' layout."""
-        a = np.ascontiguousarray(state)
-        if not self.cell.feature_major:
-            return a.reshape(-1).copy()
-        P, blocks_first = self._state_blocks()
-        B = a.shape[-2] if blocks_first else a.shape[0]  # (P, B, H) or (B, P*H)
-        H = self.cell.hidden_size
-        blocks = a.reshape(P, B, H) if blocks_first else a.reshape(B, P, H).transpose(1, 0, 2)
-        return np.ascontiguousarray(blocks.transpose(0, 2, 1)).reshape(-1)
-
-    def user_state(self, flat: np.ndarray, batch: int) -> np.ndarray:
-        """The inverse of :meth:`flat_state`: a new array of shape ``state_shape(batch)``."""
-        shape = self.state_shape(batch)
-        if not self.cell.feature_major:
-            return np.array(flat).reshape(shape)
-        P, blocks_first = self._state_blocks()
-        blocks = np.asarray(flat).reshape(P, self.cell.hidden_size, batch).transpose(0, 2, 1)
-        out = blocks if blocks_first else blocks.transpose(1, 0, 2)
-        return np.ascontiguousarray(out).reshape(shape)
-
-    def lane_rows(self, flat: np.ndarray, batch: int, b0: int, b1: int) -> np.ndarray:
-        """A view of batch rows b0..b1-1 of a flat state of ``batch`` rows (in the
-        kernels' layout); the same view of a lane's own flat state (b0=0, b1=its
-        rows) has the same shape, so states move between them without temporaries."""
-        if self.cell.feature_major:
-            P = self.cell.state_width(self.output_size) // self.cell.hidden_size
-            return flat.reshape(P, self.cell.hidden_size, batch)[:, :, b0:b1]
-        return flat.reshape(batch, -1)[b0:b1]
-
-    def state_shape(self, batch: int) -> tuple[int, ...]:
+    def state_shape(self, batch: int) -> tuple[int, ...] | list[tuple[int, ...]]:
         """Shape of the initial state h0 (and of its gradient) for a batch.
 
-        (batch, hidden) for Elman and GRU, (2, batch, hidden) for LSTM (h0, c0),
-        (batch, output_size) for Jordan (the fed-back output y_0); other cells
-        (batch, state_width), or (blocks, batch, hidden) with ``Cell.state_blocks``.
+        One layer: (batch, hidden) for Elman and GRU, (2, batch, hidden) for
+        LSTM (h0, c0), (batch, output_size) for Jordan (the fed-back output
+        y_0); other cells (batch, state_width), or (blocks, batch, hidden) with
+        ``Cell.state_blocks``. A list of layers of one kind and hidden size:
+        PyTorch's, (layers, batch, hidden) for nn.GRU/nn.RNN and (2, layers,
+        batch, hidden) for nn.LSTM's (h0, c0) stacked. Layers of several kinds
+        or sizes: a list of each layer's own shape.
         """
-        sw = self.cell.state_width(self.output_size)
-        if self.cell.state_blocks:
-            return (sw // self.cell.hidden_size, batch, self.cell.hidden_size)
-        return (batch, sw)
+        out = self.output_size
+        cells = self.layers.cells
+        if not self.layers.stacked:
+            return _layers.state_shape(cells[0], out, batch)
+        if not self._uniform():
+            return [_layers.state_shape(c, out, batch) for c in cells]
+        one = _layers.state_shape(cells[0], out, batch)
+        if cells[0].state_blocks:
+            return (one[0], len(cells)) + one[1:]
+        return (len(cells),) + one
+
+    def _layer_states(self, state: Any) -> list:
+        """Each layer's part of a user's state (see :meth:`state_shape`)."""
+        cells = self.layers.cells
+        if not self.layers.stacked:
+            return [state]
+        if not self._uniform():
+            return list(state)
+        return [state[:, k] if cells[0].state_blocks else state[k] for k in range(len(cells))]
+
+    def flat_state(self, state: Any) -> np.ndarray:
+        """A new 1-D copy of a state of shape ``state_shape(batch)`` in the kernels' layout."""
+        out = self.output_size
+        parts = [_layers.flat_state(c, out, s) for c, s in zip(self.layers.cells, self._layer_states(state))]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def user_state(self, flat: np.ndarray, batch: int) -> Any:
+        """The inverse of :meth:`flat_state`: new arrays of shape ``state_shape(batch)``."""
+        out = self.output_size
+        cells = self.layers.cells
+        parts, a = [], 0
+        for c in cells:
+            n = batch * int(c.state_width(out))
+            parts.append(_layers.user_state(c, out, flat[a: a + n], batch))
+            a += n
+        if not self.layers.stacked:
+            return parts[0]
+        if not self._uniform():
+            return parts
+        return np.stack(parts, axis=1 if cells[0].state_blocks else 0)
+
+    def copy_rows(self, dst: np.ndarray, dst_batch: int, d0: int, src: np.ndarray, src_batch: int, s0: int,
+                  n: int) -> None:
+        """Rows d0.. of a flat state of dst_batch rows = rows s0.. of one of src_batch rows (n rows)."""
+        _layers.copy_rows(self.layers, dst, dst_batch, d0, src, src_batch, s0, n)
+
+    # ---- PyTorch state_dicts ------------------------------------------------------
+    def params_from_torch(self, state_dict: Mapping, *, dtype: Any = None, prefixes: Mapping | None = None
+                          ) -> dict[str, np.ndarray]:
+        """Parameters from a PyTorch ``state_dict`` (tensors or arrays), in this model's names.
+
+        ``prefixes`` maps this model's module names ("cell", "rnn",
+        "embedding", "readout") to the torch module's attribute names when
+        they differ, e.g. ``{"rnn": "lstm", "readout": "fc"}``; a prefix of ""
+        takes keys without one (``nn.LSTM(...).state_dict()`` itself). Every
+        key must match: missing and unexpected ones are listed in one error.
+
+        Example::
+
+            params = model.params_from_torch(torch_model.state_dict(), prefixes={"rnn": "lstm"})
+        """
+        return _torch_names.params_from_torch(self, state_dict, dtype=dtype, prefixes=prefixes)
+
+    def params_to_torch(self, params: Mapping, *, prefixes: Mapping | None = None, tensors: bool = False) -> dict:
+        """The inverse of :meth:`params_from_torch`: a dict keyed by the torch
+        module's names, of numpy arrays (``tensors=True``: torch tensors, which
+        imports torch), for ``module.load_state_dict``.
+
+        Example::
+
+            torch_model.load_state_dict(model.params_to_torch(params, tensors=True))
+        """
+        return _torch_names.params_to_torch(self, params, prefixes=prefixes, tensors=tensors)
+
+
+from . import _inputs  # noqa: E402 - reads Sequence's attributes only at call time
+from . import _torch_names  # noqa: E402

@@ -40,7 +40,7 @@ def cached_plan(T: int, *, budget: Any, policy: str, model: Any, batch: int, dty
     """``mb.plan(T, budget=..., model=..., batch=..., dtype=..., policy=...)``,
     from the cache when the same request was planned recently."""
     sizes = model.sizes(batch=batch, dtype=dtype)
-    key = (T, parse_budget(budget), policy, sizes, model.cell.backward_forward_ratio, model.describe())
+    key = (T, parse_budget(budget), policy, sizes, model.backward_forward_ratio, repr(model), model.describe())
     schedule = _PLANS.pop(key, None)
     if schedule is None:
         schedule = plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)

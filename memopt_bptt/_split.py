@@ -58,10 +58,8 @@ tracemalloc beyond one thread's run, three 16.9 KB, whatever T and the sizes).""
 
 
 def recurrent_macs(model: Any, batch: int) -> int:
-    """Multiply-adds of one step's recurrent GEMM."""
-    cell = model.cell
-    rec = model.output_size if cell.recurrent_from_output else cell.hidden_size
-    return cell.n_gates * cell.hidden_size * rec * batch
+    """Multiply-adds of one step's recurrent GEMMs (every layer's)."""
+    return model.recurrent_macs(batch)
 
 
 def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
@@ -79,9 +77,9 @@ def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
 
 def unit_split(model: Any, batch: int) -> tuple[tuple[int, int], ...]:
     """Hidden units (u0, u1) per unit thread (see ``Sequence.unit_split``)."""
-    cell = model.cell
-    H = cell.hidden_size
-    if cell.unit_kernels is None or len(lane_batches(model, batch)) > 1:
+    cell = model.unit_cell
+    H = model.hidden_size
+    if cell is None or len(lane_batches(model, batch)) > 1:
         n = 1
     elif model.unit_threads is None:
         n = 2 if recurrent_macs(model, batch) >= LANE_MAX_MACS and H >= 2 * MIN_UNIT_HIDDEN else 1
@@ -90,12 +88,6 @@ def unit_split(model: Any, batch: int) -> tuple[tuple[int, int], ...]:
     q, r = divmod(H, n)
     bounds = np.cumsum([0] + [q + (1 if k < r else 0) for k in range(n)])
     return tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n))
-
-
-def lane_chunk_rows(model: Any, lane_batch: int) -> int:
-    """Rows of the input copy a lane keeps for deferred weight gradients
-    (its rows of ``grad_chunk`` steps; a whole-batch run reads them in place)."""
-    return model.cell.grad_chunk * lane_batch
 
 
 def unit_out_len(sizes: Any, u0: int, u1: int) -> int:
@@ -119,14 +111,13 @@ def split_sizes(model: Any, whole: Any, dtype: np.dtype) -> Any:
         threads = len(units)
         if threads == 1:
             return whole
-        H = model.cell.hidden_size
+        H = model.hidden_size
         outs = sum(unit_out_len(whole, u0, u1) for u0, u1 in units)
-        extra = ((threads - 1) * whole.work_len + outs - whole.output_len
+        row_weights = -(-batch * 8 // whole.itemsize)  # each thread's float64 row weights
+        extra = ((threads - 1) * (whole.work_len + row_weights) + outs - whole.output_len
                  + threads * (2 * batch * H + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
         return whole._replace(lane_extra_len=extra, unit_threads=threads)
-    parts = [model.sizes(batch=b, dtype=dtype, split=False) for b in lanes]
-    own = sum(p.working_bytes // p.itemsize + lane_chunk_rows(model, b) * model.cell.input_size
-              for p, b in zip(parts, lanes))
+    own = sum(model.rows_sizes(b, dtype, lane=True).working_bytes // whole.itemsize for b in lanes)
     params = sum(math.prod(s) for s in model.param_shapes.values())
     python = -(-LANE_PYTHON_BYTES // whole.itemsize)
     extra = own - whole.working_bytes // whole.itemsize + (len(lanes) - 1) * params + len(lanes) * python

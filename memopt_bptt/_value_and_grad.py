@@ -21,6 +21,7 @@ import numpy as np
 
 from ._actions import Op
 from ._executor import Data, Run
+from . import _inputs
 from ._model import Sequence
 from ._plans import cached_plan, resolve_policy
 from ._schedule import Schedule
@@ -83,7 +84,8 @@ def _checked_loss(run: Run, results: list, schedule: Schedule, scale: float) -> 
 
 
 def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray, *, budget: Any = None,
-                   policy: str | None = None, schedule: Schedule | None = None, h0: np.ndarray | None = None,
+                   policy: str | None = None, schedule: Schedule | None = None, h0: Any = None,
+                   mask: np.ndarray | None = None, lengths: np.ndarray | None = None,
                    return_h0_grad: bool = False, return_report: bool = False, ds_norms: np.ndarray | None = None):
     """Loss and exact gradients of a Sequence over (xs, ys) within a memory budget.
 
@@ -91,6 +93,21 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     budget means plain BPTT (policy "full"). ``policy`` defaults to "msm" when
     a budget is given. Or pass a ready ``schedule`` from :func:`plan` (same T,
     batch and dtype). Gradients are bit-identical to policy="full".
+
+    xs is (T, batch, input_size) floats, or (T, batch) token ids for a model
+    with an embedding; it is read in place (a read-only array or an
+    ``np.memmap`` too) when C-contiguous. ys is (T, batch, output_size) for
+    "mse" or (T, batch) labels for "cross_entropy"; with
+    ``loss_at="last"`` one per sequence, (batch, output_size) or (batch,).
+
+    ``lengths`` (batch,) gives each sequence's valid steps (1..T) of a padded
+    batch, and ``mask`` (T, batch) 0/1 or weights >= 0 for the steps'
+    losses: the loss is the mean over the counted elements (the weighted
+    mean ``sum(w * loss) / sum(w)`` for weights), PyTorch's
+    ``reduction="mean"`` over the valid targets. A sequence's steps after its
+    length are still computed (on its padding, which may hold any finite
+    value; token ids must be in the vocabulary), so a padded batch costs what
+    a full one does, but they add exactly nothing to the loss and gradients.
 
     Returns ``(loss, grads)``; with ``return_h0_grad=True`` also dL/dh0, and
     with ``return_report=True`` a :class:`Report` last. ``ds_norms``, a float64
@@ -105,8 +122,9 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         raise TypeError(f"value_and_grad: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
     arrays = model.check_params(params)
     dtype = arrays[0].dtype
-    xs_c, ys_f, ys_i, h0_flat = model.check_data(xs, ys, dtype, h0=h0)
-    T, B = xs_c.shape[:2]
+    checked = model.check_data(xs, ys, dtype, h0=h0, mask=mask, lengths=lengths)
+    h0_flat = checked.h0
+    T, B = checked.xs.shape[:2]
     sizes = model.sizes(batch=B, dtype=dtype)
     if schedule is None:
         budget, policy = resolve_policy(budget, policy, where="value_and_grad")
@@ -120,8 +138,10 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
             raise ValueError(f"value_and_grad: ds_norms must be a float64 array of shape ({T + 1},)")
         norms = ds_norms
     grads = {name: np.zeros_like(a) for name, a in zip(model.param_shapes, arrays)}
-    scale = 1.0 / (T * B * model.output_size) if model.loss == "mse" else 1.0 / (T * B)
-    run = Run(model, arrays, Data(xs_c, ys_f, ys_i), sizes, loss_kind=0 if model.loss == "mse" else 1, scale=scale)
+    scale = 1.0 / checked.n_terms
+    run = Run(model, arrays, Data.of(checked), sizes, loss_kind=0 if model.loss == "mse" else 1, scale=scale,
+              loss_mode=checked.loss_mode)
+    del checked
     codes = schedule.codes  # read in place: slots are scaled to element offsets inside the sweep
 
     if return_report:
@@ -156,12 +176,15 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     return tuple(result)
 
 
-def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: np.ndarray | None = None) -> np.ndarray:
+def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: Any = None,
+                lengths: np.ndarray | None = None) -> Any:
     """The state after every step of ``xs``, from ``h0`` (zeros if None), with no gradient.
 
-    Returns a new array of shape ``model.state_shape(batch)``, what ``h0=``
+    Returns new arrays of shape ``model.state_shape(batch)``, what ``h0=``
     accepts, so a long sequence can be run piece by piece: the same sweep and
     forward kernels as :func:`value_and_grad`, bit for bit, in O(1) memory.
+    With ``lengths``, each sequence's state after its own last valid step
+    (PyTorch's h_n for a packed batch).
 
     Example::
 
@@ -172,12 +195,24 @@ def final_state(model: Sequence, params: dict, xs: np.ndarray, *, h0: np.ndarray
         raise TypeError(f"final_state: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
     arrays = model.check_params(params, where="final_state")
     dtype = arrays[0].dtype
-    xs_c, h0_flat = model.check_inputs(xs, dtype, where="final_state", h0=h0)
+    xs_c, h_flat = model.check_inputs(xs, dtype, where="final_state", h0=h0)
     T, B = xs_c.shape[:2]
-    dummy = Data(xs_c, np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64))
-    run = Run(model, arrays, dummy, model.sizes(batch=B, dtype=dtype), loss_kind=0, scale=1.0)
+    stops = np.full(B, T, np.int64) if lengths is None else _inputs.check_lengths(lengths, T, B, where="final_state")
+    sizes = model.sizes(batch=B, dtype=dtype)
     grads = tuple(np.zeros_like(a) for a in arrays)
-    codes = np.array([[Op.ADVANCE, T, -1]], np.int64)
-    codes.flags.writeable = False  # as a Schedule's codes are: the same compiled sweep
-    results = run.run(codes, run.allocate(0, h0_flat, grads, np.zeros(0, np.float64)))
-    return model.user_state(run.gather_state(results, 3), B)
+    out = np.empty_like(h_flat)
+    done = 0
+    # One sweep per distinct length, each from the state the last one ended at (xs's steps as views).
+    for stop in np.unique(stops):
+        piece = xs_c[done: stop]
+        dummy = Data(piece, np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64), np.zeros((1, 1)),
+                     np.full(B, len(piece), np.int64))
+        run = Run(model, arrays, dummy, sizes, loss_kind=0, scale=1.0)
+        codes = np.array([[Op.ADVANCE, len(piece), -1]], np.int64)
+        codes.flags.writeable = False  # as a Schedule's codes are: the same compiled sweep
+        results = run.run(codes, run.allocate(0, h_flat, grads, np.zeros(0, np.float64)))
+        h_flat = run.gather_state(results, 3)
+        for b in np.flatnonzero(stops == stop):
+            model.copy_rows(out, B, int(b), h_flat, B, int(b), 1)
+        done = int(stop)
+    return model.user_state(out, B)

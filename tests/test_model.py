@@ -193,7 +193,7 @@ def test_model_must_be_a_sequence(mse):
 
 
 def test_cell_must_be_a_cell():
-    with pytest.raises(TypeError, match=r"cell="):
+    with pytest.raises(TypeError, match=r"layers="):
         mb.Sequence("lstm", output_size=O)
 
 

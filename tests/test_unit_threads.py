@@ -91,11 +91,11 @@ def test_unit_threads_are_charged_to_the_budget():
     assert (one.unit_threads, two.unit_threads) == (1, 2)
     # a second scratch (batch * (4H + input)); per thread a readout buffer of twice the outputs and
     # its units' h_t (one output buffer is charged already), two (H, batch) blocks of partial
-    # gradients, and its Python objects
+    # gradients, and its Python objects; and the second thread's row weights of the loss (float64)
     extra = two.working_bytes - one.working_bytes
     python = 2 * -(-mb._split.UNIT_PYTHON_BYTES // 8) * 8
     readout = 2 * 2 * 6 * 3 - 6 * 3 + 6 * 8
-    assert extra == (6 * (4 * 8 + 4) + readout + 2 * 2 * 6 * 8) * 8 + python
+    assert extra == (6 * (4 * 8 + 4) + readout + 2 * 2 * 6 * 8 + 6) * 8 + python
     assert two.lane_extra_len * 8 == extra
 
 

@@ -23,7 +23,7 @@ def _codes(rows: list) -> np.ndarray:
 
 def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", repeats: int = 50,
                        seed: int = 0) -> tuple[float, float]:
-    """Seconds of one forward step and one backward step of ``model``'s cell.
+    """Seconds of one forward step and one backward step of ``model``'s layers.
 
     Both are timed through the sweep ``value_and_grad`` runs, on random data
     of the given batch and dtype: ``repeats`` forward steps (one ``advance``),
@@ -53,11 +53,16 @@ def measure_step_times(model: Sequence, *, batch: int, dtype: Any = "float32", r
     params = model.init_params(seed=seed, dtype=dt)
     arrays = model.check_params(params, where="measure_step_times")
     rng = np.random.default_rng(seed)
-    xs = rng.standard_normal((repeats, B, model.cell.input_size)).astype(dt)
-    if model.loss == "mse":
-        data = Data(xs, rng.standard_normal((repeats, B, model.output_size)).astype(dt), np.zeros((1, 1), np.int64))
+    if model.embedding is not None:
+        xs = rng.integers(0, model.embedding.vocab_size, (repeats, B)).astype(np.int64)
     else:
-        data = Data(xs, np.zeros((1, 1, 1), dt), rng.integers(0, model.output_size, (repeats, B)).astype(np.int64))
+        xs = rng.standard_normal((repeats, B, model.input_size)).astype(dt)
+    lengths, no_mask = np.full(B, repeats, np.int64), np.zeros((1, 1))
+    if model.loss == "mse":
+        ys = (rng.standard_normal((repeats, B, model.output_size)).astype(dt), np.zeros((1, 1), np.int64))
+    else:
+        ys = (np.zeros((1, 1, 1), dt), rng.integers(0, model.output_size, (repeats, B)).astype(np.int64))
+    data = Data(xs, *ys, no_mask, lengths)
     run = Run(model, arrays, data, sizes, loss_kind=0 if model.loss == "mse" else 1, scale=1.0 / (repeats * B))
     h0 = (0.1 * rng.standard_normal(sizes.state_len)).astype(dt)
     grads = tuple(np.zeros_like(a) for a in arrays)

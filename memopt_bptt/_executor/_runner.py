@@ -20,6 +20,7 @@ import numpy as np
 
 from .._kernels.blas import blas_threads
 from .._kernels.sync import abort, new_flags
+from .._layers import S_OFF, layout
 from .._split import blas_threads_for, unit_out_len
 from ._compile import sweep_for
 
@@ -32,11 +33,19 @@ _NO_EXCHANGE = {np.dtype(t): np.zeros((1, 1, 1), t) for t in (np.float32, np.flo
 
 
 class Data(NamedTuple):
-    """The sequence: inputs (T, batch, input) and targets, float (mse) or labels (cross-entropy); the other is a dummy."""
+    """The sequence: inputs (T, batch, input) or token ids (T, batch), targets
+    (float for mse, labels for cross-entropy; the other is a dummy), the loss
+    weights' mask (or a dummy) and each sequence's length (memopt_bptt._inputs)."""
 
     xs: np.ndarray
     ys_f: np.ndarray
     ys_i: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, checked: Any) -> "Data":
+        return cls(checked.xs, checked.ys_f, checked.ys_i, checked.mask, checked.lengths)
 
 
 class Spec(NamedTuple):
@@ -56,12 +65,14 @@ class Spec(NamedTuple):
     loss_kind: int      # 0 mse, 1 cross-entropy
     spin: int           # rounds a barrier spins before yielding the CPU
     scale: float        # 1 / (number of loss terms)
+    h_off: int          # where the top layer's h_t starts in a state of these rows
+    loss_mode: int      # which rows count at a step (memopt_bptt._inputs: EVERY, LENGTHS, MASK, LAST)
 
 
 class Buffers(NamedTuple):
     """One worker's buffers (in units mode all but work, outbuf and norms are shared)."""
 
-    pool: np.ndarray       # checkpoint slots
+    pool: np.ndarray       # checkpoint slots (states and internal states of every layer)
     cur: np.ndarray        # the state the forward is at
     nxt: np.ndarray        # the next (or a rebuilt) state
     ds: np.ndarray         # dL/ds_t
@@ -69,11 +80,15 @@ class Buffers(NamedTuple):
     work_int: np.ndarray   # the working internal state
     work: np.ndarray       # the cell's scratch
     outbuf: np.ndarray     # outputs and dL/dout (units mode: also their transpose and h_t's)
-    chunk: np.ndarray      # deferred weight-gradient block (Cell.grad_chunk)
-    xchunk: np.ndarray     # a lane's rows of a block's inputs
+    chunk: np.ndarray      # every layer's deferred weight-gradient block (Cell.grad_chunk)
+    xchunk: np.ndarray     # layers' inputs kept for a block of deferred weight gradients
     exchange: np.ndarray   # unit threads' partial dL/dh_{t-1}, (2, threads, batch*hidden)
     flags: np.ndarray      # unit threads' barrier counters
     norms: np.ndarray      # ||dL/dh_t||^2 at index t, or empty
+    layout: np.ndarray     # (layers, columns) offsets: memopt_bptt._layers.layout
+    xbuf: np.ndarray       # layers' inputs built at a step (above the first layer, or embedded)
+    dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
+    roww: np.ndarray       # float64 loss weights of this step's rows
 
 
 def usable_cpus() -> int:
@@ -92,12 +107,13 @@ class Run:
     them), and ``reduce`` adds the workers' gradients and norms in order.
     """
 
-    def __init__(self, model: Any, arrays: tuple, data: Data, sizes: Any, *, loss_kind: int, scale: float):
+    def __init__(self, model: Any, arrays: tuple, data: Data, sizes: Any, *, loss_kind: int, scale: float,
+                 loss_mode: int = 0):
         self.model, self.arrays, self.data, self.sizes = model, arrays, data, sizes
-        self.loss_kind, self.scale = loss_kind, scale
+        self.loss_kind, self.scale, self.loss_mode = loss_kind, scale, loss_mode
         self.batch = data.xs.shape[1]
         self.mode = "units" if sizes.unit_threads > 1 else "rows"
-        self.sweep = sweep_for(model.cell, self.mode)
+        self.sweep = sweep_for(model, self.mode)
         if self.mode == "units":
             self.parts = model.unit_split(self.batch)
             # Spin at barriers while every thread has a CPU; else yield at once, so the threads take turns.
@@ -111,11 +127,12 @@ class Run:
     def n_workers(self) -> int:
         return len(self.parts)
 
-    def _spec(self, k: int, b0: int, rows: int, u0: int, u1: int) -> Spec:
-        cell, sz = self.model.cell, self.sizes
+    def _spec(self, k: int, b0: int, rows: int, u0: int, u1: int, table: np.ndarray) -> Spec:
+        model, sz = self.model, self.sizes
+        top = model.cells[-1]
         return Spec(b0, rows, k, u0, u1, rows * sz.state_width, rows * sz.internal_width, sz.quantum[0] * rows,
-                    cell.grad_chunk or 1, cell.hidden_size, self.model.output_size, self.loss_kind, self.spin,
-                    self.scale)
+                    top.grad_chunk or 1, top.hidden_size, model.output_size, self.loss_kind, self.spin,
+                    self.scale, int(table[-1, S_OFF]), self.loss_mode)
 
     def allocate(self, pool_quanta: int, h0_flat: np.ndarray, grads: tuple, norms: np.ndarray) -> list:
         """Every worker's (Buffers, gradients, Spec). The first worker adds into
@@ -125,16 +142,17 @@ class Run:
         return self._allocate_lanes(pool_quanta, h0_flat, grads, norms)
 
     def _allocate_lanes(self, pool_quanta, h0_flat, grads, norms):
-        model, cell, dtype, B = self.model, self.model.cell, self.arrays[0].dtype, self.batch
+        model, dtype, B = self.model, self.arrays[0].dtype, self.batch
         n_lanes = len(self.parts)
         exchange = _NO_EXCHANGE[np.dtype(dtype)]
         jobs = []
         b0 = 0
         for k, bl in enumerate(self.parts):
-            ls = model.sizes(batch=bl, dtype=dtype, split=False)
-            x_rows = model.lane_chunk_rows(bl) if n_lanes > 1 else 0
+            ls = model.rows_sizes(bl, dtype, lane=n_lanes > 1)
+            lay = layout(model.layers, bl, lane=n_lanes > 1)
             shapes = [(ls.state_len,)] * 4 + [(ls.internal_len,), (max(ls.work_len, 1),), (ls.output_len,),
-                                              (max(ls.chunk_len, 1),), (max(x_rows, 1), cell.input_size)]
+                                              (max(lay.chunk_len, 1),), (max(lay.xchunk_len, 1),),
+                                              (max(lay.xbuf_len, 1),), (max(lay.dx_len, 1),)]
             if k:
                 shapes += [a.shape for a in self.arrays]
             pool = np.empty(pool_quanta * ls.quantum[0] * bl, dtype)
@@ -146,18 +164,21 @@ class Run:
                 starts = np.cumsum([line] + [-(-n // line) * line for n in sizes_])
                 block = np.empty(int(starts[-1]) + line, dtype)
                 views = [block[a: a + n].reshape(shape) for a, n, shape in zip(starts, sizes_, shapes)]
-            model.lane_rows(views[0], bl, 0, bl)[...] = model.lane_rows(h0_flat, B, b0, b0 + bl)
-            for v in views[2:4] + views[9:]:
+            model.copy_rows(views[0], bl, 0, h0_flat, B, b0, bl)
+            for v in views[2:4] + views[11:]:
                 v[:] = 0.0
             lane_norms = norms if k == 0 else np.zeros_like(norms)
-            bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms)
-            jobs.append((bufs, grads if k == 0 else tuple(views[9:]), self._spec(k, b0, bl, 0, cell.hidden_size)))
+            bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms, lay.table, views[9], views[10],
+                           np.empty(bl, np.float64))
+            jobs.append((bufs, grads if k == 0 else tuple(views[11:]),
+                         self._spec(k, b0, bl, 0, model.hidden_size, lay.table)))
             b0 += bl
         return jobs
 
     def _allocate_units(self, pool_quanta, h0_flat, grads, norms):
         sz, dtype, B = self.sizes, self.arrays[0].dtype, self.batch
         n = len(self.parts)
+        lay = layout(self.model.layers, B, lane=False)
         pool = np.empty(pool_quanta * sz.quantum[0] * B, dtype)
         cur, nxt, ds, ds_prev = (np.empty(sz.state_len, dtype) for _ in range(4))
         work_int = np.empty(sz.internal_len, dtype)
@@ -165,14 +186,15 @@ class Run:
         ds[:] = 0.0
         ds_prev[:] = 0.0
         chunk = np.empty(max(sz.chunk_len, 1), dtype)
-        exchange = np.empty((2, n, B * self.model.cell.hidden_size), dtype)
+        exchange = np.empty((2, n, B * self.model.hidden_size), dtype)
         flags = new_flags(n)
+        none = chunk[:0]
         jobs = []
         for k, (u0, u1) in enumerate(self.parts):
             own = (np.empty(max(sz.work_len, 1), dtype), np.empty(unit_out_len(sz, u0, u1), dtype))
-            bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, chunk[:0].reshape((0, 1)),
-                           exchange, flags, norms if k == 0 else np.zeros_like(norms))
-            jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1)))
+            bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, none, exchange, flags,
+                           norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64))
+            jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1, lay.table)))
         return jobs
 
     @staticmethod
@@ -181,7 +203,7 @@ class Run:
         (not the returned gradients, the norms or the barrier's counters)."""
         seen, total = {id(g) for g in jobs[0][1]}, 0
         for bufs, grads, _ in jobs:
-            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS), *grads):
+            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS, layout=_NO_FLAGS), *grads):
                 if id(a) not in seen and a is not _NO_FLAGS and a is not _NO_EXCHANGE.get(a.dtype):
                     seen.add(id(a))
                     total += a.nbytes
@@ -246,7 +268,7 @@ class Run:
         out = np.empty(self.sizes.state_len, self.arrays[0].dtype)
         b0 = 0
         for bl, r in zip(self.parts, results):
-            self.model.lane_rows(out, B, b0, b0 + bl)[...] = self.model.lane_rows(r[which], bl, 0, bl)
+            self.model.copy_rows(out, B, b0, r[which], bl, 0, bl)
             b0 += bl
         return out
 

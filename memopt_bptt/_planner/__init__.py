@@ -347,7 +347,7 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below what policy={policy!r} needs for T={T}: "
             f"{least} bytes", least_bytes=least) from None
-    rho = model.cell.backward_forward_ratio if rho is None else float(rho)
+    rho = model.backward_forward_ratio if rho is None else float(rho)
     return Schedule(T=T, policy=policy, codes=codes, hidden_quanta=hq, internal_quanta=kq, pool_quanta=pool,
                     forward_steps=int(forwards), backward_forward_ratio=rho, quantum_bytes=quantum_bytes,
                     working_bytes=working, budget_bytes=budget_bytes,

@@ -62,7 +62,16 @@ elements of every block; the built-in LSTM does)::
         # of ``parts`` each) added in thread order
     flush(*P, xs_chunk, chunk, w, *G, u0, u1)                   # the units' rows of G
 
-The executor runs them between barriers, so every read of another thread's
+A feature-major cell may also give ``input_grad``, which a layer needs to
+sit above another layer or an embedding (``mb.Sequence([...])``): called
+right after ``backward_step`` of step t with the same ``work`` (and, with
+deferred gradients, before the block is flushed), it adds dL/dx_t into
+``dx``, an ``(input_size, B)`` array (feature-major, as the layer below
+keeps h_t)::
+
+    input_grad(*P, x, work, dx)
+
+The executor runs the unit kernels between barriers, so every read of another thread's
 units comes after that thread wrote them; ``parts`` alternates between two
 buffers by step parity. ``work`` is each thread's own.
 
@@ -135,6 +144,9 @@ class Cell:
         state_blocks: h0 and its gradient have the shape (state_width /
             hidden_size, batch, hidden_size), as nn.LSTM's (h0, c0) stacked;
             otherwise (batch, state_width).
+        input_grad: optional jitted kernel giving dL/dx_t, which a layer needs
+            above another layer or an embedding (see the module docstring);
+            needs ``feature_major``.
     """
 
     kind: str
@@ -156,6 +168,7 @@ class Cell:
     flush_grads: Callable[..., None] | None = None
     unit_kernels: tuple | None = None
     state_blocks: bool = False
+    input_grad: Callable[..., None] | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,6 +191,8 @@ class Cell:
             if not (self.feature_major and self.grad_chunk and not self.recurrent_from_output):
                 raise ValueError("Cell: unit_kernels need feature_major=True, grad_chunk > 0 and "
                                  "recurrent_from_output=False")
+        if self.input_grad is not None and not (callable(self.input_grad) and self.feature_major):
+            raise ValueError("Cell: input_grad must be a jitted kernel, and needs feature_major=True")
         if self.state_blocks and not self.feature_major:
             raise ValueError("Cell: state_blocks=True needs feature_major=True")
         if self.feature_major and self.output_is_state:

@@ -89,6 +89,14 @@ def elman_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal,
     s_out[:n] = internal[n: 2 * n]
 
 
+@njit(cache=True, error_model="numpy")
+def elman_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
+    """dx (input_size, B) += dL/dx_t^T, from the pre-activation gradients the backward left in ``work``."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    gemm(True, False, 1.0, w_ih, work[: B * H].reshape((H, B)), 1.0, dx)
+
+
 _KERNELS = {
     "tanh": (elman_tanh_forward, elman_tanh_backward),
     "relu": (elman_relu_forward, elman_relu_backward),
@@ -118,5 +126,6 @@ def Elman(input_size: int, hidden_size: int, *, nonlinearity: str = "tanh") -> C
         work_size=lambda batch, output_size: batch * (hidden_size + input_size),
         backward_forward_ratio=1.3,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         feature_major=True,
+        input_grad=elman_input_grad,
         options={"nonlinearity": nonlinearity},
     )

@@ -139,6 +139,17 @@ def gru_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
     gemm(True, False, 1.0, w_hh, d_h2, 1.0, dsp.reshape((H, B)))
 
 
+@njit(cache=True, error_model="numpy")
+def gru_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
+    """dx (input_size, B) += dL/dx_t^T, from the gate gradients gru_backward left
+    in ``work`` ([dr | dz | dn * r | dn]: W_ih's rows take dr, dz and dn)."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    n = B * H
+    gemm(True, False, 1.0, w_ih[: 2 * H], work[: 2 * n].reshape((2 * H, B)), 1.0, dx)
+    gemm(True, False, 1.0, w_ih[2 * H:], work[3 * n: 4 * n].reshape((H, B)), 1.0, dx)
+
+
 def GRU(input_size: int, hidden_size: int) -> Cell:
     """A GRU cell (PyTorch nn.GRU parameter layout, gate order r, z, n).
 
@@ -159,4 +170,5 @@ def GRU(input_size: int, hidden_size: int) -> Cell:
         work_size=lambda batch, output_size: batch * (4 * hidden_size + input_size),
         backward_forward_ratio=1.5,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         feature_major=True,
+        input_grad=gru_input_grad,
     )

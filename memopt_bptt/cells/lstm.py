@@ -101,6 +101,14 @@ def lstm_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev
 
 
 @njit(cache=True, error_model="numpy")
+def lstm_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
+    """dx (input_size, B) += dL/dx_t^T, from the gate gradients lstm_backward left in ``work``."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    gemm(True, False, 1.0, w_ih, work[: 4 * B * H].reshape((4 * H, B)), 1.0, dx)
+
+
+@njit(cache=True, error_model="numpy")
 def _gate_grads(internal, ds, ds_prev, d_pre, n, a, z):
     """Elements a..z-1 of each block: d_pre = dL/d(gate pre-activations) (four
     blocks of z - a), and ds_prev's c block = dL/dc_{t-1}."""
@@ -286,6 +294,7 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
         grad_chunk=_check_chunk(grad_chunk),
         chunk_width=lambda batch, output_size: 5 * batch * hidden_size,
         flush_grads=lstm_flush_grads,
+        input_grad=lstm_input_grad,
         unit_kernels=(lstm_forward_units, lstm_state_from_internal_units, lstm_backward_units,
                       lstm_backward_shared_units, lstm_flush_grads_units),
         state_blocks=True,
