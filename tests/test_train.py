@@ -284,7 +284,9 @@ def test_truncated_window_gradient_matches_numpy_window(budget):
     want_loss, want = np_window(p, xs, ys, h_start, start, loss_from, end)
     plans = BudgetedPlans(ELMAN, budget, None, where="test")
     window_budget = plans.budget_for(h, 2, np.float64)
-    loss, got = window_value_and_grad(plans, p, xs, ys, h_start, (start, loss_from, end), budget=window_budget)
+    loss, got, weight = window_value_and_grad(plans, p, xs, ys, h_start, (start, loss_from, end),
+                                              budget=window_budget)
+    assert weight == (end - loss_from) * 2 * ELMAN.output_size  # the loss terms it counts (mse: every output)
     assert loss == pytest.approx(want_loss, rel=1e-10)
     assert_close(got, want, rtol=1e-9, atol=1e-12)
 

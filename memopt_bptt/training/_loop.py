@@ -21,15 +21,23 @@ from .._model import Sequence
 from .._value_and_grad import value_and_grad
 from ._budgeted import BudgetedPlans
 from ._optim import clip_by_global_norm, global_norm, positive_number
-from ._truncated import check_truncate, window_gradients
+from ._truncated import check_truncate, check_window_data, window_gradients
 
 __all__ = ["train"]
 
 Params = dict[str, np.ndarray]
 
 
+EXTRAS = ("mask", "lengths")
+
+
 def _is_pair(data: Any) -> bool:
-    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)
+    """A batch: (xs, ys) arrays, or (xs, ys, extras) with extras a dict of mask= and lengths=."""
+    if not isinstance(data, tuple) or len(data) not in (2, 3):
+        return False
+    if len(data) == 3 and not (isinstance(data[2], Mapping) and all(k in EXTRAS for k in data[2])):
+        return False
+    return all(isinstance(a, np.ndarray) for a in data[:2])
 
 
 def _batches(data: Any, steps: int | None, epochs: int | None,
@@ -48,8 +56,8 @@ def _batches(data: Any, steps: int | None, epochs: int | None,
             for _ in range(steps):
                 batch = data(rng)
                 if not _is_pair(batch):
-                    raise TypeError("train: data(rng) must return a tuple (xs, ys) of numpy arrays, got "
-                                    f"{type(batch).__name__}")
+                    raise TypeError("train: data(rng) must return a tuple (xs, ys) of numpy arrays, or "
+                                    f"(xs, ys, {{'mask': ..., 'lengths': ...}}), got {type(batch).__name__}")
                 yield batch
         return draw(), steps
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping, np.ndarray)):
@@ -96,6 +104,10 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
       from ``rng = np.random.default_rng(seed)`` (``steps=`` only);
     * an iterable of ``(xs, ys)`` batches: ``epochs=`` passes over it, or
       ``steps=`` batches cycling through it.
+
+    A batch may also be ``(xs, ys, extras)`` with ``extras`` a dict of
+    ``mask`` and/or ``lengths`` (see :func:`value_and_grad`); xs may hold
+    token ids for a model with an embedding.
 
     Give exactly one of ``steps`` and ``epochs``. Each batch's gradient comes
     from :func:`value_and_grad` with ``budget``/``policy`` (schedules are
@@ -164,18 +176,24 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
     try:
         for b, batch in enumerate(batches):
             if not _is_pair(batch):
-                raise TypeError(f"{where}: batch {b} is {type(batch).__name__}, not a tuple (xs, ys) of arrays")
-            xs, ys = batch
+                raise TypeError(f"{where}: batch {b} is {type(batch).__name__}, not a tuple (xs, ys) of arrays "
+                                "or (xs, ys, {'mask': ..., 'lengths': ...})")
+            xs, ys = batch[:2]
+            extras = dict(batch[2]) if len(batch) == 3 else {}
+            dtype = current[next(iter(current))].dtype
             if truncate is None:
-                if not isinstance(xs, np.ndarray) or xs.ndim != 3:
-                    raise ValueError(f"{where}: batch {b}: xs must be a numpy array of shape (T, batch, input_size)")
-                schedule = plans.schedule(xs.shape[0], xs.shape[1], xs.dtype)
-                updates = [value_and_grad(model, current, xs, ys, schedule=schedule)]
+                if not isinstance(xs, np.ndarray) or xs.ndim != (2 if model.embedding else 3):
+                    expect = "(T, batch) token ids" if model.embedding else "(T, batch, input_size)"
+                    raise ValueError(f"{where}: batch {b}: xs must be a numpy array of shape {expect}")
+                schedule = plans.schedule(xs.shape[0], xs.shape[1], dtype)
+                updates = [value_and_grad(model, current, xs, ys, schedule=schedule, **extras)]
             else:
-                model.check_data(xs, ys, current[next(iter(current))].dtype, where=where)
+                checked = check_window_data(model, xs, ys, dtype, where=where, **extras)
+                if "lengths" in extras:
+                    extras["lengths"] = checked.lengths
                 updates = ((loss, grads) for _, loss, grads in
                            window_gradients(model, lambda: current, xs, ys, truncate[0], truncate[1], plans,
-                                             where=where))
+                                             where=where, **extras) if grads is not None)
             for loss, grads in updates:
                 if clip_norm is not None:
                     grads, norm = clip_by_global_norm(grads, clip_norm)

@@ -67,40 +67,56 @@ def truncation_windows(T: int, *, h: int, h_prime: int) -> list[tuple[int, int, 
     return windows
 
 
-def window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray, ys: np.ndarray,
-                           h0: np.ndarray | None, window: Window, *, budget: WindowBudget) -> tuple[float, Params]:
-    """Mean loss over steps loss_from+1..end of ``window = (start, loss_from, end)``
-    and its gradient back-propagated to ``start``, from the state ``h0`` there.
+def window_weights(window: Window, B: int, mask: np.ndarray | None, lengths: np.ndarray | None) -> np.ndarray:
+    """The loss weights of ``window = (start, loss_from, end)``, (end - start, B)
+    float64: 0 at steps start+1..loss_from (no error injected there), and the
+    call's own weights at loss_from+1..end (1, or the mask's, and 0 after a
+    sequence's length)."""
+    start, loss_from, end = window
+    w = np.zeros((end - start, B))
+    own = np.ones((end - loss_from, B)) if mask is None else np.asarray(mask[loss_from:end], dtype=np.float64)
+    if lengths is not None:
+        own = np.where(np.arange(loss_from, end)[:, None] < lengths[None, :], own, 0.0)
+    w[loss_from - start:] = own
+    return w
 
-    The loss at steps start+1..loss_from must not inject error. value_and_grad
-    has no loss mask, so the window is differentiated twice from the same h0:
-    over start..end and over start..loss_from, and the second (step-summed)
-    result is subtracted. Both runs stay within ``budget`` (from
-    ``plans.budget_for``); the result is exact up to rounding (bit-exact when
-    loss_from == start).
+
+def window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray, ys: np.ndarray,
+                           h0: Any, window: Window, *, budget: WindowBudget, mask: np.ndarray | None = None,
+                           lengths: np.ndarray | None = None) -> tuple[float, Params | None, float]:
+    """``(loss, grads, weight)`` of ``window = (start, loss_from, end)``: the
+    mean loss over its counted steps loss_from+1..end, its gradient
+    back-propagated to ``start`` from the state ``h0`` there, and the sum of
+    the counted weights (the loss's denominator); grads is None when the
+    window counts nothing (every step masked or after every length).
+
+    Steps start+1..loss_from inject no error: they weigh 0 in the loss's mask
+    (see :func:`window_weights`), so the result is exact; a window with
+    neither such steps nor a caller's mask runs unmasked (h = h' = T is plain
+    BPTT bit for bit). The run stays within ``budget`` (``plans.budget_for``).
     """
     start, loss_from, end = window
     B = xs.shape[1]
-
-    def run(stop: int) -> tuple[float, Params]:
-        schedule = plans.schedule(stop - start, B, xs.dtype, budget=budget)
-        return value_and_grad(plans.model, params, xs[start:stop], ys[start:stop], schedule=schedule, h0=h0)
-
-    loss_all, g_all = run(end)
-    n_pre = loss_from - start
-    if n_pre == 0:
-        return loss_all, g_all
-    n_all = end - start
-    n_loss = end - loss_from
-    loss_pre, g_pre = run(loss_from)
-    loss = (n_all * loss_all - n_pre * loss_pre) / n_loss
-    grads = {k: ((n_all * g - n_pre * g_pre[k]) / n_loss).astype(g.dtype, copy=False) for k, g in g_all.items()}
-    return loss, grads
+    model = plans.model
+    per_step = model.output_size if model.loss == "mse" else 1
+    schedule = plans.schedule(end - start, B, xs.dtype, budget=budget)
+    if loss_from == start and mask is None and lengths is None:
+        loss, grads = value_and_grad(model, params, xs[start:end], ys[start:end], schedule=schedule, h0=h0)
+        return loss, grads, float((end - start) * B * per_step)
+    weights = window_weights(window, B, mask, lengths)
+    total = float(weights.sum()) * per_step
+    if total <= 0.0:
+        return 0.0, None, 0.0
+    loss, grads = value_and_grad(model, params, xs[start:end], ys[start:end], schedule=schedule, h0=h0,
+                                 mask=weights)
+    return loss, grads, total
 
 
 def window_gradients(model: Sequence, get_params: Callable[[], Params], xs: np.ndarray, ys: np.ndarray,
-                      h: int, h_prime: int, plans: BudgetedPlans, *, where: str) -> Iterator[tuple[int, float, Params]]:
-    """Yield ``(n_loss_steps, loss, grads)`` per window, fetching the current
+                      h: int, h_prime: int, plans: BudgetedPlans, *, where: str, mask: np.ndarray | None = None,
+                      lengths: np.ndarray | None = None) -> Iterator[tuple[float, float, Params | None]]:
+    """Yield ``(weight, loss, grads)`` per window (see :func:`window_value_and_grad`;
+    grads None for a window that counts nothing), fetching the current
     parameters before each window (so a caller may update them in between).
 
     The state is carried on-line: the forward over steps loss_from+1..end runs
@@ -127,16 +143,19 @@ def window_gradients(model: Sequence, get_params: Callable[[], Params], xs: np.n
                 pos = stop
                 if stop in starts:
                     stored[stop] = carried
-        loss, grads = window_value_and_grad(plans, params, xs, ys, h0, (start, loss_from, end), budget=budget)
+        loss, grads, weight = window_value_and_grad(plans, params, xs, ys, h0, (start, loss_from, end),
+                                                    budget=budget, mask=mask, lengths=lengths)
         if k + 1 < len(windows):
             next_start = windows[k + 1][0]
             for p in [p for p in stored if p < next_start]:
                 del stored[p]
-        yield end - loss_from, loss, grads
+        yield weight, loss, grads
 
 
 def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys: np.ndarray, *, h: int,
-                             h_prime: int, budget: Any = None, policy: str | None = None) -> tuple[float, Params]:
+                             h_prime: int, budget: Any = None, policy: str | None = None,
+                             mask: np.ndarray | None = None, lengths: np.ndarray | None = None
+                             ) -> tuple[float, Params]:
     """Loss and truncated-BPTT(h; h') gradient of a sequence, parameters held fixed.
 
     The sequence is cut into windows by :func:`truncation_windows`: window k
@@ -147,9 +166,10 @@ def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys
     With ``l_t`` the loss of step t (as in :func:`value_and_grad`: mean over
     batch, and over outputs for "mse"):
 
-    * ``loss = sum_k (n_k / T) * mean_{t in window k} l_t``, which is the
-      plain mean loss over all T steps (up to rounding);
-    * ``grads = sum_k (n_k / T) * g_k`` with ``g_k`` the gradient of window
+    * ``loss = sum_k (W_k / W) * mean_{t in window k} l_t``, with W_k the
+      number of loss terms window k counts and W all of them: the plain
+      mean loss over all T steps (up to rounding);
+    * ``grads = sum_k (W_k / W) * g_k`` with ``g_k`` the gradient of window
       k's mean loss, back-propagated only h steps. Equivalently: the full
       gradient of the mean loss with every path from the loss at step t to
       parameters used before step ``e_k - h + 1`` cut (t in window k).
@@ -157,10 +177,12 @@ def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys
     So h = h' = T gives plain BPTT exactly (bit for bit), and h >= T gives
     the exact gradient up to rounding for any h'. Every window is
     differentiated by :func:`value_and_grad` under ``budget``/``policy``
-    (planned for the window's length); where a window has steps without
-    injected error (h > h', or the last window), it is differentiated twice
-    and the error-free prefix subtracted, so results then agree with a
-    masked loss up to rounding.
+    (planned for the window's length), its steps without injected error
+    (h > h', or the last window) weighing 0 in the loss. ``mask`` and
+    ``lengths`` count steps as in :func:`value_and_grad` (W_k is then the
+    window's sum of weights; a window that counts nothing adds nothing).
+    Stacked layers and token inputs work as everywhere; ``loss_at="last"``
+    has one loss per sequence and no per-step error to truncate, and is refused.
 
     Example::
 
@@ -171,13 +193,16 @@ def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys
         raise TypeError(f"{where}: model must be a memopt_bptt.Sequence, got {type(model).__name__}")
     h, h_prime = check_truncate(h, h_prime, where=where)
     arrays = model.check_params(params, where=where)
-    model.check_data(xs, ys, arrays[0].dtype, where=where)
+    checked = check_window_data(model, xs, ys, arrays[0].dtype, where=where, mask=mask, lengths=lengths)
     plans = BudgetedPlans(model, budget, policy, where=where)
-    T = xs.shape[0]
+    pieces = window_gradients(model, lambda: params, xs, ys, h, h_prime, plans, where=where, mask=mask,
+                              lengths=None if lengths is None else checked.lengths)
     loss_total: float | None = None
     grads_total: Params | None = None
-    for n_k, loss, grads in window_gradients(model, lambda: params, xs, ys, h, h_prime, plans, where=where):
-        w = n_k / T  # exactly 1.0 when one window covers the sequence
+    for weight, loss, grads in pieces:
+        if grads is None:
+            continue
+        w = weight / checked.n_terms  # the windows' weights add up to the whole loss's; 1.0 for one window
         if grads_total is None:
             loss_total = w * loss
             grads_total = {k: (w * g).astype(g.dtype, copy=False) for k, g in grads.items()}
@@ -186,3 +211,13 @@ def truncated_value_and_grad(model: Sequence, params: Params, xs: np.ndarray, ys
             for k, g in grads.items():
                 grads_total[k] = (grads_total[k] + w * g).astype(g.dtype, copy=False)
     return float(loss_total), grads_total
+
+
+def check_window_data(model: Sequence, xs: Any, ys: Any, dtype: np.dtype, *, where: str, mask: Any = None,
+                      lengths: Any = None) -> Any:
+    """The data checked as value_and_grad checks it, for truncated BPTT (which needs a loss at every step)."""
+    if model.loss_at == "last":
+        raise ValueError(f"{where}: loss_at='last' has one loss per sequence, and truncated BPTT injects "
+                         "per-step errors; train such a model without truncate=, or use loss_at='every' "
+                         "with a mask")
+    return model.check_data(xs, ys, dtype, where=where, mask=mask, lengths=lengths)
