@@ -27,7 +27,7 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 2**10, "m": 2**20, "g": 2**30,
 }
-_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_PATTERN = re.compile(r"^\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_budget(budget: object, *, name: str = "budget") -> tuple[str, float]:
@@ -35,12 +35,15 @@ def parse_budget(budget: object, *, name: str = "budget") -> tuple[str, float]:
 
     Accepts an int (bytes), a string with a unit ("512KiB", "64MiB", "1GB",
     "2.5e6B"), a percentage string ("5%"), or a float in (0, 1] (a fraction
-    of what plain BPTT keeps).
+    of what plain BPTT keeps). A string without a unit reads as the number
+    it spells: "4096" is bytes, "0.05" a fraction, as on the command line
+    (a bare decimal with a dot is a fraction; "2.5e6" is bytes).
 
     Example::
 
         parse_budget("64MiB")   # ("bytes", 67108864)
         parse_budget(0.05)      # ("fraction", 0.05)
+        parse_budget("0.05")    # ("fraction", 0.05)
     """
     if isinstance(budget, bool):
         raise TypeError(f"{name}={budget!r}: expected bytes (int), a size string like '64MiB', or a fraction in (0, 1]")
@@ -68,7 +71,18 @@ def parse_budget(budget: object, *, name: str = "budget") -> tuple[str, float]:
         match = _PATTERN.match(text)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
-            raise ValueError(f"{name}={budget!r} is not a size: use e.g. 4096, '512KiB', '64MiB', '1GB' or '5%'")
+            raise ValueError(f"{name}={budget!r} is not a size: use e.g. 4096, '512KiB', '64MiB', '1GB', '5%' "
+                             "or a fraction in (0, 1] like 0.05")
+        number = match.group(1)
+        if not unit and "." in number and "e" not in number.lower():
+            # a bare decimal with a dot is a fraction, as on the command line: budget="0.05" and
+            # --budget 0.05 mean the same (an exponent, "2.5e6", still counts bytes)
+            value = float(number)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}={budget!r}: a bare number with a dot is a fraction of plain BPTT's "
+                                 "memory and must be in (0, 1]; give bytes as an integer (4096) or with a unit "
+                                 "('64MiB')")
+            return "fraction", value
         value = float(match.group(1)) * _UNITS[unit]
         if value < 1:
             raise ValueError(f"{name}={budget!r}: a byte budget must be at least 1 byte")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
+import io
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,11 +25,59 @@ class ScheduleError(ValueError):
 @dataclass(frozen=True)
 class _Stats:
     forward_steps: int
-    pool_quanta: int
+    extent: int                # quanta the actions use (the pool's high-water mark)
     n_hidden_slots: int
     n_internal_slots: int
     hidden_marks: bytearray    # 1 at each position ever kept as a hidden state
     internal_marks: bytearray  # 1 at each step whose internal state is ever kept
+
+
+_CHUNK = 4096  # rows converted to Python at a time when a long schedule is read row by row
+MAX_SIZE = 2 ** 62
+"""Largest step count, quanta or byte count a Schedule accepts: anything
+larger is no schedule a machine runs, and products of two such sizes would
+overflow the executor's int64 arithmetic long before."""
+
+# (field, least value, may be None, what it is) of the integer fields
+_INT_FIELDS = (
+    ("T", 1, False, "the number of steps"),
+    ("hidden_quanta", 1, False, "quanta of one hidden state"),
+    ("internal_quanta", 1, False, "quanta of one internal state"),
+    ("pool_quanta", 1, False, "the checkpoint pool's size in quanta"),
+    ("forward_steps", 0, False, "forward steps the actions run"),
+    ("quantum_bytes", 1, True, "bytes of one quantum"),
+    ("working_bytes", 0, True, "bytes of the working buffers"),
+    ("budget_bytes", 1, True, "the budget planned for, in bytes"),
+)
+# (field, may be None, what it is) of the real fields; each must be finite and >= 0
+_REAL_FIELDS = (
+    ("backward_forward_ratio", False, "a backward step's time over a forward step's"),
+    ("budget_units", True, "the budget planned for, in hidden-state units"),
+    ("byte_cost", False, "forward steps per checkpoint byte; 0 leaves memory out of the time model"),
+)
+
+
+# the fields to_json writes (besides format, summary, actions and byte_cost), all required by from_json
+_JSON_FIELDS = ("T", "policy", "hidden_quanta", "internal_quanta", "pool_quanta", "forward_steps",
+                "backward_forward_ratio", "quantum_bytes", "working_bytes", "budget_bytes", "budget_units",
+                "description")
+
+
+def _checked_int(name: str, value: Any, least: int, optional: bool, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Schedule: {name}={value!r} must be an int ({what}){' or None' if optional else ''}")
+    if not least <= value <= MAX_SIZE:
+        raise ValueError(f"Schedule: {name}={value!r} must be an int in [{least}, 2**62] ({what})")
+    return int(value)
+
+
+def _checked_real(name: str, value: Any, optional: bool, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Schedule: {name}={value!r} must be a number ({what}){' or None' if optional else ''}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Schedule: {name}={value!r} must be a finite number >= 0 ({what})")
+    return value
 
 
 def plain_pool_quanta(T: int, hidden_quanta: int, internal_quanta: int) -> int:
@@ -70,10 +121,21 @@ class Schedule:
     byte_cost: float = 0.0
 
     def __post_init__(self) -> None:
-        cost = self.byte_cost
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
-            raise ValueError(f"Schedule: byte_cost={cost!r} must be a finite number >= 0 (forward steps per "
-                             "checkpoint byte; 0 leaves memory out of the time model)")
+        # Every field is checked here, so a schedule from a file (from_json) or built by hand
+        # is held to what the planner guarantees; integers are stored as Python ints.
+        for name, least, optional, what in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            object.__setattr__(self, name, _checked_int(name, value, least, optional, what))
+        for name, optional, what in _REAL_FIELDS:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            object.__setattr__(self, name, _checked_real(name, value, optional, what))
+        for name in ("policy", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Schedule: {name}={getattr(self, name)!r} must be a str")
         codes = np.array(self.codes, dtype=np.int64, order="C", copy=True)
         if codes.ndim != 2 or codes.shape[1] != 3:
             raise ValueError("Schedule.codes must have shape (n_actions, 3)")
@@ -161,15 +223,47 @@ class Schedule:
         state it names (not overwritten); forward steps run from the right
         position; steps are reversed exactly once, in order T..1, each with its
         own internal state; the forward count equals ``forward_steps``.
+        Before simulating, the sizes: the pool and working buffers fit the
+        schedule's own ``budget_bytes`` (or ``budget_units``); after, the
+        pool is exactly what the actions use (a larger one would be
+        allocated for nothing: an edited file, not a plan). Memory is
+        O(actions), whatever the sizes claim.
         Returns self, so ``plan(...).validate()`` chains.
         """
+        self._check_budget()
         stats = self._stats
         if stats.forward_steps != self.forward_steps:
             raise ScheduleError(f"forward_steps={self.forward_steps} but the actions run {stats.forward_steps}")
+        if stats.extent != self.pool_quanta:
+            raise ScheduleError(f"pool_quanta={self.pool_quanta} but the actions use {stats.extent} quanta; "
+                                "the pool must be what the actions use (plan the schedule again with mb.plan)")
         return self
+
+    def _check_budget(self) -> None:
+        """The planned sizes fit the schedule's own budget (ScheduleError if not)."""
+        if self.budget_bytes is not None:
+            if self.quantum_bytes is None or self.working_bytes is None:
+                raise ScheduleError(f"budget_bytes={self.budget_bytes} but quantum_bytes={self.quantum_bytes} "
+                                    f"and working_bytes={self.working_bytes}: a byte budget needs both sizes")
+            if self.peak_bytes > self.budget_bytes:
+                raise ScheduleError(
+                    f"pool_quanta={self.pool_quanta} x quantum_bytes={self.quantum_bytes} + working_bytes="
+                    f"{self.working_bytes} = {self.peak_bytes} bytes exceeds the schedule's budget_bytes="
+                    f"{self.budget_bytes}; plan the schedule again with mb.plan")
+        if self.budget_units is not None and self.pool_quanta > self.budget_units * self.hidden_quanta + 1e-6:
+            # plan() gives at most floor((units - 1) * hq + 1e-9) quanta besides the initial state's hq
+            raise ScheduleError(f"pool_quanta={self.pool_quanta} is {self.peak_units:g} hidden-state units, "
+                                f"above the schedule's budget_units={self.budget_units:g}; plan the schedule "
+                                "again with mb.plan")
 
     # ---- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        data = self._header()
+        data["actions"] = [[OPS[op], step, slot] for op, step, slot in self.codes.tolist()]
+        return data
+
+    def _header(self) -> dict[str, Any]:
+        """Every field of the JSON form but the actions."""
         return {
             "format": "memopt_bptt.Schedule/1",
             "T": self.T,
@@ -193,38 +287,81 @@ class Schedule:
                 "n_internal_slots": self.n_internal_slots,
                 "time_ratio": self.time_ratio,
             },
-            "actions": [[OPS[op], step, slot] for op, step, slot in self.codes.tolist()],
         }
 
     def to_json(self, **kwargs: Any) -> str:
-        """The schedule as JSON; :meth:`from_json` reads it back."""
-        return json.dumps(self.to_dict(), **kwargs)
+        """The schedule as JSON; :meth:`from_json` reads it back. ``kwargs`` go to ``json.dumps``."""
+        if kwargs:
+            return json.dumps(self.to_dict(), **kwargs)
+        out = io.StringIO()
+        self.write_json(out)
+        return out.getvalue()
+
+    def write_json(self, file: Any) -> None:
+        """Write :meth:`to_json`'s text to a text file, the actions a chunk at
+        a time: a long schedule is never held as Python lists.
+
+        Example::
+
+            with open("schedule.json", "w") as fh:
+                schedule.write_json(fh)
+        """
+        head = json.dumps(self._header())
+        file.write(head[:-1] + ', "actions": [')
+        sep = ""
+        for start in range(0, self.codes.shape[0], _CHUNK):
+            rows = self.codes[start: start + _CHUNK].tolist()
+            file.write(sep + ", ".join(f'["{OPS[op]}", {step}, {slot}]' for op, step, slot in rows))
+            sep = ", "
+        file.write("]}")
 
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
+        """Read a schedule written by :meth:`to_json`.
+
+        The text is untrusted input: every field's type and range is checked
+        (ValueError naming the field), unknown fields are refused, and the
+        ``summary`` is informational (recomputed, never read). The actions
+        are simulated by :meth:`validate`, which ``value_and_grad`` calls
+        before running a schedule it is given.
+        """
+        where = "Schedule.from_json"
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"{where}: text must be a str (the JSON of Schedule.to_json), got {type(text).__name__}")
         try:
             data = json.loads(text)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"Schedule.from_json: text is not JSON ({exc})") from None
+            raise ValueError(f"{where}: text is not JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != "memopt_bptt.Schedule/1":
-            raise ValueError("Schedule.from_json: text is not a memopt_bptt schedule (format field missing)")
+            raise ValueError(f"{where}: text is not a memopt_bptt schedule (format field missing)")
         if "actions" not in data:
-            raise ValueError("Schedule.from_json: malformed schedule: no 'actions' list")
+            raise ValueError(f"{where}: malformed schedule: no 'actions' list")
+        unknown = sorted(set(data) - set(_JSON_FIELDS) - {"format", "summary", "actions", "byte_cost"})
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} in a "
+                             "memopt_bptt.Schedule/1 schedule")
+        missing = [k for k in _JSON_FIELDS if k not in data]
+        if missing:
+            raise ValueError(f"{where}: malformed schedule: field(s) {', '.join(map(repr, missing))} missing")
+        if not isinstance(data.get("summary", {}), dict):
+            raise ValueError(f"{where}: 'summary' must be an object")
+        actions = data["actions"]
+        if not isinstance(actions, list):
+            raise ValueError(f"{where}: 'actions' must be a list of [op, step, slot], got {type(actions).__name__}")
+        codes = np.empty((len(actions), 3), np.int64)
+        for i, row in enumerate(actions):
+            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and row[0] in OP_CODES
+                    and all(type(v) is int and -MAX_SIZE <= v <= MAX_SIZE for v in row[1:])):
+                raise ValueError(f"{where}: action {i} is {row!r}; an action is [op, step, slot] with op one of "
+                                 f"{', '.join(OPS)} and step, slot ints")
+            codes[i] = (OP_CODES[row[0]], row[1], row[2])
+        kwargs = {k: data[k] for k in _JSON_FIELDS}
+        if "byte_cost" in data:  # absent before 0.3
+            kwargs["byte_cost"] = data["byte_cost"]
         try:
-            rows = []
-            for op, step, slot in data["actions"]:
-                if op not in OP_CODES:
-                    raise ValueError(f"unknown action {op!r}")
-                rows.append([OP_CODES[op], int(step), int(slot)])
-            codes = np.array(rows, dtype=np.int64).reshape(-1, 3)
-            kwargs = {k: data[k] for k in (
-                "T", "policy", "hidden_quanta", "internal_quanta", "pool_quanta", "forward_steps",
-                "backward_forward_ratio", "quantum_bytes", "working_bytes", "budget_bytes",
-                "budget_units", "description")}
-            kwargs["byte_cost"] = float(data.get("byte_cost", 0.0))  # absent before 0.3
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"Schedule.from_json: malformed schedule ({exc!r})") from None
-        return cls(codes=codes, **kwargs)
+            return cls(codes=codes, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {str(exc).removeprefix('Schedule: ')}") from None
 
     def _key(self) -> tuple:
         return (self.T, self.policy, self.hidden_quanta, self.internal_quanta, self.pool_quanta,
@@ -260,7 +397,7 @@ class Schedule:
 
     def __str__(self) -> str:
         lines = ["Schedule"] + ["  " + ln for ln in self.summary_lines()]
-        shown = self.actions[:40]
+        shown = [Action(OPS[op], step, slot) for op, step, slot in self.codes[:40].tolist()]  # not every action
         lines.append("  actions         " + " ".join(str(a) for a in shown)
                      + (f" ... (+{len(self.codes) - len(shown)} more)" if len(self.codes) > len(shown) else ""))
         return "\n".join(lines)
@@ -270,7 +407,7 @@ class Schedule:
                 f"peak_units={self.peak_units:g}, n_actions={len(self.codes)})")
 
 
-def _rows(codes: np.ndarray, chunk: int = 4096):
+def _rows(codes: np.ndarray, chunk: int = _CHUNK):
     """(index, (op, step, slot)) over the rows, converting a chunk at a time, so
     simulating a long schedule does not build a Python list as long as it."""
     for start in range(0, codes.shape[0], chunk):
@@ -278,59 +415,73 @@ def _rows(codes: np.ndarray, chunk: int = 4096):
 
 
 def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> _Stats:
-    """Run the actions on a model of the buffers; raise ScheduleError on misuse."""
-    live: dict[int, tuple[str, int, int]] = {}  # offset -> (kind, position, size)
-    owner = [-1] * pool_quanta  # quantum -> offset of the live object covering it
-    count = {"hidden": 0, "internal": 0}
+    """Run the actions on a model of the buffers; raise ScheduleError on misuse.
 
-    def write(offset: int, kind: str, pos: int, size: int, i: int) -> None:
+    Memory is O(actions): live checkpoints are intervals of the pool kept by
+    their start (a sorted list and a dict), never one entry per quantum, so
+    an absurd ``pool_quanta`` or state size costs nothing to check.
+    """
+    if codes.shape[0] < T:
+        # before the O(T) marks below: T reverses need T actions
+        raise ScheduleError(f"the schedule has {codes.shape[0]} actions, too few to reverse T={T} steps")
+    kinds = ("hidden", "internal")
+    live: dict[int, tuple[int, int, int]] = {}  # start -> (kind: 0 hidden, 1 internal, position, size)
+    starts: list[int] = []                       # the keys of live, ascending; the intervals are disjoint
+    count = [0, 0]                               # live checkpoints per kind
+    peak = [0, 0]
+    extent = 0                                   # quanta the actions use: the pool's high-water mark
+
+    def write(offset: int, kind: int, pos: int, size: int, i: int) -> None:
+        nonlocal extent
         if offset < 0 or offset + size > pool_quanta:
             raise ScheduleError(f"action {i}: slot {offset} (+{size}) is outside the pool of {pool_quanta} quanta")
-        for q in range(offset, offset + size):
-            o = owner[q]
-            if o >= 0 and o in live:
-                old_kind, _, old_size = live.pop(o)
-                count[old_kind] -= 1
-                for r in range(o, o + old_size):
-                    owner[r] = -1
-        for q in range(offset, offset + size):
-            owner[q] = offset
+        end = offset + size
+        if not starts or offset >= starts[-1] + live[starts[-1]][2]:
+            starts.append(offset)  # above every live state (a stack's push): nothing to evict
+        else:
+            # evict what the new state overwrites: the interval starting before it if it reaches
+            # in, then every interval starting inside it
+            j = bisect.bisect_left(starts, offset)
+            if j and starts[j - 1] + live[starts[j - 1]][2] > offset:
+                j -= 1
+            k = j
+            while k < len(starts) and starts[k] < end:
+                count[live.pop(starts[k])[0]] -= 1
+                k += 1
+            starts[j:k] = [offset]
         live[offset] = (kind, pos, size)
         count[kind] += 1
+        if count[kind] > peak[kind]:
+            peak[kind] = count[kind]
+        if end > extent:
+            extent = end
 
-    def read(offset: int, kind: str, pos: int, i: int) -> None:
-        if live.get(offset, (None, None, None))[:2] != (kind, pos):
-            raise ScheduleError(f"action {i}: no {kind} state of position {pos} at slot {offset}")
+    def read(offset: int, kind: int, pos: int, i: int) -> None:
+        got = live.get(offset)
+        if got is None or got[0] != kind or got[1] != pos:
+            raise ScheduleError(f"action {i}: no {kinds[kind]} state of position {pos} at slot {offset}")
 
     cur = 0
     working = None
     next_rev = T
     forwards = 0
-    peak_h = peak_i = 0
     # one byte per position, not a Python set, so a long schedule stays cheap to check
     hidden_pos = bytearray(T + 1)
     internal_pos = bytearray(T + 1)
-    # bound once: an enum attribute lookup per row made validating a long schedule much slower
-    takeshot, restore, advance, keep = Op.TAKESHOT, Op.RESTORE, Op.ADVANCE, Op.KEEP
-    restore_internal, reverse = Op.RESTORE_INTERNAL, Op.REVERSE
+    # plain ints bound once: an enum attribute lookup per row made validating a long schedule much slower
+    takeshot, restore, advance, keep = int(Op.TAKESHOT), int(Op.RESTORE), int(Op.ADVANCE), int(Op.KEEP)
+    restore_internal, reverse = int(Op.RESTORE_INTERNAL), int(Op.REVERSE)
     for i, (op, step, slot) in _rows(codes):
-        if op == takeshot:
-            if step != cur:
-                raise ScheduleError(f"action {i}: takeshot of position {step} but current is {cur}")
-            write(slot, "hidden", step, hq, i)
-            hidden_pos[step] = 1
-        elif op == restore:
-            read(slot, "hidden", step, i)
-            cur = step
-        elif op == restore_internal:
-            read(slot, "internal", step, i)
-            cur = step
-        elif op == advance:
-            if step <= cur or step > T:
-                raise ScheduleError(f"action {i}: advance from {cur} to {step}")
-            forwards += step - cur
-            cur = step
-            working = None
+        if op == reverse:
+            if step != next_rev:
+                raise ScheduleError(f"action {i}: reverse of step {step}, expected {next_rev}")
+            if slot == WORKING:
+                if working != step:
+                    raise ScheduleError(f"action {i}: reverse of step {step} but the working buffer holds {working}")
+                working = None
+            else:
+                read(slot, 1, step, i)
+            next_rev -= 1
         elif op == keep:
             if step != cur + 1 or step > T:
                 raise ScheduleError(f"action {i}: keep of step {step} from position {cur}")
@@ -340,22 +491,27 @@ def _simulate(T: int, codes: np.ndarray, hq: int, kq: int, pool_quanta: int) -> 
             if slot == WORKING:
                 working = step
             else:
-                write(slot, "internal", step, kq, i)
+                write(slot, 1, step, kq, i)
                 internal_pos[step] = 1
-        elif op == reverse:
-            if step != next_rev:
-                raise ScheduleError(f"action {i}: reverse of step {step}, expected {next_rev}")
-            if slot == WORKING:
-                if working != step:
-                    raise ScheduleError(f"action {i}: reverse of step {step} but the working buffer holds {working}")
-                working = None
-            else:
-                read(slot, "internal", step, i)
-            next_rev -= 1
+        elif op == advance:
+            if step <= cur or step > T:
+                raise ScheduleError(f"action {i}: advance from {cur} to {step}")
+            forwards += step - cur
+            cur = step
+            working = None
+        elif op == takeshot:
+            if step != cur:
+                raise ScheduleError(f"action {i}: takeshot of position {step} but current is {cur}")
+            write(slot, 0, step, hq, i)
+            hidden_pos[step] = 1
+        elif op == restore:
+            read(slot, 0, step, i)
+            cur = step
+        elif op == restore_internal:
+            read(slot, 1, step, i)
+            cur = step
         else:
             raise ScheduleError(f"action {i}: unknown op code {op}")
-        peak_h = max(peak_h, count["hidden"])
-        peak_i = max(peak_i, count["internal"])
     if next_rev != 0:
         raise ScheduleError(f"steps {next_rev}..1 are never reversed")
-    return _Stats(forwards, pool_quanta, peak_h, peak_i, hidden_pos, internal_pos)
+    return _Stats(forwards, extent, peak[0], peak[1], hidden_pos, internal_pos)

@@ -24,6 +24,7 @@ import memopt_bptt as mb
     ("64mib", ("bytes", 64 * 2**20)),
     ("2.5e6B", ("bytes", 2_500_000)),
     ("5%", ("fraction", 0.05)),
+    ("0.5", ("fraction", 0.5)),   # a bare non-integer reads as the float it spells (issue 15)
     ("100%", ("fraction", 1.0)),
     ("0.5%", ("fraction", 0.005)),
     (0.05, ("fraction", 0.05)),
@@ -46,7 +47,7 @@ def test_accepted_forms(budget, expected):
     ("64 MiB extra", ValueError),
     ("0", ValueError),
     ("0MiB", ValueError),
-    ("0.5", ValueError),       # less than one byte
+    ("1.5", ValueError),       # a bare non-integer is a fraction, as on the command line (issue 15)
     ("0%", ValueError),
     ("-5%", ValueError),
     ("150%", ValueError),

@@ -92,6 +92,7 @@ module chooses among them (``plan_quanta``) and turns budgets into quanta
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from fractions import Fraction
 from typing import Any
@@ -99,10 +100,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from .._budget import MemoryBudgetError, parse_budget
+from .._budget import MemoryBudgetError, format_bytes, parse_budget
 from .._schedule import Schedule, plain_pool_quanta
 from ._closed import _fixed_pool, _sqrt_segment, beta, hsm_cost, numforw
-from ._emit import _MODE_FULL, _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit
+from ._emit import _MODE_FULL, _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit, emit_bytes
 from ._msm import PAIR_MIN_CELLS, _msm_fast_table, _msm_fast_table_pair
 from ._tables import _dp_table, _ism_table, _lb_of, _lb_taus
 
@@ -144,7 +145,9 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     the initial state's slot. Raises ValueError if the policy cannot fit."""
     if policy not in POLICIES:
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
-    M = max(int(free_quanta), 0)
+    # Memory beyond every state kept changes no split (Revolve's costs are 2t - 1 from t slots on),
+    # and capping it keeps the jitted arithmetic in int64 for any slots= a caller gives.
+    M = min(max(int(free_quanta), 0), max(T - 1, 0) * (hq + kq))
     sqrt_k = _sqrt_segment(T)
     # Every mode hands _emit its choices the same way, [own, m, t], C-ordered, of one dtype for a T
     # (each other array type would compile _emit again, ~4 s on a machine's first plan).
@@ -154,18 +157,24 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
         if need > hq + M:
             raise _TooSmall(need)
+        _reserve(T, 0, "")
         mode = _MODE_FULL if policy == "full" else _MODE_SQRT
         return _emit(T, M, hq, kq, mode, dummy, sqrt_k, no_tau)
     if policy == "revolve":
+        _reserve(T, 0, "")
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
     if policy == "ism":
         n_slots = min(M // kq, max(T - 1, 0))
+        _reserve(T, (T + 1) * (n_slots + 1) * (12 + np.dtype(_choice_dtype(T)).itemsize), "ISM's table")
         _, choice = _ism_table(T, n_slots)
         ism_choice = np.ascontiguousarray(choice.T, dtype=_choice_dtype(T))[None]  # [0, n, t]
         return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, ism_choice, sqrt_k, no_tau)
     if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
+        _reserve(T, 0, "")
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
+    # msm_table_work's lower-bound table (kq >= hq) or its per-step sums (kq < hq)
+    _reserve(T, 16 * (min(M, max(T - 1, 0) * kq) + 1) if kq >= hq else 24 * T, "the lower-bound table")
     work = msm_table_work(T, M, hq, kq)
     if policy == "msm" and kq >= hq and work <= MSM_EXACT_MAX_WORK:
         # memory above what keeping every internal state needs changes nothing
@@ -187,11 +196,19 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
             "optimal among hidden-only and internal-only schedules but not proven MSM-optimal",
             UserWarning, stacklevel=3)
         return best
+    if policy == "msm" and M + hq < kq:
+        # No internal state ever fits (not even in an owned start's slot): MSM's table is HSM's,
+        # without the kq + 1 rows of costs the MSM table keeps (alpha = 1e9 would ask for 10^9).
+        return plan_quanta(T, M, hq, kq, "hsm")
     use_h = policy in ("msm", "hsm")
     use_i = policy in ("msm", "ism")
     # memory above what keeping every internal state needs changes nothing
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
+    cells = 2 * (cap + 1) * (T + 1)
     if policy == "msm" and kq >= hq:
+        # the choices, and _msm_buffers' two cost tables of kq + 1 rows and six of 3 rows
+        _reserve(T, cells * np.dtype(_choice_dtype(T)).itemsize + 16 * (2 * (kq + 1) + 6) * (T + 1)
+                 + 16 * (cap + 1), "the MSM table")
         choice = np.zeros((2, cap + 1, T + 1), _choice_dtype(T))
         # One thread: the two-kind parallel rows measured slower on two (T=10^4 at 1%:
         # 2.45 s against 1.65 s), their synchronisation per row outweighing the split.
@@ -205,6 +222,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         else:
             _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
         return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, tau)
+    _reserve(T, cells * (12 + np.dtype(_choice_dtype(T)).itemsize), "the full-scan table")
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)  # a [own, t, m] view of [own, m, t]
     return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1).astype(_choice_dtype(T)), sqrt_k,
                  no_tau)
@@ -215,6 +233,58 @@ class _TooSmall(Exception):
         self.need = need
 
 
+class _TooLarge(Exception):
+    """Planning would need more memory than this process can get: refused before allocating."""
+
+    def __init__(self, need: int, available: int, table: str):
+        self.need, self.available, self.table = need, available, table
+
+
+def available_bytes() -> int | None:
+    """Bytes this process can still allocate: the kernel's MemAvailable, less
+    under an address-space limit (``ulimit -v``); None where unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            avail = None
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            room = max(soft - used, 0)
+            avail = room if avail is None else min(avail, room)
+    except (ImportError, OSError, ValueError):
+        pass
+    return avail
+
+
+def _reserve(T: int, table_bytes: int, table: str) -> None:
+    """Refuse, before allocating, a plan whose tables and emitted schedule
+    (``emit_bytes``) need more memory than :func:`available_bytes`."""
+    need = emit_bytes(T) + int(table_bytes)
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise _TooLarge(need, avail, table)
+
+
+def _too_large_error(T: int, exc: _TooLarge) -> MemoryError:
+    what = f"{exc.table} and the schedule" if exc.table else "the schedule"
+    return MemoryError(
+        f"plan: T={T} needs up to {format_bytes(exc.need)} ({exc.need} bytes; {what}) to plan, but this "
+        f"process can get {format_bytes(exc.available)}; plan fewer steps (train on windows with truncate=, or "
+        "run a long sequence in pieces with final_state) or with a smaller budget")
+
+
 def _check_T(T: Any) -> int:
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
         raise TypeError(f"plan: T={T!r} must be a positive int (the number of time steps)")
@@ -223,10 +293,21 @@ def _check_T(T: Any) -> int:
     return int(T)
 
 
+def _check_time_model(name: str, value: Any, what: str) -> None:
+    """A number of the time model (b/f, byte cost): None, or finite and >= 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"plan: {name}={value!r} must be a number ({what})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"plan: {name}={value!r} must be a finite number >= 0 ({what})")
+
+
 def _quanta_from_alpha(alpha: float) -> tuple[int, int]:
     frac = Fraction(alpha).limit_denominator(64)
     if frac <= 0:
-        raise ValueError(f"plan: alpha={alpha!r} must be positive (internal/hidden state size ratio)")
+        raise ValueError(f"plan: alpha={alpha!r} rounds to 0 as a ratio p/q with q <= 64, the planner's unit; "
+                         "give alpha >= 1/64")
     if abs(float(frac) - alpha) > 1e-9 * max(1.0, alpha):
         raise ValueError(f"plan: alpha={alpha!r} is not a ratio p/q with q <= 64; round it (e.g. alpha={float(frac):g})")
     return frac.denominator, frac.numerator
@@ -263,6 +344,10 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
     T = _check_T(T)
     if policy not in POLICIES:
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")
+    _check_time_model("backward_forward_ratio", backward_forward_ratio,
+                      "a backward step's time over a forward step's; mb.measure_step_times measures it")
+    _check_time_model("byte_cost", byte_cost,
+                      "forward steps per checkpoint byte; mb.measure_byte_cost measures it")
     if model is not None:
         return _plan_for_model(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy,
                                slots=slots, alpha=alpha, rho=backward_forward_ratio, byte_cost=byte_cost)
@@ -304,6 +389,8 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
     free = int(math.floor((units - 1) * hq + 1e-9))
     try:
         codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
+    except _TooLarge as exc:
+        raise _too_large_error(T, exc) from None
     except _TooSmall as exc:
         least = exc.need / hq
         raise MemoryBudgetError(f"plan: policy={policy!r} needs at least {least:g} units for T={T}; "
@@ -328,20 +415,24 @@ def _plan_for_model(T, *, budget, model, batch, dtype, policy, slots, alpha, rho
     full_bytes = working + plain_pool_quanta(T, hq, kq) * quantum_bytes
     kind, value = parse_budget(budget)
     budget_bytes = int(math.floor(value * full_bytes)) if kind == "fraction" else int(value)
-    least_any = working + hq * quantum_bytes
+    least_pool, pool_what = hq, "initial state"
     if policy in ("full", "sqrt"):
-        least_any = working + _fixed_pool(T, hq, kq, policy, _sqrt_segment(T)) * quantum_bytes
+        least_pool = _fixed_pool(T, hq, kq, policy, _sqrt_segment(T))
+        pool_what = f"the checkpoints policy={policy!r} keeps"
+    least_any = working + least_pool * quantum_bytes
     if budget_bytes < least_any:
         # the model may say which of its settings the working buffers grow with
         split_note = getattr(model, "split_note", None)
         note = split_note(sizes) if split_note is not None else ""
         raise MemoryBudgetError(
             f"plan: budget={budget!r} ({budget_bytes} bytes) is below the least that works for T={T}, "
-            f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + initial state "
-            f"{hq * quantum_bytes}){note}", least_bytes=least_any)
+            f"batch={sizes.batch}: {least_any} bytes (working buffers {working} + {pool_what} "
+            f"{least_pool * quantum_bytes}){note}", least_bytes=least_any)
     free = (budget_bytes - working - hq * quantum_bytes) // quantum_bytes
     try:
         codes, forwards, pool = plan_quanta(T, free, hq, kq, policy)
+    except _TooLarge as exc:
+        raise _too_large_error(T, exc) from None
     except _TooSmall as exc:
         least = working + exc.need * quantum_bytes
         raise MemoryBudgetError(

@@ -12,7 +12,6 @@ import argparse
 import math
 import re
 import textwrap
-from typing import Any
 
 import memopt_bptt as mb
 
@@ -66,24 +65,11 @@ def _h(text: str) -> str:
 def parse_cli_budget(text: str) -> int | float:
     """A budget from the command line: an int of bytes or a float fraction.
 
-    A bare integer is bytes; a bare number with a dot is a fraction of plain
-    BPTT's memory and must be in (0, 1]; anything else goes to
-    :func:`memopt_bptt.parse_budget` ("64MiB", "5%").
+    Read by :func:`memopt_bptt.parse_budget`, so ``--budget 0.05`` means what
+    ``budget="0.05"`` means in the API (a fraction of plain BPTT's memory; a
+    bare integer is bytes), and a bad value gets the same message.
     """
-    s = text.strip()
-    if re.fullmatch(r"[0-9]+", s):
-        value: Any = int(s)
-    elif re.fullmatch(r"[0-9]*\.[0-9]+|[0-9]+\.", s):
-        value = float(s)
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"{text!r}: a bare number with a dot is a fraction of plain BPTT's memory and must be "
-                             "in (0, 1]; give bytes as an integer (4096) or with a unit ('64MiB')")
-    else:
-        value = s
-    try:
-        kind, amount = mb.parse_budget(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"{text!r} is not a budget: give {BUDGET_HELP}") from None
+    kind, amount = mb.parse_budget(text)
     return int(amount) if kind == "bytes" else float(amount)
 
 

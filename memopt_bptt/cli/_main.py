@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Sequence as Seq
@@ -32,7 +33,9 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: Seq[str] | None = None) -> int:
-    """Run the program; returns the exit code (0 ok, 1 a failed demo check, 2 bad input)."""
+    """Run the program; returns the exit code (0 ok, 1 a failed demo check or an internal error,
+    2 bad input or a plan too large for this machine, 130 interrupted). No traceback is printed
+    (set MEMOPT_BPTT_TRACEBACK=1 to see one)."""
     parser = build_parser()
     command = None
     try:
@@ -58,4 +61,18 @@ def main(argv: Seq[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return 0
+    except MemoryError as exc:
+        # the planner refuses what cannot fit before allocating, naming the bytes it would need
+        where = f"{PROG} {command}" if command else PROG
+        line = " ".join(str(exc).split()) or "out of memory"
+        print(f"{where}: error: {line}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # never a traceback for a user; MEMOPT_BPTT_TRACEBACK=1 shows it
+        if os.environ.get("MEMOPT_BPTT_TRACEBACK"):
+            raise
+        where = f"{PROG} {command}" if command else PROG
+        line = " ".join(str(exc).split())
+        print(f"{where}: internal error: {type(exc).__name__}: {line} (please report it; "
+              "MEMOPT_BPTT_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 

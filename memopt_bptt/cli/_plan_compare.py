@@ -18,7 +18,7 @@ import memopt_bptt as mb
 
 from ._args import BUDGET_HELP, TIMELINE_MAX_T, CliError
 from ._target import Target, build_target, least_budget, least_text, plan_for
-from ._timeline import ascii_timeline, check_plot_path, plot_compare, plot_schedule
+from ._timeline import ascii_timeline, check_plot_path, code_chunks, plot_compare, plot_schedule
 
 __all__ = ["cmd_compare", "cmd_plan", "plan_text"]
 
@@ -51,10 +51,11 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
         raise CliError(f"{what} is below the least that works for T={T} with --policy {args.policy}: "
                        f"{least}; use {fix} or more") from None
     if args.format == "json":
-        print(schedule.to_json(), file=out)
+        schedule.write_json(out)
+        print(file=out)
     elif args.format == "actions":
-        for op, step, slot in schedule.codes.tolist():
-            print(f"{mb.OPS[op]} {step} {slot}", file=out)
+        for rows in code_chunks(schedule.codes):
+            out.write("".join(f"{mb.OPS[op]} {step} {slot}\n" for op, step, slot in rows))
     else:
         print("\n".join(plan_text(schedule, target)), file=out)
     if args.plot:
@@ -97,10 +98,11 @@ def plan_text(schedule: mb.Schedule, target: Target) -> list[str]:
     hp, ip = schedule.hidden_positions, schedule.internal_positions
     lines += _wrap(f"hidden kept at   ({len(hp)}) ", [_elide(hp)])
     lines += _wrap(f"internal kept at ({len(ip)}) ", [_elide(ip)])
-    acts = [str(a) for a in schedule.actions]
-    shown = acts if len(acts) <= 60 else acts[:45] + [f"... ({len(acts) - 55} more; --format actions lists "
-                                                      "all) ..."] + acts[-10:]
-    lines += _wrap(f"actions ({len(acts)}) ", shown)
+    codes = schedule.codes  # only the actions shown become Actions: a long schedule has millions
+    n = len(codes)
+    shown = _actions(codes) if n <= 60 else (_actions(codes[:45]) + [f"... ({n - 55} more; --format actions "
+                                                                       "lists all) ..."] + _actions(codes[-10:]))
+    lines += _wrap(f"actions ({n}) ", shown)
     if T <= TIMELINE_MAX_T:
         lines += ascii_timeline(schedule)
     return lines
@@ -155,6 +157,10 @@ def cmd_compare(args: argparse.Namespace, out: Any) -> int:
         if args.format == "text":
             print(f"plot written to {args.plot}", file=out)
     return 0
+
+
+def _actions(codes: Any) -> list[str]:
+    return [str(mb.Action(mb.OPS[op], step, slot)) for op, step, slot in codes.tolist()]
 
 
 def _elide(values: Seq[int], keep: int = 12) -> str:

@@ -15,7 +15,8 @@ import memopt_bptt as mb
 
 from ._args import CliError
 
-__all__ = ["Event", "ascii_timeline", "check_plot_path", "plot_compare", "plot_schedule", "schedule_events"]
+__all__ = ["Event", "ascii_timeline", "check_plot_path", "code_chunks", "plot_compare", "plot_schedule",
+           "schedule_events"]
 
 TIMELINE_ROWS = 25        # at most this many rows (steps are binned above it)
 TIMELINE_COLS = 100       # at most this many columns (ticks are binned above it)
@@ -34,19 +35,26 @@ def schedule_events(schedule: mb.Schedule, *, backward_length: float = 1.0) -> I
     """Every step computation of a schedule, in order, on a clock of forward-step units."""
     cur = reached = 0
     clock = 0.0
-    for op, step, _slot in schedule.codes.tolist():
-        name = mb.OPS[op]
-        if name in ("advance", "keep"):
-            for s in range(cur + 1, step + 1):
-                yield Event("F" if s > reached else "R", s, clock, 1.0)
-                clock += 1.0
-                reached = max(reached, s)
-            cur = step
-        elif name in ("restore", "restore_internal"):
-            cur = step
-        elif name == "reverse":
-            yield Event("B", step, clock, backward_length)
-            clock += backward_length
+    for rows in code_chunks(schedule.codes):
+        for op, step, _slot in rows:
+            name = mb.OPS[op]
+            if name in ("advance", "keep"):
+                for s in range(cur + 1, step + 1):
+                    yield Event("F" if s > reached else "R", s, clock, 1.0)
+                    clock += 1.0
+                    reached = max(reached, s)
+                cur = step
+            elif name in ("restore", "restore_internal"):
+                cur = step
+            elif name == "reverse":
+                yield Event("B", step, clock, backward_length)
+                clock += backward_length
+
+
+def code_chunks(codes: Any, size: int = 4096) -> Iterator[list]:
+    """The rows of a schedule's codes as Python lists, a chunk at a time (never all at once)."""
+    for start in range(0, len(codes), size):
+        yield codes[start: start + size].tolist()
 
 
 def ascii_timeline(schedule: mb.Schedule, *, rows: int = TIMELINE_ROWS, cols: int = TIMELINE_COLS) -> list[str]:
