@@ -131,10 +131,10 @@ class _Part(NamedTuple):
     """The result of one shard (a leaf) or of adjacent shards (a node of the tree)."""
 
     count: float         # loss terms (times a constant common to every shard)
-    loss: float          # a leaf's mean loss; a node's sum of count * mean loss
-    grads: dict | None   # a leaf's mean gradients (params' dtype); a node's float64 sums of count * mean
-    leaf: bool
-    h0_grads: tuple      # (count, dL/dh0 of the shard's mean) per shard, with return_h0_grad
+    loss: float          # the mean loss (mean), or the float64 sum of count * mean loss
+    grads: dict | None   # the mean's gradients in the params' dtype (mean), or float64 sums of count * gradient
+    mean: bool           # a leaf, or the root once divided by the total count
+    h0_grads: tuple      # (count, dL/dh0 of its mean) per shard (one for the root), with return_h0_grad
     workers: tuple
     seconds: tuple
     failures: tuple
@@ -192,22 +192,33 @@ def _shard_value_and_grad(model: Sequence, params: dict, piece: tuple, shard: in
 
 def _sums(part: _Part) -> tuple[float, dict]:
     """(sum of count * loss, float64 sums of count * gradient) of a part."""
-    if not part.leaf:
+    if not part.mean:
         return part.loss, part.grads
     return part.count * part.loss, {k: g.astype(np.float64) * part.count for k, g in part.grads.items()}
 
 
-def _combine(left: _Part, right: _Part) -> _Part:
-    """Two adjacent parts of the tree as one: left's shards come first."""
+def _combine(left: _Part, right: _Part, root: tuple | None = None) -> _Part:
+    """Two adjacent parts of the tree as one, left's shards first. At the
+    ``root=(dtype, h0's batch axis)`` the sums are divided by the total count
+    and cast, there on the worker, so the client receives the params' dtype."""
     failures = left.failures + right.failures
+    workers, seconds = left.workers + right.workers, left.seconds + right.seconds
     if failures:
-        return _Part(math.nan, math.nan, None, False, (), left.workers + right.workers,
-                     left.seconds + right.seconds, failures)
+        return _Part(math.nan, math.nan, None, False, (), workers, seconds, failures)
     loss_l, grads_l = _sums(left)
     loss_r, grads_r = _sums(right)
+    count, loss = left.count + right.count, loss_l + loss_r
     grads = {k: np.add(grads_l[k], grads_r[k]) for k in grads_l}
-    return _Part(left.count + right.count, loss_l + loss_r, grads, False, left.h0_grads + right.h0_grads,
-                 left.workers + right.workers, left.seconds + right.seconds, ())
+    h0_grads = left.h0_grads + right.h0_grads
+    if root is None:
+        return _Part(count, loss, grads, False, h0_grads, workers, seconds, ())
+    if count == 0:  # the client says so
+        return _Part(0.0, math.nan, None, False, (), workers, seconds, ())
+    dtype, axis = root
+    grads = {k: (g / count).astype(dtype) for k, g in grads.items()}
+    if h0_grads:
+        h0_grads = ((count, np.concatenate([(g * (c / count)).astype(dtype) for c, g in h0_grads], axis=axis)),)
+    return _Part(count, loss / count, grads, True, h0_grads, workers, seconds, ())
 
 
 # ---- checks on the client, before any work is sent -----------------------------------
@@ -362,6 +373,24 @@ def _piece(xs: Any, ys: Any, extras: dict) -> tuple:
     return xs, ys, extras
 
 
+_GONE = ("cancelled", "lost", "error")
+
+
+class _Sent:
+    """One object sent to one worker, from which the others fetch it when a
+    task needs it (Dask's transfers: once per worker), and sent again only if
+    every copy was lost. Not broadcast: replicating to a worker that has just
+    died waits for connection timeouts."""
+
+    def __init__(self, client: distributed.Client, value: Any):
+        self.client, self.value, self.future = client, value, None
+
+    def get(self) -> Any:
+        if self.future is None or self.future.status in _GONE:
+            [self.future] = self.client.scatter([self.value], hash=False)
+        return self.future
+
+
 class _Batch:
     """One batch's shards placed on the workers: a future per shard holding
     (xs, ys, per-row arrays), and what places a lost one again."""
@@ -380,7 +409,7 @@ class _Batch:
 
     def place(self) -> None:
         """Send (or compute on the workers) every shard not held by a worker."""
-        lost = [k for k, f in enumerate(self.futures) if f is None or f.status in ("cancelled", "lost", "error")]
+        lost = [k for k, f in enumerate(self.futures) if f is None or f.status in _GONE]
         if not lost:
             return
         sources = [self.sources[k] for k in lost]
@@ -389,45 +418,47 @@ class _Batch:
             self.futures[k] = f
 
 
-def _submit(client: distributed.Client, model_f: Any, params_f: Any, batch: _Batch, options: dict,
-            leaves: list) -> Any:
+def _submit(client: distributed.Client, model: _Sent, params: _Sent, batch: _Batch, options: dict,
+            leaves: list, root: tuple) -> Any:
     """Submit the shards not already computing, and the reduction tree over all of them; the root's future."""
     tag = uuid.uuid4().hex
     for k, (future, rows) in enumerate(zip(batch.futures, batch.bounds)):
-        if leaves[k] is None or leaves[k].status in ("cancelled", "lost", "error"):
-            leaves[k] = client.submit(_shard_value_and_grad, model_f, params_f, future, k, rows, options,
+        if leaves[k] is None or leaves[k].status in _GONE:
+            leaves[k] = client.submit(_shard_value_and_grad, model.get(), params.get(), future, k, rows, options,
                                       key=f"memopt_bptt-shard-{k}-{tag}", pure=False)
     level = list(leaves)
     depth = 0
     while len(level) > 1:
         depth += 1
-        pairs = [client.submit(_combine, level[i], level[i + 1], key=f"memopt_bptt-sum-{depth}-{i // 2}-{tag}",
+        last = root if len(level) == 2 else None
+        pairs = [client.submit(_combine, level[i], level[i + 1], last, key=f"memopt_bptt-sum-{depth}-{i // 2}-{tag}",
                                pure=False) for i in range(0, len(level) - 1, 2)]
         level = pairs + level[len(pairs) * 2:]
     return level[0]
 
 
-def _run(client: distributed.Client, model_f: Any, params: dict, batch: _Batch, options: dict,
+def _run(client: distributed.Client, model: _Sent, params: dict, batch: _Batch, options: dict,
          where: str) -> tuple[_Part, Stats]:
-    """One update's reduced part: parameters broadcast once, shards computed where their data is."""
+    """One update's reduced part: parameters sent once, shards computed where their data is."""
     t0 = time.perf_counter()
+    root = (next(iter(params.values())).dtype, _state_axis(model.value))
     leaves: list = [None] * len(batch.bounds)
+    sent = _Sent(client, params)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         batch.place()
-        [params_f] = client.scatter([params], broadcast=True, hash=False)
         try:
-            root = _submit(client, model_f, params_f, batch, options, leaves).result()
+            result = _submit(client, model, sent, batch, options, leaves, root).result()
         except FutureCancelledError:  # a worker died with a shard's data (or the parameters): send them again
             if attempt == MAX_ATTEMPTS:
                 raise RuntimeError(f"{where}: workers died holding shard data {MAX_ATTEMPTS} times in one update; "
                                    "check the workers' logs (memory limits, crashes)") from None
             continue
-        stats = Stats(batch.bounds, root.workers, root.seconds, time.perf_counter() - t0, attempt)
-        return root, stats
+        stats = Stats(batch.bounds, result.workers, result.seconds, time.perf_counter() - t0, attempt)
+        return result, stats
     raise AssertionError("unreachable")
 
 
-def _finish(root: _Part, model: Sequence, dtype: np.dtype, where: str) -> tuple:
+def _finish(root: _Part, where: str) -> tuple:
     """(loss, grads, h0 grads or None) of the whole batch from the tree's root."""
     if root.failures:
         first = root.failures[0]
@@ -437,19 +468,10 @@ def _finish(root: _Part, model: Sequence, dtype: np.dtype, where: str) -> tuple:
         if first.kind == "MemoryBudgetError":
             raise MemoryBudgetError(message, least_bytes=first.least_bytes)
         raise {"TypeError": TypeError, "FloatingPointError": FloatingPointError}.get(first.kind, ValueError)(message)
-    if root.leaf:
-        h0 = root.h0_grads[0][1] if root.h0_grads else None
-        return root.loss, root.grads, h0
-    if root.count == 0:
+    if not root.mean:
         raise ValueError(f"{where}: every loss term of the batch is masked out (mask/lengths); nothing to "
                          "differentiate")
-    loss = root.loss / root.count
-    grads = {k: (g / root.count).astype(dtype) for k, g in root.grads.items()}
-    h0 = None
-    if root.h0_grads:
-        parts = [(g * (c / root.count)).astype(dtype) for c, g in root.h0_grads]
-        h0 = np.concatenate(parts, axis=_state_axis(model))
-    return loss, grads, h0
+    return root.loss, root.grads, root.h0_grads[0][1] if root.h0_grads else None
 
 
 def _start(client: Any, model: Any, params: Any, where: str) -> np.dtype:
@@ -486,9 +508,8 @@ def value_and_grad(client: distributed.Client, model: Sequence, params: dict, xs
     if return_h0_grad:
         options["return_h0_grad"] = True
     _check_workers(client, where)
-    [model_f] = client.scatter([model], broadcast=True, hash=False)
-    root, stats = _run(client, model_f, params, _Batch(client, xs, ys, rows, bounds), options, where)
-    loss, grads, h0 = _finish(root, model, dtype, where)
+    root, stats = _run(client, _Sent(client, model), params, _Batch(client, xs, ys, rows, bounds), options, where)
+    loss, grads, h0 = _finish(root, where)
     result: list[Any] = [loss, grads]
     if return_h0_grad:
         result.append(h0)
@@ -536,7 +557,7 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
     ``data`` is a tuple ``(xs, ys)`` (the same batch at every step) or a list
     of batches ``(xs, ys)`` or ``(xs, ys, {"mask": ...})``; numpy or dask
     arrays. Every batch is split into ``shards`` and placed on the workers
-    once, before the first update; then each update broadcasts the
+    once, before the first update; then each update sends the
     parameters once, the workers compute their shards where the data is,
     the reduction tree adds them, and the client clips (``clip_norm``) and
     takes the optimizer step. ``steps=`` updates cycle through the batches,
@@ -580,7 +601,7 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
         if not math.isfinite(clip_norm) or clip_norm <= 0:
             raise ValueError(f"{where}: clip_norm={clip_norm!r} must be a finite number > 0")
     _check_workers(client, where)
-    [model_f] = client.scatter([model], broadcast=True, hash=False)
+    sent_model = _Sent(client, model)
     placed = [_Batch(client, xs, ys, rows, bounds) for xs, ys, rows, bounds in checked]
     n_updates = steps if steps is not None else epochs * len(placed)
     current = {k: np.array(v, copy=True) for k, v in params.items()}
@@ -591,8 +612,8 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
     try:
         for update in range(n_updates):
             b = update % len(placed)
-            root, stats = _run(client, model_f, current, placed[b], options, where)
-            loss, grads, _ = _finish(root, model, dtype, where)
+            root, stats = _run(client, sent_model, current, placed[b], options, where)
+            loss, grads, _ = _finish(root, where)
             if clip_norm is not None:
                 grads, norm = clip_by_global_norm(grads, clip_norm)
             else:

@@ -341,7 +341,8 @@ def test_a_worker_killed_mid_update_changes_nothing():
         killer.start()
         got = mbd.value_and_grad(c, model, params, xs, ys, shards=4, budget=0.1, return_stats=True)
         killer.join(timeout=10)
-        assert killed and killed[0] not in got[2].workers
+        # the dead worker held shards' data: the update was sent again, its shards computed elsewhere
+        assert killed and killed[0] not in got[2].workers and got[2].attempts >= 2, (killed, got[2])
         same_bits(got[:2], want[:2])
 
 
