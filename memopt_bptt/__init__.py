@@ -33,6 +33,7 @@ from ._schedule import ScheduleError
 from ._tasks import adding_problem
 from ._tasks import char_lm
 from ._tasks import copy_task
+from ._tasks import frequency_classification
 from ._tasks import load_text
 from .training import Adam
 from .training import AdamState
@@ -70,6 +71,7 @@ __all__ = [
     "Embedding",
     "final_state",
     "format_bytes",
+    "frequency_classification",
     "global_norm",
     "grad_norm_by_lag",
     "GRU",

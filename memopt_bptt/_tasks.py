@@ -7,7 +7,9 @@
   blank delay.
 * :func:`char_lm` -- next-character prediction on a public-domain text shipped
   with the package (the opening chapter of Lewis Carroll's "Alice's
-  Adventures in Wonderland", 1865).
+  Adventures in Wonderland", 1865), as one-hot inputs or token ids.
+* :func:`frequency_classification` -- many-to-one: name the frequency of a
+  noisy sine wave seen one sample per step, in a batch of variable lengths.
 
 Every task is a pure function of its arguments and ``seed``: the same call
 gives the same arrays, bit for bit. Shapes follow the library's layout:
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 
-__all__ = ["adding_problem", "copy_task", "char_lm", "load_text", "TEXT_FILE"]
+__all__ = ["adding_problem", "copy_task", "char_lm", "frequency_classification", "load_text", "TEXT_FILE"]
 
 TEXT_FILE = "alice_ch1.txt"
 
@@ -162,18 +164,21 @@ def load_text() -> str:
 
 
 def char_lm(T: int, batch: int, *, seed: int, dtype: Any = "float64",
-            text: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+            text: str | None = None, ids: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """Next-character prediction: ``(xs, ys, vocab)`` from a text.
 
     ``vocab`` is the sorted string of the distinct characters of the text
     (the shipped chapter by default, see :func:`load_text`; or ``text=``).
     Each batch row is a window of ``T + 1`` consecutive characters starting
     at a random offset: ``xs`` (T, batch, len(vocab)) one-hot encodes
-    characters ``0..T-1`` and ``ys`` (T, batch) int64 holds the indices of
-    characters ``1..T`` (the next character at every step).
+    characters ``0..T-1`` (with ``ids=True``: their indices, (T, batch)
+    int64, for a model with an :class:`mb.Embedding <memopt_bptt.Embedding>`)
+    and ``ys`` (T, batch) int64 holds the indices of characters ``1..T``
+    (the next character at every step).
 
     Use with ``mb.Sequence(cell(input_size=len(vocab), ...),
-    output_size=len(vocab), loss="cross_entropy")``.
+    output_size=len(vocab), loss="cross_entropy")``, or with ``ids=True``
+    ``mb.Sequence([mb.Embedding(len(vocab), dim), cell(dim, ...), ...], ...)``.
 
     Example::
 
@@ -199,7 +204,47 @@ def char_lm(T: int, batch: int, *, seed: int, dtype: Any = "float64",
     starts = rng.integers(0, len(text) - T, size=batch)  # window [s, s + T] fits
     idx = starts[None, :] + np.arange(T + 1)[:, None]     # (T + 1, batch)
     window = codes[idx]
+    if ids:
+        return np.ascontiguousarray(window[:-1]), np.ascontiguousarray(window[1:]), vocab
     xs = np.zeros((T, batch, len(vocab)), dtype=dt)
     np.put_along_axis(xs, window[:-1, :, None], 1.0, axis=2)
     ys = np.ascontiguousarray(window[1:])
     return xs, ys, vocab
+
+
+def frequency_classification(T: int, batch: int, *, seed: int, n_classes: int = 4, noise: float = 0.2,
+                             dtype: Any = "float64") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Many-to-one classification of variable-length signals: ``(xs, ys, lengths)``.
+
+    Sequence b is ``sin(2 pi f_c t / 16 + phase) + noise * N(0, 1)`` for its
+    first ``lengths[b]`` steps (uniform in [T/2, T]) and zeros after (padding),
+    with class ``c = ys[b]`` uniform in 0..n_classes-1 and frequency
+    ``f_c = 1 + c`` cycles per 16 steps, a random phase per sequence. ``xs`` is
+    (T, batch, 1), ``ys`` (batch,) int64 labels, ``lengths`` (batch,) int64.
+    The class is a known, learnable function of the signal (a chance
+    classifier scores 1 / n_classes).
+
+    Use with ``mb.Sequence(cell(input_size=1, ...), output_size=n_classes,
+    loss="cross_entropy", loss_at="last")`` and ``lengths=lengths``.
+
+    Example::
+
+        xs, ys, lengths = mb.frequency_classification(200, 16, seed=0)
+    """
+    where = "frequency_classification"
+    T = _positive_int(T, name="T", where=where, least=2)
+    batch = _positive_int(batch, name="batch", where=where)
+    n_classes = _positive_int(n_classes, name="n_classes", where=where, least=2)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0 or noise == float("inf"):
+        raise ValueError(f"{where}: noise={noise!r} must be a finite number >= 0")
+    dt = _float_dtype(dtype, where=where)
+    rng = np.random.default_rng(_seed(seed, where=where))
+    ys = rng.integers(0, n_classes, size=batch).astype(np.int64)
+    lengths = rng.integers(T // 2, T + 1, size=batch).astype(np.int64)
+    lengths = np.maximum(lengths, 1)
+    phase = rng.uniform(0.0, 2 * np.pi, size=batch)
+    t = np.arange(T)[:, None]
+    signal = np.sin(2 * np.pi * (1 + ys[None, :]) * t / 16.0 + phase[None, :])
+    signal = signal + noise * rng.standard_normal((T, batch))
+    signal[t >= lengths[None, :]] = 0.0
+    return np.ascontiguousarray(signal[:, :, None], dtype=dt), ys, lengths

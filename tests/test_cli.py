@@ -68,6 +68,9 @@ BAD_IN_PROCESS = [
     ("empty budget in list", ["compare", "--steps", "10", "--budgets", "5%,,1%"], "--budgets"),
     ("bytes in abstract compare", ["compare", "--steps", "10", "--alpha", "2", "--budgets", "4096"], "--budgets"),
     ("zero hidden", ["compare", "--steps", "10", "--hidden", "0"], "--hidden"),
+    ("jordan stacked", ["plan", "--steps", "10", "--budget", "50%", "--cell", "jordan", "--layers", "2"], "--cell"),
+    ("zero layers", ["plan", "--steps", "10", "--budget", "50%", "--layers", "0"], "--layers"),
+    ("negative vocab", ["plan", "--steps", "10", "--budget", "50%", "--vocab", "-1"], "--vocab"),
     ("demo budget below the least", ["demo", "--steps", "20", "--budget", "1KiB"], "--budget"),
     ("demo zero updates", ["demo", "--updates", "0"], "--updates"),
     ("demo negative seed", ["demo", "--seed", "-1"], "--seed"),
@@ -236,6 +239,20 @@ def test_plan_json_other_cells_and_the_abstract_model(capsys):
                              "--format", "json"])
     assert mb.Schedule.from_json(out) == mb.plan(30, budget=0.3, model=model, batch=2, dtype="float32",
                                                  policy="ism")
+
+
+def test_plan_layers_and_vocab_plan_the_stacked_model(capsys):
+    """--layers and --vocab describe mb.Sequence([mb.Embedding(V, I), cell(I, H), cell(H, H), ...])."""
+    model = mb.Sequence([mb.Embedding(65, 16), mb.GRU(16, 32), mb.GRU(32, 32), mb.GRU(32, 32)], output_size=4,
+                        loss="cross_entropy")
+    out = _main_out(capsys, ["plan", "--steps", "200", "--budget", "5%", "--cell", "gru", "--layers", "3",
+                             "--vocab", "65", "--input", "16", "--hidden", "32", "--batch", "8", "--format", "json"])
+    s = mb.Schedule.from_json(out).validate()
+    ref = mb.plan(200, budget=0.05, model=model, batch=8, dtype="float32")
+    assert s == ref and s.forward_steps == ref.forward_steps
+    assert (s.hidden_quanta, s.internal_quanta) == (1, 5)  # three GRU layers: 3H state, 15H internal
+    text = _main_out(capsys, ["plan", "--steps", "200", "--budget", "5%", "--layers", "2", "--hidden", "32"])
+    assert "lstm(in=64, hidden=32) > lstm(in=32, hidden=32) > readout(out=4)" in text
 
 
 def test_plan_measure_predicts_with_what_it_measured(runs):

@@ -132,3 +132,32 @@ def test_lstm_learns_the_adding_problem_under_a_5_percent_budget():
     assert after < 0.75 * before
     assert mb.value_and_grad(model, p, held_xs, held_ys)[0] < 0.75 * mb.value_and_grad(model, p0, held_xs, held_ys)[0]
     assert hist["loss"][0] == before and hist["loss"][-1] < 0.75 * before
+
+
+def test_char_lm_ids_are_the_one_hot_indices():
+    xs, ys, vocab = char_lm(20, 3, seed=4)
+    ids, ys_ids, vocab_ids = char_lm(20, 3, seed=4, ids=True)
+    assert ids.shape == (20, 3) and ids.dtype == np.int64 and vocab_ids == vocab
+    assert np.array_equal(ids, xs.argmax(axis=2)) and np.array_equal(ys_ids, ys)
+    assert np.array_equal(ids[1:], ys[:-1])  # the next character is the next input
+
+
+def test_frequency_classification_signals_labels_and_padding():
+    from memopt_bptt import frequency_classification
+    T, B = 64, 200
+    xs, ys, lengths = frequency_classification(T, B, seed=3, noise=0.0)
+    assert xs.shape == (T, B, 1) and ys.shape == (B,) and lengths.shape == (B,)
+    assert set(np.unique(ys)) <= {0, 1, 2, 3} and len(np.unique(ys)) == 4
+    assert lengths.min() >= T // 2 and lengths.max() <= T
+    t = np.arange(T)[:, None]
+    assert np.all(xs[:, :, 0][t >= lengths[None, :]] == 0.0)  # padding after each length
+    # noise-free: the dominant frequency of each valid stretch is 1 + label cycles per 16 steps
+    for b in range(20):
+        x = xs[: lengths[b], b, 0]
+        spectrum = np.abs(np.fft.rfft(x, n=16 * 64))
+        cycles_per_16 = np.argmax(spectrum) * 16 / (16 * 64)
+        assert abs(cycles_per_16 - (1 + ys[b])) < 0.1
+    again = frequency_classification(T, B, seed=3, noise=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip((xs, ys, lengths), again))
+    with pytest.raises(ValueError, match="noise"):
+        frequency_classification(T, B, seed=3, noise=-1.0)

@@ -22,7 +22,8 @@ CELLS = {"lstm": mb.LSTM, "gru": mb.GRU, "elman": mb.Elman, "jordan": mb.Jordan}
 DTYPES = ("float32", "float64")
 # Defaults of the cell options: the reference LSTM of the benchmarks (input 64,
 # hidden 256, batch 16, float32) with a 4-wide readout.
-CELL_DEFAULTS = {"cell": "lstm", "input": 64, "hidden": 256, "output": 4, "batch": 16, "dtype": "float32"}
+CELL_DEFAULTS = {"cell": "lstm", "input": 64, "hidden": 256, "output": 4, "batch": 16, "dtype": "float32",
+                 "layers": 1, "vocab": 0}
 CELL_OPTIONS = tuple(CELL_DEFAULTS)
 TIMELINE_MAX_T = 100      # the ASCII timeline is drawn for T up to this
 BUDGET_HELP = "bytes (4096), a size ('512KiB', '64MiB', '1GB'), a percentage ('5%') or a fraction in (0, 1] ('0.05')"
@@ -33,6 +34,12 @@ class CliError(Exception):
 
 
 # ---- argument types ----------------------------------------------------------
+def _non_negative_int(text: str) -> int:
+    if not re.fullmatch(r"\s*\+?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer (e.g. 65)")
+    return int(text)
+
+
 def _positive_int(text: str) -> int:
     if not re.fullmatch(r"\s*\+?[0-9]+\s*", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (e.g. 1000)")
@@ -128,6 +135,10 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", type=_positive_int, default=None, metavar="O", help="readout size")
     g.add_argument("--batch", type=_positive_int, default=None, metavar="N", help="batch size")
     g.add_argument("--dtype", choices=DTYPES, default=None, help="floating-point type")
+    g.add_argument("--layers", type=_positive_int, default=None, metavar="L",
+                   help="stacked layers of the cell, each of --hidden units (mb.Sequence([...]))")
+    g.add_argument("--vocab", type=_non_negative_int, default=None, metavar="V",
+                   help="token ids through an embedding of V rows and --input columns (0: float inputs)")
     g.add_argument("--measure", action="store_true",
                    help="time this cell here (mb.measure_step_times, mb.measure_byte_cost; a few seconds) "
                         "and predict time with what it measures instead of the cell's b/f alone")

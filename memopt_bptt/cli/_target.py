@@ -58,8 +58,7 @@ def build_target(args: argparse.Namespace, T: int, *, alpha: float | None, abstr
         plain = mb.plan(T, budget=1.0, alpha=a, policy="full").peak_units
         return Target(None, None, None, a, plain)
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else CELL_DEFAULTS[k]) for k in CELL_OPTIONS}
-    cell = CELLS[opts["cell"]](input_size=opts["input"], hidden_size=opts["hidden"])
-    model = mb.Sequence(cell, output_size=opts["output"], loss="mse")
+    model = model_of(opts)
     plain = mb.plan(T, budget=1.0, model=model, batch=opts["batch"], dtype=opts["dtype"], policy="full").peak_bytes
     rho = byte_cost = None
     if args.measure:
@@ -67,6 +66,20 @@ def build_target(args: argparse.Namespace, T: int, *, alpha: float | None, abstr
         m = mb.measure_byte_cost(model, batch=opts["batch"], dtype=opts["dtype"], T=min(T, 1000))
         rho, byte_cost = b / f, m / f
     return Target(model, opts["batch"], opts["dtype"], None, float(plain), rho, byte_cost)
+
+
+def model_of(opts: dict) -> mb.Sequence:
+    """The model the cell options describe: one cell, or --layers of them, after an embedding with --vocab."""
+    factory, n_in, H, n_layers, vocab = (CELLS[opts["cell"]], opts["input"], opts["hidden"], opts["layers"],
+                                         opts["vocab"])
+    if n_layers == 1 and not vocab:
+        return mb.Sequence(factory(input_size=n_in, hidden_size=H), output_size=opts["output"], loss="mse")
+    if opts["cell"] == "jordan":
+        raise CliError("--cell jordan feeds its output back and cannot be stacked or follow an embedding; "
+                       "use --layers 1 and --vocab 0, or another cell")
+    layers = [mb.Embedding(vocab, n_in)] if vocab else []
+    layers += [factory(input_size=n_in if k == 0 else H, hidden_size=H) for k in range(n_layers)]
+    return mb.Sequence(layers, output_size=opts["output"], loss="cross_entropy" if vocab else "mse")
 
 
 def plan_for(target: Target, T: int, policy: str, *, budget: int | float | None = None,
