@@ -37,6 +37,7 @@ from ._tasks import frequency_classification
 from ._tasks import load_text
 from .training import Adam
 from .training import AdamState
+from .training import DivergenceError
 from .training import SGD
 from .training import SGDState
 from .training import clip_by_global_norm
@@ -67,6 +68,7 @@ __all__ = [
     "char_lm",
     "clip_by_global_norm",
     "copy_task",
+    "DivergenceError",
     "Elman",
     "Embedding",
     "final_state",

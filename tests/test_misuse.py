@@ -27,6 +27,9 @@ import memopt_bptt as mb
 GRU = mb.Sequence(mb.GRU(input_size=2, hidden_size=3), output_size=1, loss="mse")
 LSTM = mb.Sequence(mb.LSTM(input_size=8, hidden_size=16), output_size=2, loss="mse")
 GRU_SIZES = {"model": GRU, "batch": 3, "dtype": "float32"}
+ELMAN = mb.Sequence(mb.Elman(input_size=2, hidden_size=4), output_size=1, loss="mse")  # trained below
+XS, YS = mb.adding_problem(20, 3, seed=0, dtype="float32")
+P0 = ELMAN.init_params(seed=0, dtype="float32")
 
 
 def _json(schedule: mb.Schedule, **changes: Any) -> str:
@@ -116,6 +119,10 @@ REFUSED = [
                         r"but this process can get"),
     Misuse(4, "a table of 10^10 rows for T = 10 is refused up front",
            lambda: mb.plan(10, slots=1e10, alpha=1e9), MemoryError, r"plan: T=10 needs up to .*lower-bound table"),
+    # ---- 6: training survives divergence -------------------------------------------------------
+    Misuse(6, "unknown on_nonfinite",
+           lambda: mb.train(ELMAN, P0, (XS, YS), optimizer=mb.SGD(0.1), steps=1, on_nonfinite="ignore"),
+           ValueError, r"train: on_nonfinite='ignore' must be one of 'raise', 'stop', 'skip'"),
     # ---- 8: small ones ------------------------------------------------------------------------
     Misuse(8, "negative b/f", lambda: mb.plan(10, slots=3, alpha=3.5, backward_forward_ratio=-1),
            ValueError, r"plan: backward_forward_ratio=-1 must be a finite number >= 0"),
@@ -345,3 +352,69 @@ def test_least_budget_message_adds_up(policy):
     assert s.peak_bytes == least and s.working_bytes == working
     with pytest.raises(mb.MemoryBudgetError):
         mb.plan(100, budget=least - 1, policy=policy, model=LSTM, batch=4)
+
+
+# ---- 6: training survives divergence ---------------------------------------------------------------
+def _manual(params, batches, optimizer):
+    """The oracle: optimizer updates one batch at a time, stopping at the first whose loss
+    value_and_grad refuses; (params, state, losses) of the updates before it."""
+    state = optimizer.init(params)
+    losses = []
+    for xs, ys in batches:
+        try:
+            loss, grads = mb.value_and_grad(ELMAN, params, xs, ys)
+        except FloatingPointError:
+            break
+        params, state = optimizer.update(params, grads, state)
+        losses.append(loss)
+    return params, state, losses
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_raises_with_the_last_good_params_state_and_history():
+    """mb.train(..., optimizer=mb.SGD(1e6)) raised at the first non-finite loss and lost the good
+    updates and the history. Now the error carries them, equal to a manual loop's."""
+    opt = mb.SGD(1e6, momentum=0.5)
+    with pytest.raises(mb.DivergenceError, match=r"train: the loss is not finite at update 3 \(batch 3\); "
+                                                          r"the 3 good updates are kept") as info:
+        mb.train(ELMAN, P0, (XS, YS), optimizer=opt, steps=50, progress=False)
+    exc = info.value
+    assert isinstance(exc, FloatingPointError)
+    params, state, losses = _manual(P0, [(XS, YS)] * 50, opt)
+    assert len(losses) == 3 and exc.history["loss"] == losses
+    assert _same(exc.params, params) and _same(exc.opt_state.velocity, state.velocity)
+    assert exc.history["updates"] == 3 and exc.history["batches"] == 3
+    assert exc.history["nonfinite"] == [{"update": 3, "batch": 3, "what": "loss"}]
+    assert exc.history["schedule"] is not None and exc.history["stopped"] is None
+
+
+def test_divergence_stop_returns_the_last_good_update():
+    params, history = mb.train(ELMAN, P0, (XS, YS), optimizer=mb.SGD(1e6), steps=50, progress=False,
+                               on_nonfinite="stop")
+    good, _, losses = _manual(P0, [(XS, YS)] * 50, mb.SGD(1e6))
+    assert _same(params, good) and history["loss"] == losses and history["updates"] == 3
+    assert history["stopped"].startswith("train: the loss is not finite at update 3 (batch 3)")
+
+
+def test_divergence_skip_leaves_out_the_bad_batch_only():
+    """A batch whose targets overflow float32's square (1e30) is skipped; the others are applied,
+    as a manual loop over the good batches applies them."""
+    bad = (XS, np.full_like(YS, 1e30))
+    batches = [(XS, YS), (XS, YS * 2), bad, (XS, YS * 3)]
+    params, history = mb.train(ELMAN, P0, batches, optimizer=mb.SGD(0.1), epochs=1, progress=False,
+                               on_nonfinite="skip")
+    good, _, losses = _manual(P0, [b for b in batches if b is not bad], mb.SGD(0.1))
+    assert _same(params, good) and history["loss"] == losses
+    assert history["nonfinite"] == [{"update": 2, "batch": 2, "what": "loss"}] and history["batch"] == [0, 1, 3]
+
+
+def test_an_update_that_makes_a_parameter_infinite_is_not_applied():
+    """Adam(1e39) on float32 parameters overflows them on the first update: refused, the caller's
+    parameters come back unchanged."""
+    params, history = mb.train(ELMAN, P0, (XS, YS), optimizer=mb.Adam(1e39), steps=3, progress=False,
+                               on_nonfinite="stop")
+    assert _same(params, P0) and history["updates"] == 0
+    assert history["nonfinite"] == [{"update": 0, "batch": 0, "what": "parameters"}]

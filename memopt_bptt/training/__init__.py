@@ -4,7 +4,8 @@ One idea per module:
 
 * ``_optim``: :class:`SGD` and :class:`Adam` (optax-style ``init``/``update``
   with NamedTuple states), :func:`global_norm`, :func:`clip_by_global_norm`;
-* ``_loop``: :func:`train`, the batch sources and the history it returns;
+* ``_loop``: :func:`train`, the batch sources and the history it returns,
+  and :class:`DivergenceError` (what a non-finite loss or gradient raises);
 * ``_truncated``: truncated BPTT(h; h') of Williams & Peng (1990),
   :func:`truncation_windows` and :func:`truncated_value_and_grad`;
 * ``_budgeted``: the budget each of many gradients gets (a fraction of the
@@ -29,6 +30,7 @@ Example::
 from ._diagnostics import grad_norm_by_lag
 from ._io import load_params
 from ._io import save_params
+from ._loop import DivergenceError
 from ._loop import train
 from ._optim import SGD
 from ._optim import Adam
@@ -43,6 +45,7 @@ __all__ = [
     "Adam",
     "AdamState",
     "clip_by_global_norm",
+    "DivergenceError",
     "global_norm",
     "grad_norm_by_lag",
     "load_params",

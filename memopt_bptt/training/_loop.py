@@ -23,7 +23,7 @@ from ._budgeted import BudgetedPlans
 from ._optim import clip_by_global_norm, global_norm, positive_number
 from ._truncated import check_truncate, check_window_data, window_gradients
 
-__all__ = ["train"]
+__all__ = ["DivergenceError", "ON_NONFINITE", "train"]
 
 Params = dict[str, np.ndarray]
 
@@ -93,7 +93,8 @@ def _batches(data: Any, steps: int | None, epochs: int | None,
 def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, policy: str | None = None,
           optimizer: Any, steps: int | None = None, epochs: int | None = None, clip_norm: float | None = None,
           truncate: tuple[int, int] | None = None, seed: int = 0, progress: bool = True,
-          callback: Callable[[int, Params, dict], Any] | None = None) -> tuple[Params, dict[str, Any]]:
+          callback: Callable[[int, Params, dict], Any] | None = None,
+          on_nonfinite: str = "raise") -> tuple[Params, dict[str, Any]]:
     """Train ``params`` by gradient descent; every gradient fits the memory budget.
 
     ``data`` is one of
@@ -132,6 +133,23 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
     same arguments and seed give bit-identical results. The caller's
     ``params`` are not modified.
 
+    Divergence: an update whose loss or gradient is not finite (NaN or inf),
+    or that would make a parameter non-finite, is never applied, and
+    ``on_nonfinite`` says what follows:
+
+    * ``"raise"`` (the default): :class:`DivergenceError` (a
+      FloatingPointError) whose ``params``, ``opt_state`` and ``history``
+      are the last good ones, as ``train`` would have returned them;
+    * ``"stop"``: return ``(params, history)`` of the last good update, with
+      ``history["stopped"]`` saying why;
+    * ``"skip"``: leave params and optimizer state as they were and go on
+      with the next batch (with ``truncate=``, the rest of that batch's
+      windows are skipped too: they would start from the bad step).
+
+    Every such update is listed in ``history["nonfinite"]`` as a dict of
+    "update" (the index it would have had), "batch" and "what" (the loss,
+    the gradient or the parameters).
+
     Example::
 
         xs, ys = mb.adding_problem(50, 16, seed=0)
@@ -163,12 +181,16 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
         raise ValueError(f"{where}: seed={seed!r} must be a non-negative int")
     if callback is not None and not callable(callback):
         raise TypeError(f"{where}: callback must be callable as callback(update, params, history)")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"{where}: on_nonfinite={on_nonfinite!r} must be one of "
+                         f"{', '.join(map(repr, ON_NONFINITE))} (what a non-finite loss or gradient does)")
     plans = BudgetedPlans(model, budget, policy, where=where)
     batches, n_batches = _batches(data, steps, epochs, int(seed))
 
     current = {k: np.array(v, copy=True) for k, v in params.items()}
     opt_state = optimizer.init(current)
-    history: dict[str, Any] = {"loss": [], "grad_norm": [], "time": [], "batch": []}
+    history: dict[str, Any] = {"loss": [], "grad_norm": [], "time": [], "batch": [], "nonfinite": [],
+                               "stopped": None}
     t_start = time.perf_counter()
     stop = False
     n_done = 0
@@ -186,7 +208,7 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
                     expect = "(T, batch) token ids" if model.embedding else "(T, batch, input_size)"
                     raise ValueError(f"{where}: batch {b}: xs must be a numpy array of shape {expect}")
                 schedule = plans.schedule(xs.shape[0], xs.shape[1], dtype)
-                updates = [value_and_grad(model, current, xs, ys, schedule=schedule, **extras)]
+                updates = _lazily(value_and_grad, model, current, xs, ys, schedule=schedule, **extras)
             else:
                 checked = check_window_data(model, xs, ys, dtype, where=where, **extras)
                 if "lengths" in extras:
@@ -194,12 +216,33 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
                 updates = ((loss, grads) for _, loss, grads in
                            window_gradients(model, lambda: current, xs, ys, truncate[0], truncate[1], plans,
                                              where=where, **extras) if grads is not None)
-            for loss, grads in updates:
-                if clip_norm is not None:
-                    grads, norm = clip_by_global_norm(grads, clip_norm)
-                else:
-                    norm = global_norm(grads)
-                current, opt_state = optimizer.update(current, grads, opt_state)
+            for loss, grads, what in _checked(updates):
+                if what is None:
+                    norm = global_norm(grads)  # float64: not finite when an entry is (or is beyond 1e154)
+                    if not np.isfinite(norm):
+                        what = "gradient"
+                if what is None:
+                    if clip_norm is not None:
+                        grads, norm = clip_by_global_norm(grads, clip_norm)
+                    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                        new_params, new_state = optimizer.update(current, grads, opt_state)
+                    if not _all_finite(new_params.values()):
+                        what = "parameters"
+                if what is not None:
+                    n_good = len(history["loss"])
+                    history["nonfinite"].append({"update": n_good, "batch": b, "what": what})
+                    if on_nonfinite == "skip":
+                        break  # with truncate=, the batch's later windows go through the bad step too
+                    message = (f"{where}: {_WHAT[what]} at update {n_good} (batch {b}); the {n_good} good "
+                               "updates are kept")
+                    _finish(history, plans, n_done, truncate, budget, optimizer, seed)
+                    if on_nonfinite == "stop":
+                        history["stopped"] = message
+                        return current, history
+                    raise DivergenceError(message + ": the error's params, opt_state and history hold them; "
+                                          "lower the learning rate, clip with clip_norm=, or pass "
+                                          "on_nonfinite='skip' or 'stop'", current, opt_state, history)
+                current, opt_state = new_params, new_state
                 history["loss"].append(float(loss))
                 history["grad_norm"].append(float(norm))
                 history["time"].append(time.perf_counter() - t_start)
@@ -209,11 +252,66 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
                     break
             n_done = b + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+            if history["loss"]:
+                bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
             if stop:
                 break
     finally:
         bar.close()
+    _finish(history, plans, n_done, truncate, budget, optimizer, seed)
+    return current, history
+
+
+ON_NONFINITE = ("raise", "stop", "skip")
+_WHAT = {"loss": "the loss is not finite", "gradient": "the gradient is not finite",
+         "parameters": "the optimizer's update makes a parameter non-finite"}
+
+
+class DivergenceError(FloatingPointError):
+    """:func:`train` met a non-finite loss or gradient (``on_nonfinite="raise"``).
+
+    ``params``, ``opt_state`` and ``history`` are those of the last good
+    update, as :func:`train` would have returned them (``history["nonfinite"]``
+    names the update that failed), so a long run is never lost::
+
+        try:
+            params, history = mb.train(model, params, data, optimizer=mb.SGD(1.0), steps=1000)
+        except mb.DivergenceError as exc:
+            params, history = exc.params, exc.history
+    """
+
+    def __init__(self, message: str, params: Params, opt_state: Any, history: dict[str, Any]):
+        super().__init__(message)
+        self.params, self.opt_state, self.history = params, opt_state, history
+
+
+def _lazily(fn: Callable, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """fn's one result as an iterator, computed when first asked for (as window gradients are)."""
+    yield fn(*args, **kwargs)
+
+
+def _checked(updates: Iterator[tuple[float, Params]]) -> Iterator[tuple[float, Params | None, str | None]]:
+    """(loss, grads, None) per update, or (nan, None, "loss") for a loss value_and_grad found
+    non-finite, after which the updates' source is spent."""
+    it = iter(updates)
+    while True:
+        try:
+            loss, grads = next(it)
+        except StopIteration:
+            return
+        except FloatingPointError:  # value_and_grad: the loss is not finite
+            yield float("nan"), None, "loss"
+            return
+        yield loss, grads, None
+
+
+def _all_finite(arrays: Iterable[np.ndarray]) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def _finish(history: dict[str, Any], plans: BudgetedPlans, n_done: int, truncate: Any, budget: Any,
+            optimizer: Any, seed: int) -> None:
+    """The history's summary entries, as train returns them (and DivergenceError carries them)."""
     summaries = plans.summaries()
     history.update({
         "updates": len(history["loss"]),
@@ -226,4 +324,3 @@ def train(model: Sequence, params: Params, data: Any, *, budget: Any = None, pol
         "schedules": summaries,
         "schedule": summaries[max(summaries)] if summaries else None,
     })
-    return current, history
