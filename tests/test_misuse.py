@@ -12,6 +12,7 @@ case failed before its fix.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -418,3 +419,100 @@ def test_an_update_that_makes_a_parameter_infinite_is_not_applied():
                                on_nonfinite="stop")
     assert _same(params, P0) and history["updates"] == 0
     assert history["nonfinite"] == [{"update": 0, "batch": 0, "what": "parameters"}]
+
+
+# ---- 7: files ---------------------------------------------------------------------------------------
+PARAMS = {"a": np.arange(6.0).reshape(2, 3), "b": np.ones(2, np.float32)}
+
+
+def test_save_params_keeps_a_replaced_files_mode(tmp_path):
+    """The replaced file became 0600 (mkstemp's mode)."""
+    path = tmp_path / "p.npz"
+    path.write_bytes(b"")
+    path.chmod(0o640)
+    mb.save_params(path, PARAMS)
+    assert path.stat().st_mode & 0o7777 == 0o640
+    assert mb.load_params(path).keys() == PARAMS.keys()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_save_params_gives_a_new_file_the_umasks_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        mb.save_params(tmp_path / "new.npz", PARAMS)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.npz").stat().st_mode & 0o7777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("where", ["no/such/folder/p.npz", "dir.npz"])
+def test_save_params_errors_name_the_callers_path(tmp_path, where):
+    """The error named the temporary file ('.tmp-abc123.npz'), not the path the caller gave."""
+    (tmp_path / "dir.npz").mkdir()
+    path = str(tmp_path / where)
+    with pytest.raises(OSError) as info:
+        mb.save_params(path, PARAMS)
+    assert f"save_params: cannot write {path!r}" in str(info.value)
+    assert "tmp" not in str(info.value).replace(str(tmp_path), "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.npz"]  # nothing left behind
+
+
+def _bad_files(tmp_path):
+    good = tmp_path / "good.npz"
+    mb.save_params(good, PARAMS)
+    data = good.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF
+    np.save(tmp_path / "one.npy", np.arange(3.0))
+    np.savez(tmp_path / "objects.npz", o=np.array([{}], dtype=object))
+    files = {"one.npy": None, "truncated.npz": data[: len(data) // 2], "corrupted.npz": bytes(flipped),
+             "text.npz": b"not an archive", "empty.npz": b"", "objects.npz": None}
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    return files
+
+
+@pytest.mark.parametrize("name,what", [
+    ("one.npy", r"is a single array \(.npy\), not an .npz archive of named arrays"),
+    ("truncated.npz", r"is truncated or corrupted.*BadZipFile"),
+    ("corrupted.npz", r"is truncated or corrupted.*Bad CRC-32"),
+    ("text.npz", r"is not an .npz archive"),
+    ("empty.npz", r"is not an .npz archive"),
+    ("objects.npz", r"is truncated or corrupted, or holds something other than numeric arrays.*Object arrays"),
+])
+def test_load_params_of_a_bad_file_is_one_clear_error(tmp_path, name, what):
+    """A .npy gave TypeError about context managers, a truncated or corrupted file zipfile's
+    BadZipFile, a text file numpy's advice to unpickle it."""
+    _bad_files(tmp_path)
+    path = str(tmp_path / name)
+    with pytest.raises(ValueError, match=f"^load_params: {re.escape(repr(path))} {what}"):
+        mb.load_params(path)
+
+
+def test_a_killed_save_leaves_nothing_behind_after_the_next(tmp_path):
+    """A save killed (SIGKILL) while writing left its temporary file for good; the next save of the
+    same name removes it. A temporary file of a process still running is left alone."""
+    path = tmp_path / "p.npz"
+    mb.save_params(path, PARAMS)
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, numpy as np, memopt_bptt as mb\n"
+        "def slow(fh, **arrays):\n"
+        "    fh.write(b'PK partial'); fh.flush(); print('writing', flush=True); time.sleep(120)\n"
+        "np.savez = slow\n"
+        f"mb.save_params({str(path)!r}, {{'a': np.zeros(3)}})\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    stale = [p.name for p in tmp_path.iterdir() if p.name != "p.npz"]
+    assert len(stale) == 1 and stale[0].endswith(".memopt-tmp"), stale
+    alive = tmp_path / f".p.npz.{os.getppid()}.0123abcd.memopt-tmp"  # our parent: running
+    alive.write_bytes(b"")
+    other = tmp_path / ".q.npz.999999999.0123abcd.memopt-tmp"      # another file's: not this save's
+    other.write_bytes(b"")
+    mb.save_params(path, PARAMS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.npz", alive.name, other.name])
+    assert mb.load_params(path).keys() == PARAMS.keys()
