@@ -516,3 +516,23 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next(tmp_path):
     mb.save_params(path, PARAMS)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.npz", alive.name, other.name])
     assert mb.load_params(path).keys() == PARAMS.keys()
+
+
+@pytest.mark.parametrize("cell,dtype,batch", [(mb.LSTM(input_size=8, hidden_size=16), "float32", 4),
+                                              (mb.GRU(input_size=8, hidden_size=16), "float64", 3)])
+def test_single_lane_buffers_at_the_least_budget_are_charged_exactly(cell, dtype, batch):
+    """Buffers a model does not use (an input copy, deferred gradients, an embedding's dL/dx)
+    were allocated as one-element stand-ins, beyond the budget by an element each (12 to 64
+    bytes at the least budget); now every byte allocated is one the planner charged, and the
+    gradients are still plain BPTT's bits."""
+    from memopt_bptt.testing import least_budget
+    model = mb.Sequence(cell, output_size=2, lanes=1)
+    least = least_budget(model, T=30, batch=batch, policy="msm", dtype=dtype)
+    s = mb.plan(30, budget=least, model=model, batch=batch, dtype=dtype)
+    xs = np.random.default_rng(0).standard_normal((30, batch, 8)).astype(dtype)
+    ys = np.random.default_rng(1).standard_normal((30, batch, 2)).astype(dtype)
+    params = model.init_params(seed=0, dtype=dtype)
+    loss, grads, report = mb.value_and_grad(model, params, xs, ys, schedule=s, return_report=True)
+    assert report.allocated_bytes == s.peak_bytes == s.budget_bytes == least
+    plain_loss, plain_grads = mb.value_and_grad(model, params, xs, ys)
+    assert loss == plain_loss and _same(grads, plain_grads)

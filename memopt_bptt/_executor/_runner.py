@@ -150,9 +150,10 @@ class Run:
         for k, bl in enumerate(self.parts):
             ls = model.rows_sizes(bl, dtype, lane=n_lanes > 1)
             lay = layout(model.layers, bl, lane=n_lanes > 1)
-            shapes = [(ls.state_len,)] * 4 + [(ls.internal_len,), (max(ls.work_len, 1),), (ls.output_len,),
-                                              (max(lay.chunk_len, 1),), (max(lay.xchunk_len, 1),),
-                                              (max(lay.xbuf_len, 1),), (max(lay.dx_len, 1),)]
+            # exactly the lengths the planner charged: a buffer a model does not use has none (an empty
+            # array, the same Numba type), where a one-element stand-in cost an element beyond the budget
+            shapes = [(ls.state_len,)] * 4 + [(ls.internal_len,), (ls.work_len,), (ls.output_len,),
+                                              (lay.chunk_len,), (lay.xchunk_len,), (lay.xbuf_len,), (lay.dx_len,)]
             if k:
                 shapes += [a.shape for a in self.arrays]
             pool = np.empty(pool_quanta * ls.quantum[0] * bl, dtype)
