@@ -147,18 +147,21 @@ def _worker_address() -> str:
         return "local"
 
 
-def _loss_terms(n_steps: int, rows: int, extras: Mapping[str, Any]) -> float:
+def _loss_terms(n_steps: int, rows: int, extras: Mapping[str, Any], loss_at: str) -> float:
     """How many loss terms a shard's mean loss is over, up to a factor common
-    to every shard (the output size for "mse"): T * rows, or the valid
-    steps' weights under ``mask`` and ``lengths``.
+    to every shard (the output size for "mse"), as the core counts them: T *
+    rows; one per row with ``loss_at="last"``; or the sum of the weights of
+    ``mask`` (1 without one) before each row's ``lengths``.
 
     Example::
 
-        _loss_terms(100, 8, {})                                   # 800.0
-        _loss_terms(3, 2, {"lengths": np.array([3, 1])})          # 4.0
+        _loss_terms(100, 8, {}, "every")                                # 800.0
+        _loss_terms(3, 2, {"lengths": np.array([3, 1])}, "every")       # 4.0
     """
     mask = extras.get("mask")
     lengths = extras.get("lengths")
+    if loss_at == "last":
+        return float(rows)
     if mask is None and lengths is None:
         return float(n_steps * rows)
     weights = np.ones((n_steps, rows)) if mask is None else np.asarray(mask, dtype=np.float64)
@@ -174,11 +177,13 @@ def _shard_value_and_grad(model: Sequence, params: dict, piece: tuple, shard: in
     xs, ys, extras = piece
     worker = _worker_address()
     t0 = time.perf_counter()
-    count = _loss_terms(xs.shape[0], xs.shape[1], extras)
+    count = _loss_terms(xs.shape[0], xs.shape[1], extras, model.loss_at)
     try:
         if count == 0:  # every term of this shard masked out: nothing to add
             grads = {k: np.zeros(v.shape, np.float64) for k, v in params.items()}
-            h0_grad = (0.0, np.zeros(model.state_shape(xs.shape[1]), next(iter(params.values())).dtype))
+            dtype = next(iter(params.values())).dtype
+            h0_grad = (0.0, _map_state(lambda shape, _: np.zeros(shape, dtype), model.state_shape(xs.shape[1]),
+                                       _state_axes(model)))
             part = _Part(0.0, 0.0, grads, False, (h0_grad,) if options.get("return_h0_grad") else (),
                          (worker,), (0.0,), ())
             return part._replace(seconds=(time.perf_counter() - t0,))
@@ -214,10 +219,11 @@ def _combine(left: _Part, right: _Part, root: tuple | None = None) -> _Part:
         return _Part(count, loss, grads, False, h0_grads, workers, seconds, ())
     if count == 0:  # the client says so
         return _Part(0.0, math.nan, None, False, (), workers, seconds, ())
-    dtype, axis = root
+    dtype, axes = root
     grads = {k: (g / count).astype(dtype) for k, g in grads.items()}
     if h0_grads:
-        h0_grads = ((count, np.concatenate([(g * (c / count)).astype(dtype) for c, g in h0_grads], axis=axis)),)
+        scaled = [_map_state(lambda g, _, f=c / count: (g * f).astype(dtype), g, axes) for c, g in h0_grads]
+        h0_grads = ((count, _join_states(scaled, axes)),)
     return _Part(count, loss / count, grads, True, h0_grads, workers, seconds, ())
 
 
@@ -273,10 +279,35 @@ def shard_rows(batch: int, shards: Any, *, where: str = "shard_rows") -> tuple[t
     return tuple((int(e - s), int(e)) for s, e in zip(sizes, ends))
 
 
-def _state_axis(model: Sequence) -> int:
-    """The batch axis of ``model.state_shape(batch)`` (where h0's rows are)."""
+def _state_axes(model: Sequence) -> int | list[int]:
+    """The batch axis of h0 (``model.state_shape``), or one per layer where h0 is a list of layers' states."""
+    def axis(one: tuple, two: tuple) -> int:
+        return next(a for a, (p, q) in enumerate(zip(one, two)) if p != q)
     one, two = model.state_shape(1), model.state_shape(2)
-    return next(a for a, (p, q) in enumerate(zip(one, two)) if p != q)
+    return [axis(p, q) for p, q in zip(one, two)] if isinstance(one, list) else axis(one, two)
+
+
+def _map_state(fn: Callable[[Any, int], Any], state: Any, axes: int | list[int]) -> Any:
+    """``fn(array, batch axis)`` over a state: one array, or a list of layers' arrays."""
+    if isinstance(axes, list):
+        return [fn(a, axis) for a, axis in zip(state, axes)]
+    return fn(state, axes)
+
+
+def _join_states(parts: list, axes: int | list[int]) -> Any:
+    """The shards' states, in shard order, as one batch's."""
+    if isinstance(axes, list):
+        return [np.concatenate([p[k] for p in parts], axis=axis) for k, axis in enumerate(axes)]
+    return np.concatenate(parts, axis=axes)
+
+
+def _ys_axis(model: Sequence) -> int:
+    """ys's batch axis: (T, batch, ...) targets, or one per sequence (batch, ...) with loss_at="last"."""
+    return 0 if model.loss_at == "last" else 1
+
+
+def _is_state(value: Any) -> bool:
+    return _is_array(value) or (isinstance(value, (list, tuple)) and bool(value) and all(map(_is_array, value)))
 
 
 def _check_options(model: Sequence, dtype: np.dtype, kwargs: dict, where: str) -> tuple[dict, dict]:
@@ -290,10 +321,15 @@ def _check_options(model: Sequence, dtype: np.dtype, kwargs: dict, where: str) -
             continue  # the default
         if value is None:
             options[name] = value
-        elif name in ROW_AXES or name == "h0":
+        elif name == "h0":
+            if not _is_state(value):
+                raise TypeError(f"{where}: h0 must be a numpy or dask array (a list of them, one per layer, for "
+                                f"a stack of several kinds or sizes), got {type(value).__name__}")
+            rows[name] = (list(value) if isinstance(value, tuple) else value, _state_axes(model))
+        elif name in ROW_AXES:
             if not _is_array(value):
                 raise TypeError(f"{where}: {name} must be a numpy or dask array, got {type(value).__name__}")
-            rows[name] = (value, _state_axis(model) if name == "h0" else ROW_AXES[name])
+            rows[name] = (value, ROW_AXES[name])
         elif _is_array(value):
             raise ValueError(f"{where}: keyword argument {name}= is an array this module does not know how to "
                              f"split by batch rows (it splits {sorted([*ROW_AXES, 'h0'])}); pass it per shard "
@@ -311,21 +347,25 @@ def _check_options(model: Sequence, dtype: np.dtype, kwargs: dict, where: str) -
     if policy not in (None, "full") and budget is None:
         raise ValueError(f"{where}: policy={policy!r} needs budget= (bytes, '64MiB' or a fraction)")
     h0 = rows.get("h0", (None, 0))[0]
-    if h0 is not None and np.issubdtype(h0.dtype, np.floating) and h0.dtype != dtype:
-        raise TypeError(f"{where}: h0 is {h0.dtype} but params are {dtype}; cast h0 to match")
+    for a in ([] if h0 is None else h0 if isinstance(h0, list) else [h0]):
+        if a.dtype != dtype:
+            raise TypeError(f"{where}: h0 is {a.dtype} but params are {dtype}; cast h0 to match")
     return rows, options
 
 
 def _check_batch(model: Sequence, dtype: np.dtype, xs: Any, ys: Any, rows: dict, where: str) -> int:
     """The batch size, once xs, ys and the per-row arrays agree on it."""
-    for name, a in (("xs", xs), ("ys", ys)):
+    for name, a, axis in (("xs", xs, 1), ("ys", ys, _ys_axis(model))):
         if not _is_array(a):
             raise TypeError(f"{where}: {name} must be a numpy or dask array, got {type(a).__name__}")
-        if a.ndim < 2 or any(math.isnan(s) for s in a.shape):
-            raise ValueError(f"{where}: {name} has shape {a.shape}; expected (T, batch, ...) with known sizes "
-                             "(for a dask array of unknown chunks call .compute_chunk_sizes() first)")
+        if a.ndim <= axis or any(math.isnan(s) for s in a.shape):
+            raise ValueError(f"{where}: {name} has shape {a.shape}; expected the batch on axis {axis} and known "
+                             "sizes (for a dask array of unknown chunks call .compute_chunk_sizes() first)")
     T, batch = xs.shape[:2]
-    if ys.shape[:2] != (T, batch):
+    if model.loss_at == "last" and ys.shape[0] != batch:
+        raise ValueError(f"{where}: ys has shape {ys.shape} but xs has batch {batch}; with loss_at='last' ys "
+                         "holds one target per sequence, (batch, ...)")
+    if model.loss_at != "last" and ys.shape[:2] != (T, batch):
         raise ValueError(f"{where}: ys has shape {ys.shape} but xs has (T, batch) = {(T, batch)}; "
                          "give ys the same first two axes")
     if np.issubdtype(xs.dtype, np.floating) and xs.dtype != dtype:
@@ -333,9 +373,15 @@ def _check_batch(model: Sequence, dtype: np.dtype, xs: Any, ys: Any, rows: dict,
                         f"(e.g. xs.astype(np.{dtype.name}))")
     for name, (a, axis) in rows.items():
         expect = model.state_shape(batch) if name == "h0" else ((T, batch) if name == "mask" else (batch,))
-        if tuple(a.shape) != tuple(expect):
-            raise ValueError(f"{where}: {name} has shape {tuple(a.shape)}, expected {tuple(expect)} "
-                             f"(split along axis {axis} with the batch)")
+        got = [tuple(p.shape) for p in a] if isinstance(a, list) else tuple(a.shape)
+        if got != expect:
+            raise ValueError(f"{where}: {name} has shape {got}, expected {expect} (split along axis {axis} with "
+                             "the batch)")
+    counted = {k: rows[k][0] for k in ROW_AXES if k in rows}
+    if counted and all(isinstance(a, np.ndarray) for a in counted.values()) \
+            and _loss_terms(T, batch, counted, model.loss_at) == 0:
+        raise ValueError(f"{where}: every loss term of the batch is masked out (mask/lengths); nothing to "
+                         "differentiate")
     return int(batch)
 
 
@@ -395,14 +441,16 @@ class _Batch:
     """One batch's shards placed on the workers: a future per shard holding
     (xs, ys, per-row arrays), and what places a lost one again."""
 
-    def __init__(self, client: distributed.Client, xs: Any, ys: Any, rows: dict, bounds: tuple):
+    def __init__(self, client: distributed.Client, xs: Any, ys: Any, ys_axis: int, rows: dict, bounds: tuple):
         self.client = client
         self.bounds = bounds
-        self.lazy = any(isinstance(a, da.Array) for a in (xs, ys, *(a for a, _ in rows.values())))
+        arrays = [xs, ys] + [p for a, _ in rows.values() for p in (a if isinstance(a, list) else [a])]
+        self.lazy = any(isinstance(a, da.Array) for a in arrays)
         self.sources = []
         for b0, b1 in bounds:
-            extras = {name: _take(a, axis, b0, b1) for name, (a, axis) in rows.items()}
-            shard = (_take(xs, 1, b0, b1), _take(ys, 1, b0, b1), extras)
+            extras = {name: _map_state(lambda a, axis: _take(a, axis, b0, b1), value, axes)
+                      for name, (value, axes) in rows.items()}
+            shard = (_take(xs, 1, b0, b1), _take(ys, ys_axis, b0, b1), extras)
             self.sources.append(dask.delayed(_piece)(*shard) if self.lazy else shard)
         self.futures: list = [None] * len(bounds)
         self.place()
@@ -441,7 +489,7 @@ def _run(client: distributed.Client, model: _Sent, params: dict, batch: _Batch, 
          where: str) -> tuple[_Part, Stats]:
     """One update's reduced part: parameters sent once, shards computed where their data is."""
     t0 = time.perf_counter()
-    root = (next(iter(params.values())).dtype, _state_axis(model.value))
+    root = (next(iter(params.values())).dtype, _state_axes(model.value))
     leaves: list = [None] * len(batch.bounds)
     sent = _Sent(client, params)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -508,7 +556,8 @@ def value_and_grad(client: distributed.Client, model: Sequence, params: dict, xs
     if return_h0_grad:
         options["return_h0_grad"] = True
     _check_workers(client, where)
-    root, stats = _run(client, _Sent(client, model), params, _Batch(client, xs, ys, rows, bounds), options, where)
+    placed = _Batch(client, xs, ys, _ys_axis(model), rows, bounds)
+    root, stats = _run(client, _Sent(client, model), params, placed, options, where)
     loss, grads, h0 = _finish(root, where)
     result: list[Any] = [loss, grads]
     if return_h0_grad:
@@ -602,7 +651,7 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
             raise ValueError(f"{where}: clip_norm={clip_norm!r} must be a finite number > 0")
     _check_workers(client, where)
     sent_model = _Sent(client, model)
-    placed = [_Batch(client, xs, ys, rows, bounds) for xs, ys, rows, bounds in checked]
+    placed = [_Batch(client, xs, ys, _ys_axis(model), rows, bounds) for xs, ys, rows, bounds in checked]
     n_updates = steps if steps is not None else epochs * len(placed)
     current = {k: np.array(v, copy=True) for k, v in params.items()}
     opt_state = optimizer.init(current)

@@ -82,27 +82,50 @@ def pairwise(items):
     return items[0]
 
 
-def oracle(model, params, xs, ys, sizes, *, h0=None, **kwargs):
-    """The documented reduction of the core's results over the shards, in this process."""
+def rows_of(a, axis, b0, b1):
+    return np.take(a, np.arange(b0, b1), axis=axis)
+
+
+def oracle(model, params, xs, ys, sizes, *, h0=None, h0_axis=None, mask=None, lengths=None, **kwargs):
+    """The documented reduction of the core's results over the shards, in this process.
+
+    A shard's count is its loss terms: T * rows; rows for loss_at="last"; the
+    mask's weights (1 without one) before each row's length. ``h0_axis``: the
+    batch axis of h0, or a list of them for a list of layers' states."""
     dtype = next(iter(params.values())).dtype
+    last = model.loss_at == "last"
     ends = np.cumsum(sizes)
-    axis = 1 if model.cell.kind == "lstm" else 0   # (2, batch, hidden) or (batch, hidden)
     runs, counts = [], []
     for b0, b1 in zip(ends - sizes, ends):
-        h0_k = None if h0 is None else np.take(h0, np.arange(b0, b1), axis=axis)
-        runs.append(mb.value_and_grad(model, params, xs[:, b0:b1], ys[:, b0:b1], h0=h0_k,
-                                      return_h0_grad=h0 is not None, **kwargs))
-        counts.append(float(xs.shape[0] * (b1 - b0)))
+        weights = np.ones((xs.shape[0], b1 - b0)) if mask is None else mask[:, b0:b1].astype(np.float64)
+        if lengths is not None:
+            weights[np.arange(xs.shape[0])[:, None] >= lengths[None, b0:b1]] = 0.0
+        counts.append(float(b1 - b0) if last else float(weights.sum()))
+        if counts[-1] == 0:   # nothing counted in this shard: it adds nothing
+            runs.append(None)
+            continue
+        h0_k = None
+        if h0 is not None:
+            h0_k = ([rows_of(a, ax, b0, b1) for a, ax in zip(h0, h0_axis)] if isinstance(h0, list)
+                    else rows_of(h0, h0_axis, b0, b1))
+        extras = {} if mask is None else {"mask": mask[:, b0:b1]}
+        if lengths is not None:
+            extras["lengths"] = lengths[b0:b1]
+        runs.append(mb.value_and_grad(model, params, xs[:, b0:b1], ys[b0:b1] if last else ys[:, b0:b1], h0=h0_k,
+                                      return_h0_grad=h0 is not None, **extras, **kwargs))
     if len(sizes) == 1:
         return runs[0]
     total = sum(counts)
-    loss = pairwise([c * r[0] for c, r in zip(counts, runs)]) / total
-    grads = {k: (pairwise([c * r[1][k].astype(np.float64) for c, r in zip(counts, runs)]) / total).astype(dtype)
-             for k in params}
+    loss = pairwise([c * r[0] if r else 0.0 for c, r in zip(counts, runs)]) / total
+    grads = {k: (pairwise([c * r[1][k].astype(np.float64) if r else np.zeros(params[k].shape)
+                           for c, r in zip(counts, runs)]) / total).astype(dtype) for k in params}
     if h0 is None:
         return loss, grads
-    dh0 = np.concatenate([(r[2] * (c / total)).astype(dtype) for c, r in zip(counts, runs)], axis=axis)
-    return loss, grads, dh0
+    axes = h0_axis if isinstance(h0, list) else [h0_axis]
+    parts = [[(g * (c / total)).astype(dtype) for g in (r[2] if isinstance(h0, list) else [r[2]])]
+             for c, r in zip(counts, runs)]
+    dh0 = [np.concatenate([p[k] for p in parts], axis=ax) for k, ax in enumerate(axes)]
+    return loss, grads, dh0 if isinstance(h0, list) else dh0[0]
 
 
 def same_bits(a, b):
@@ -157,7 +180,7 @@ def test_h0_is_split_with_the_batch_and_its_gradient_joined(client, model):
     h0 = np.random.default_rng(7).standard_normal(model.state_shape(6))
     loss, grads, dh0, stats = mbd.value_and_grad(client, model, params, xs, ys, shards=3, h0=h0,
                                                  return_h0_grad=True, return_stats=True)
-    want = oracle(model, params, xs, ys, (2, 2, 2), h0=h0)
+    want = oracle(model, params, xs, ys, (2, 2, 2), h0=h0, h0_axis=1 if model is LSTM else 0)
     same_bits((loss, grads), want[:2])
     assert np.array_equal(dh0, want[2])
     whole = mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True)
@@ -176,17 +199,80 @@ def test_dask_array_inputs_give_the_numpy_bits(client):
     same_bits(got, want)
 
 
+def masked_cases(T, B):
+    rng = np.random.default_rng(21)
+    mask = (rng.random((T, B)) < 0.7).astype(np.float64)
+    mask[:, 2:4] = 0.0                                   # a shard whose every step is masked out
+    weights = rng.choice([0.0, 0.25, 0.5, 2.0], size=(T, B))   # dyadic: every count is exact
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[0], lengths[-1] = 1, T
+    return {"mask 0/1, a shard all masked": {"mask": mask},
+            "mask weights": {"mask": weights},
+            "lengths 1..T": {"lengths": lengths},
+            "mask and lengths": {"mask": mask, "lengths": lengths}}
+
+
+@pytest.mark.parametrize("case", list(masked_cases(20, 8)))
+def test_masks_and_lengths_are_split_with_the_batch(client, case):
+    extras = masked_cases(20, 8)[case]
+    params = LSTM.init_params(seed=22)
+    xs, ys = data(LSTM, 20, 8, seed=23)
+    got = mbd.value_and_grad(client, LSTM, params, xs, ys, shards=4, budget=0.3, **extras)
+    same_bits(got, oracle(LSTM, params, xs, ys, (2, 2, 2, 2), budget=0.3, **extras))
+    assert 0 < max_rel_diff(got, mb.value_and_grad(LSTM, params, xs, ys, **extras)) < 1e-13
+
+
+def test_loss_at_last_splits_one_target_per_sequence(client):
+    model = mb.Sequence(mb.LSTM(input_size=3, hidden_size=8), output_size=2, loss_at="last")
+    params = model.init_params(seed=24)
+    xs, _ = data(model, 20, 8, seed=25)
+    ys = np.random.default_rng(26).standard_normal((8, 2))
+    lengths = np.array([20, 3, 7, 1, 20, 15, 9, 12])
+    got = mbd.value_and_grad(client, model, params, xs, ys, shards=(3, 2, 3), lengths=lengths)
+    same_bits(got, oracle(model, params, xs, ys, (3, 2, 3), lengths=lengths))
+    assert 0 < max_rel_diff(got, mb.value_and_grad(model, params, xs, ys, lengths=lengths)) < 1e-13
+
+
+def test_a_fully_masked_batch_is_refused_before_sending(nothing_sent):
+    xs, ys = data(LSTM, 10, 4)
+    mask = np.zeros((10, 4))
+    mask[5:, 1] = 1.0
+    with pytest.raises(ValueError, match="every loss term of the batch is masked out"):
+        mbd.value_and_grad(nothing_sent, LSTM, LSTM.init_params(), xs, ys, shards=2, mask=mask,
+                           lengths=np.array([10, 5, 10, 10]))
+
+
+@pytest.mark.slow
+def test_stacked_layers_token_inputs_and_per_layer_h0(client):
+    model = mb.Sequence([mb.Embedding(11, 4), mb.LSTM(4, 6), mb.GRU(6, 6)], output_size=11, loss="cross_entropy")
+    params = model.init_params(seed=27)
+    rng = np.random.default_rng(28)
+    xs, ys = rng.integers(0, 11, size=(15, 6)), rng.integers(0, 11, size=(15, 6))
+    h0 = [rng.standard_normal((2, 6, 6)), rng.standard_normal((6, 6))]     # LSTM (h, c), then GRU
+    lengths = np.array([15, 4, 9, 1, 15, 12])
+    # here first: this process compiles the stack's sweep, the workers then load it from the cache
+    whole = mb.value_and_grad(model, params, xs, ys, h0=h0, lengths=lengths, return_h0_grad=True)
+    want = oracle(model, params, xs, ys, (2, 2, 2), budget=0.4, h0=h0, h0_axis=[1, 0], lengths=lengths)
+    got = mbd.value_and_grad(client, model, params, xs, ys, shards=3, budget=0.4, h0=h0, lengths=lengths,
+                             return_h0_grad=True)
+    same_bits(got[:2], want[:2])
+    assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
+    assert 0 < max_rel_diff(got[:2], whole[:2]) < 1e-13
+    assert all(np.allclose(a, b, rtol=1e-12, atol=1e-16) for a, b in zip(got[2], whole[2]))
+
+
 def test_train_steps_equal_the_optimizer_on_the_oracle_gradients(client):
     params = LSTM.init_params(seed=10)
-    batches = [data(LSTM, 20, 8, seed=s) for s in (11, 12)]
+    lengths = np.array([20, 5, 11, 1, 20, 20, 3, 17])
+    batches = [data(LSTM, 20, 8, seed=11), (*data(LSTM, 20, 8, seed=12), {"lengths": lengths})]
     opt = mb.Adam(1e-2)
     got, history = mbd.train(LSTM, params, batches, client=client, shards=2, budget=0.3, optimizer=opt,
                              steps=3, clip_norm=0.5, progress=False)
     current, state = {k: v.copy() for k, v in params.items()}, opt.init(params)
     losses = []
     for step in range(3):
-        xs, ys = batches[step % 2]
-        loss, grads = oracle(LSTM, current, xs, ys, (4, 4), budget=0.3)
+        xs, ys = batches[step % 2][:2]
+        loss, grads = oracle(LSTM, current, xs, ys, (4, 4), budget=0.3, lengths=lengths if step % 2 else None)
         grads, _ = mb.clip_by_global_norm(grads, 0.5)
         current, state = opt.update(current, grads, state)
         losses.append(loss)
