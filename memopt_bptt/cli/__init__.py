@@ -9,7 +9,10 @@ BPTT's memory and checks one gradient bit-for-bit against plain BPTT.
 ``python -m memopt_bptt`` is the same program.
 
 Bad input prints one line on stderr naming the option and the fix, and exits
-with code 2. Only the public API of :mod:`memopt_bptt` is used here (and
+with code 2 (so does a plan too large for this machine's memory, naming the
+bytes it would need); anything else that goes wrong prints one line and exits
+with code 1, never a traceback (``MEMOPT_BPTT_TRACEBACK=1`` shows it). A long
+schedule is printed from its codes, a chunk at a time. Only the public API of :mod:`memopt_bptt` is used here (and
 :func:`memopt_bptt.testing.least_budget`). One idea per module: ``_args``
 (option types and the parser), ``_target`` (the model a plan is for and the
 least budget), ``_plan_compare`` (the plan and compare commands),
