@@ -206,13 +206,11 @@ class Sequence:
         weights = [c.n_gates * c.hidden_size * (c.hidden_size + n) for c, n in zip(cells, self.layers.input_sizes())]
         return float(sum(w * c.backward_forward_ratio for w, c in zip(weights, cells)) / sum(weights))
 
-    def recurrent_macs(self, batch: int) -> int:
-        """Multiply-adds of one step's recurrent GEMMs, every layer's."""
-        total = 0
-        for c in self.layers.cells:
-            rec = self.output_size if c.recurrent_from_output else c.hidden_size
-            total += c.n_gates * c.hidden_size * rec * batch
-        return total
+    def recurrent_macs(self, batch: int, *, largest: bool = False) -> int:
+        """Multiply-adds of one step's recurrent GEMMs, every layer's (``largest``: the largest one's)."""
+        macs = [c.n_gates * c.hidden_size * (self.output_size if c.recurrent_from_output else c.hidden_size) * batch
+                for c in self.layers.cells]
+        return max(macs) if largest else sum(macs)
 
     def describe(self) -> str:
         layers = self.layers

@@ -41,7 +41,7 @@ whole batch do as well."""
 MIN_UNIT_HIDDEN = 32
 """Automatic unit threads give every thread at least this many hidden units."""
 SMALL_GEMM_MACS = 1 << 20
-"""A model run in one lane whose recurrent GEMM is below this many
+"""A model run in one lane whose largest recurrent GEMM is below this many
 multiply-adds runs its BLAS on one thread: at hidden 64 and batch 16 (0.26 M)
 splitting each small GEMM over two BLAS threads costs more in
 synchronisation than it saves. Lanes and unit threads always run BLAS on one
@@ -141,4 +141,5 @@ def blas_threads_for(model: Any, sizes: Any) -> int | None:
     one for a small GEMM, else BLAS's own number (None)."""
     if sizes.lanes or sizes.unit_threads > 1:
         return 1
-    return 1 if recurrent_macs(model, sizes.batch) < SMALL_GEMM_MACS else None
+    # one GEMM is one layer's: its size, not the stack's, decides whether BLAS threads pay
+    return 1 if model.recurrent_macs(sizes.batch, largest=True) < SMALL_GEMM_MACS else None
