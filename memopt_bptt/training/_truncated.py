@@ -99,7 +99,8 @@ def window_value_and_grad(plans: BudgetedPlans, params: Params, xs: np.ndarray, 
     B = xs.shape[1]
     model = plans.model
     per_step = model.output_size if model.loss == "mse" else 1
-    schedule = plans.schedule(end - start, B, xs.dtype, budget=budget)
+    dtype = next(iter(params.values())).dtype  # the parameters' (xs may hold int token ids); one dtype, checked
+    schedule = plans.schedule(end - start, B, dtype, budget=budget)
     if loss_from == start and mask is None and lengths is None:
         loss, grads = value_and_grad(model, params, xs[start:end], ys[start:end], schedule=schedule, h0=h0)
         return loss, grads, float((end - start) * B * per_step)
