@@ -95,7 +95,7 @@ REFUSED = [
            ValueError, r"action 1 is"),
     Misuse(2, "from_json summary not an object", lambda: mb.Schedule.from_json(_json(ABSTRACT, summary=[1])),
            ValueError, r"'summary' must be an object"),
-    Misuse(2, "from_json of bytes-like garbage", lambda: mb.Schedule.from_json(None),
+    Misuse(2, "from_json of None", lambda: mb.Schedule.from_json(None),
            TypeError, r"text must be a str"),
     Misuse(2, "pool edited beyond the schedule's own byte budget (issue: +200000, 51 MB against 17 KB)",
            lambda: mb.Schedule.from_json(_json(FOR_GRU, pool_quanta=FOR_GRU.pool_quanta + 200000)).validate(),
@@ -435,7 +435,7 @@ def test_save_params_keeps_a_replaced_files_mode(tmp_path):
     assert mb.load_params(path).keys() == PARAMS.keys()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077])
+@pytest.mark.parametrize("umask", [pytest.param(0o022, id="umask 022"), pytest.param(0o077, id="umask 077")])
 def test_save_params_gives_a_new_file_the_umasks_mode(tmp_path, umask):
     old = os.umask(umask)
     try:
