@@ -8,6 +8,9 @@ nn.GRUCell, nn.RNNCell (tanh and relu) and a custom module with two state
 tensors and dropout. Skipped cleanly where torch is not installed.
 """
 
+import os
+import re
+import runpy
 import subprocess
 import sys
 
@@ -496,3 +499,16 @@ def test_tracked_memory_flat_in_T():
         peaks[T] = stats.peak_bytes
         assert stats.peak_bytes <= budget, (T, stats)
     assert max(peaks.values()) <= budget
+
+
+@pytest.mark.slow
+def test_docs_page_runs(tmp_path):
+    """docs/torch.md's python blocks, in order as one script (its own asserts run)."""
+    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "torch.md")
+    with open(doc, encoding="utf-8") as fh:
+        blocks = re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
+    script = tmp_path / "torch_doc.py"
+    script.write_text("\n".join(blocks), encoding="utf-8")
+    names = runpy.run_path(str(script))
+    assert [row[0] for row in names["rows"]] == ["checkpoint_sequential", "memopt_bptt.torch 5%"]
+    assert names["stats"].peak_bytes <= names["stats"].budget_bytes
