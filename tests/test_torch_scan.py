@@ -267,6 +267,30 @@ def test_scripted_step():
     assert worst < 1e-12, worst
 
 
+def test_autocast_replays_run_under_the_first_pass_settings():
+    """Under CPU autocast (bfloat16) the replays re-enter autocast. The oracle is the loop under autocast
+    with cache_enabled=False: with the cache, one cast of each weight serves every step and autograd sums
+    the T steps' weight gradients in bfloat16, where the scan (and that loop) sums them in float32."""
+    *args, wrt = make("gru", 13, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        want_loss = plain(*args)
+    want = grads(want_loss, wrt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mbt.scan_loss(*args, budget=least_bytes(*args))
+    assert torch.equal(loss, want_loss)
+    assert_bit_identical(grads(loss, wrt), want)
+
+
+@pytest.mark.slow
+def test_compiled_step():
+    """A torch.compile'd cell (aot_eager: AOTAutograd's graphs, no C++ compiler); slow: it compiles twice
+    (with and without grad)."""
+    *args, wrt = make("gru", 11)
+    want = grads(plain(*args), wrt)
+    args[0] = torch.compile(args[0], backend="aot_eager")
+    assert_bit_identical(grads(mbt.scan_loss(*args, budget="50%"), wrt), want)
+
+
 def test_a_weight_computed_outside_the_step_needs_params():
     torch.manual_seed(5)
     raw = torch.randn(H, H, dtype=F64, requires_grad=True)

@@ -8,8 +8,11 @@ computed in the first pass. Two pieces of global state can change that:
   resumes from it, as ``torch.utils.checkpoint``'s ``preserve_rng_state``
   does for one segment; the backward sweep runs inside :meth:`Generators.fork`
   so the caller's generators are left as the first pass left them;
-* autocast, which is thread-local and off in the autograd engine's threads
-  (:class:`Autocast` records it when the scan starts and re-enters it).
+* autocast, which is thread-local: the backward may run in another thread,
+  or the caller's, with other settings. :class:`Autocast` records it when the
+  scan starts and every step and loss call (first pass and replays) runs
+  under it; the reversals do not (autograd runs backward ops outside
+  autocast, and so does the plain loop's backward).
 """
 
 from __future__ import annotations
@@ -81,9 +84,16 @@ class Autocast(NamedTuple):
         kinds = [k for k in _DEVICE_TYPES if k == "cpu" or torch.cuda.is_available()]
         return cls(tuple((k, torch.is_autocast_enabled(k), torch.get_autocast_dtype(k)) for k in kinds))
 
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for device_type, enabled, dtype in self.settings:
-                stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled))
-            yield
+    @property
+    def enabled(self) -> bool:
+        return any(enabled for _, enabled, _ in self.settings)
+
+    def entered(self) -> contextlib.AbstractContextManager:
+        """These settings inside (nothing to enter where they are already the thread's)."""
+        if all(torch.is_autocast_enabled(kind) == enabled and (not enabled or torch.get_autocast_dtype(kind) == dtype)
+               for kind, enabled, dtype in self.settings):
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for device_type, enabled, dtype in self.settings:
+            stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled))
+        return stack

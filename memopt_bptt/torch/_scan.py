@@ -303,6 +303,10 @@ def scan_loss(step: Callable[..., Any], loss_fn: Callable[..., torch.Tensor], st
     if not grad_on:
         return _finish(_without_grad(problem, state, T), reduction, return_schedule, None)
 
+    if problem.autocast.enabled:
+        # Autocast caches each weight's cast for the rest of its region: a cast made before the scan would
+        # be a node from outside the step (find_params refuses those). Casts are made afresh from here on.
+        torch.clear_autocast_cache()
     rng0 = generators.capture()
     mark = sequence_mark()
     saved: list = []

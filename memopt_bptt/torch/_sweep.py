@@ -115,7 +115,7 @@ def run_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *,
              with_loss: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
     """Step t under no_grad from s_{t-1}: (s_t, its loss if asked for or if loss_fn draws random numbers)."""
     spec = problem.spec
-    with torch.no_grad():
+    with torch.no_grad(), problem.autocast.entered():
         new = spec.flatten(problem.step(problem.xs[t - 1], spec.build(state)), step=t)
         loss = None
         if with_loss or problem.replay_loss:
@@ -138,7 +138,8 @@ def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, save
     y_leaf = _leaf(problem.targets[t - 1]) if problem.y_grad else None
     x = problem.xs[t - 1] if x_leaf is None else x_leaf
     y = problem.targets[t - 1] if y_leaf is None else y_leaf
-    with torch.enable_grad(), (contextlib.nullcontext() if saved is None else saving_into(saved)):
+    recording = contextlib.nullcontext() if saved is None else saving_into(saved)
+    with torch.enable_grad(), problem.autocast.entered(), recording:
         outputs = spec.flatten(problem.step(x, spec.build(inputs)), step=t)
         if rng_marks is not None:
             rng_marks.append(problem.generators.capture())
@@ -361,7 +362,7 @@ class Sweep:
         self._dxs = torch.zeros_like(problem.xs) if problem.x_grad else None
         self._dys = torch.zeros_like(problem.targets) if problem.y_grad else None
         forked = contextlib.nullcontext() if problem.generators is None else problem.generators.fork()
-        with forked, problem.autocast.entered():
+        with forked:
             if self._spent:
                 self._first_pass_again()
             for _, op, t, slot in _rows(self._codes, self._next_row):
