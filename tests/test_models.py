@@ -594,7 +594,7 @@ _HWM_SCRIPT = textwrap.dedent("""
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             hwm = int(line.split()[1]) * 1024
-    print(hwm, rep.measured_peak_bytes, rep.forward_steps, loss)
+    print(hwm, rep.measured_peak_bytes, rep.forward_steps, loss, rep.schedule.codes.nbytes)
 """)
 
 
@@ -609,8 +609,8 @@ def _hwm_run(tmp_path, T, budget):
     out = subprocess.run([sys.executable, "-c", _HWM_SCRIPT, str(T), str(px), str(py), str(budget)],
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr
-    hwm, peak, fwd, loss = out.stdout.split()
-    return int(hwm), int(peak), int(fwd), float(loss)
+    hwm, peak, fwd, loss, codes = out.stdout.split()
+    return int(hwm), int(peak), int(fwd), float(loss), int(codes)
 
 
 @pytest.mark.slow
@@ -623,10 +623,12 @@ def test_memmap_million_steps_peak_independent_of_T(tmp_path):
     model = mb.Sequence(mb.Elman(1, 4), output_size=1, loss="mse", lanes=1)
     budget = 8192
     small, large = 10_000, 1_000_000
-    full_large = model.sizes(batch=1).working_bytes + large * (
-        model.sizes(batch=1).state_bytes + model.sizes(batch=1).internal_bytes)
-    h_small, p_small, f_small, _ = _hwm_run(tmp_path, small, budget)
-    h_large, p_large, f_large, loss = _hwm_run(tmp_path, large, budget)
+    working = model.sizes(batch=1).working_bytes
+    full_small = mb.plan(small, budget=1.0, policy="full", model=model, batch=1, dtype="float64").peak_bytes
+    full_large = working + (full_small - working) * (large // small)   # plain BPTT's bytes, linear in T
+    _hwm_run(tmp_path, 10, budget)   # compiles the sweep into the cache, so both runs below load it
+    h_small, p_small, f_small, _, _ = _hwm_run(tmp_path, small, budget)
+    h_large, p_large, f_large, loss, codes = _hwm_run(tmp_path, large, budget)
     assert np.isfinite(loss)
     assert f_large > large
     assert p_large <= budget + _model.PYTHON_OVERHEAD_BYTES
@@ -634,7 +636,7 @@ def test_memmap_million_steps_peak_independent_of_T(tmp_path):
     growth = h_large - h_small
     assert growth <= files + full_large // 4, (
         f"VmHWM grew {growth} bytes from T={small} to T={large}: the memmaps are {files} bytes and plain "
-        f"BPTT would need {full_large}")
+        f"BPTT would need {full_large}; the schedule's codes alone are {codes} bytes")
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
