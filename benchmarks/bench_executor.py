@@ -27,6 +27,13 @@ pinned for every side (shared MEASURING.md is the method):
     each), T=1000. Every timed run is preceded by a 0.3 s pause so the
     previous run's spinning OpenBLAS/OpenMP workers are idle.
 
+(d) Stacked and masked (issue 13's row): a 2-layer LSTM (input 64, hidden 256,
+    the same readout, batch 16, float32, T=1000) against PyTorch's
+    nn.LSTM(num_layers=2): ours plain and msm at 5% against torch plain and
+    torch.utils.checkpoint per ceil(sqrt(T))-step segment, interleaved, with
+    peak memory (fresh process each); and ours plain on a padded batch with
+    lengths uniform over [T/2, T] (lengths=) against the unmasked batch.
+
     python benchmarks/bench_executor.py             # full run, several minutes
     python benchmarks/bench_executor.py --quick     # short run: T=200, T<=10^4, 3 rounds
     python benchmarks/bench_executor.py --threads 1 # on a machine shared with other jobs
@@ -52,6 +59,7 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="threads for BLAS, Numba and torch (default 2)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 5, quick 3)")
     p.add_argument("--no-torch", action="store_true", help="skip part (c)")
+    p.add_argument("--only-d", action="store_true", help="run part (d) alone (stacked and masked)")
     p.add_argument("--skip-b", action="store_true", help="skip part (b) (fresh processes up to T=10^5)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "bench_executor.json"))
     p.add_argument("--plot", default=os.path.join(ROOT, "plots", "bench_executor.png"))
@@ -91,8 +99,11 @@ def _torch():
     return torch
 
 
-def make_model():
-    return mb.Sequence(mb.LSTM(input_size=INPUT, hidden_size=HIDDEN), output_size=OUTPUT, loss="mse")
+def make_model(layers=1):
+    if layers == 1:
+        return mb.Sequence(mb.LSTM(input_size=INPUT, hidden_size=HIDDEN), output_size=OUTPUT, loss="mse")
+    cells = [mb.LSTM(input_size=INPUT if k == 0 else HIDDEN, hidden_size=HIDDEN) for k in range(layers)]
+    return mb.Sequence(cells, output_size=OUTPUT, loss="mse")
 
 
 def make_data(T, seed=0):
@@ -132,15 +143,17 @@ def plan(model, T, budget, policy):
 
 
 # ---- PyTorch side ----------------------------------------------------------------
-def torch_setup(torch, T, params, threads):
+def torch_setup(torch, T, params, threads, layers=1):
     torch.set_num_threads(threads)
-    lstm = torch.nn.LSTM(INPUT, HIDDEN)
+    lstm = torch.nn.LSTM(INPUT, HIDDEN, num_layers=layers)
     lin = torch.nn.Linear(HIDDEN, OUTPUT)
     with torch.no_grad():  # the same weights as ours (PyTorch layout)
-        lstm.weight_ih_l0.copy_(torch.from_numpy(params["cell.weight_ih"]))
-        lstm.weight_hh_l0.copy_(torch.from_numpy(params["cell.weight_hh"]))
-        lstm.bias_ih_l0.copy_(torch.from_numpy(params["cell.bias_ih"]))
-        lstm.bias_hh_l0.copy_(torch.from_numpy(params["cell.bias_hh"]))
+        if layers == 1:
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(lstm, f"{name}_l0").copy_(torch.from_numpy(params[f"cell.{name}"]))
+        else:
+            for name, p in lstm.named_parameters():
+                p.copy_(torch.from_numpy(params[f"rnn.{name}"]))
         lin.weight.copy_(torch.from_numpy(params["readout.weight"]))
         lin.bias.copy_(torch.from_numpy(params["readout.bias"]))
     xs, ys = make_data(T)
@@ -165,8 +178,8 @@ def torch_setup(torch, T, params, threads):
 
     def checkpointed():
         zero_grads()
-        h = torch.zeros(1, BATCH, HIDDEN)
-        c = torch.zeros(1, BATCH, HIDDEN)
+        h = torch.zeros(layers, BATCH, HIDDEN)
+        c = torch.zeros(layers, BATCH, HIDDEN)
         total = 0.0
         for a in range(0, T, seg):
             part, h, c = checkpoint(segment, x[a: a + seg], y[a: a + seg], h, c, use_reentrant=False)
@@ -181,11 +194,12 @@ def torch_setup(torch, T, params, threads):
 # ---- fresh-process worker ----------------------------------------------------------
 def worker(spec: dict, threads: int) -> dict:
     T = spec["T"]
-    model = make_model()
+    layers = spec.get("layers", 1)
+    model = make_model(layers)
     params = model.init_params(seed=0, dtype=DTYPE)
     if spec["side"] == "torch":
         torch = _torch()
-        fns, seg = torch_setup(torch, T, params, threads)
+        fns, seg = torch_setup(torch, T, params, threads, layers)
         fn = fns[spec["mode"]]
         fn()  # warm-up: first checkpoint call imports modules and grows the heap
         peak, wall, loss = peak_of(fn)
@@ -415,6 +429,50 @@ def print_c(c):
                      if c["peak_bytes"]["torch checkpoint"] and c["peak_bytes"][k] else ""))
 
 
+# ---- part (d): stacked layers and a masked batch ----------------------------------------
+def part_d(T, rounds, threads):
+    torch = _torch()
+    model = make_model(2)
+    params = model.init_params(seed=0, dtype=DTYPE)
+    xs, ys = make_data(T)
+    lengths = np.random.default_rng(3).integers(T // 2, T + 1, size=BATCH)
+    full = mb.plan(T, budget=1.0, model=model, batch=BATCH, dtype=DTYPE, policy="full")
+    five = mb.plan(T, budget=0.05, model=model, batch=BATCH, dtype=DTYPE)
+    fns = {"ours plain": lambda: mb.value_and_grad(model, params, xs, ys, schedule=full),
+           "ours msm 5%": lambda: mb.value_and_grad(model, params, xs, ys, schedule=five),
+           "ours plain, lengths": lambda: mb.value_and_grad(model, params, xs, ys, schedule=full, lengths=lengths)}
+    mem = {"ours plain": fresh({"side": "ours", "T": T, "policy": "full", "budget": 1.0, "layers": 2}, threads),
+           "ours msm 5%": fresh({"side": "ours", "T": T, "policy": "msm", "budget": 0.05, "layers": 2}, threads)}
+    seg = None
+    if torch is not None:
+        torch_fns, seg = torch_setup(torch, T, params, threads, 2)
+        fns.update(torch_fns)
+        for k in torch_fns:
+            mem[k] = fresh({"side": "torch", "T": T, "mode": k, "layers": 2}, threads)
+    res = interleaved(fns, "ours plain", rounds)
+    return {"T": T, "layers": 2, "segment": seg, "forward_steps": {"ours msm 5%": int(five.forward_steps)},
+            "seconds": res["median_seconds"], "ratio_to_ours_plain": {"ours plain": 1.0, **res["ratio"]},
+            "fastest_seconds": res["min_seconds"], "peak_bytes": {k: v["peak_bytes"] for k, v in mem.items()},
+            "lengths": [int(v) for v in lengths]}
+
+
+def print_d(d):
+    print(f"\n(d) 2-layer LSTM {INPUT}->{HIDDEN}->{HIDDEN}, T={d['T']}, batch {BATCH}, {DTYPE}; torch checkpoint "
+          f"segments of {d['segment']} steps; lengths uniform over [T/2, T]")
+    print(f"{'':>20} {'seconds':>8} {'/ ours plain':>12} {'fastest':>8} {'peak MiB':>9}")
+    for k in ("ours plain", "ours msm 5%", "ours plain, lengths", "torch plain", "torch checkpoint"):
+        if k in d["seconds"]:
+            peak = d["peak_bytes"].get(k)
+            print(f"{k:>20} {d['seconds'][k]:8.3f} {d['ratio_to_ours_plain'][k]:12.3f} "
+                  f"{d['fastest_seconds'][k]:8.3f} {'' if peak is None else _mib(peak):>9}")
+    sec, peak = d["seconds"], d["peak_bytes"]
+    if "torch plain" in sec:
+        print(f"ours plain / torch plain: {sec['ours plain'] / sec['torch plain']:.2f}x;  ours msm 5% / torch "
+              f"checkpoint: time {sec['ours msm 5%'] / sec['torch checkpoint']:.2f}x, memory "
+              f"{peak['ours msm 5%'] / peak['torch checkpoint']:.2f}x;  padded / full batch: "
+              f"{sec['ours plain, lengths'] / sec['ours plain']:.2f}x")
+
+
 # ---- plot ----------------------------------------------------------------------------
 def plot(result, path):
     import matplotlib
@@ -493,6 +551,13 @@ def main(args):
     t_start = time.perf_counter()
     print(f"bench_executor: threads={args.threads}, rounds={rounds}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}", flush=True)
+    if args.only_d:
+        d = part_d(T_a, rounds, args.threads)
+        print_d(d)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out.replace(".json", "_d.json"), "w") as fh:
+            json.dump({"d": d, "load_at_start": os.getloadavg()[0], "memopt_bptt": mb.__version__}, fh, indent=1)
+        return
     print(f"(a) planning T={T_a} ...", flush=True)
     a = part_a(T_a, rounds)
     print_a(a)
@@ -506,12 +571,15 @@ def main(args):
         print("\n(c) PyTorch ...", flush=True)
         c = part_c(T_a, rounds, args.threads)
         print_c(c)
+    print("\n(d) stacked and masked ...", flush=True)
+    d = part_d(T_a, rounds, args.threads)
+    print_d(d)
     result = {"config": {"input": INPUT, "hidden": HIDDEN, "output": OUTPUT, "batch": BATCH, "dtype": DTYPE,
                          "threads": args.threads, "rounds": rounds, "quick": quick,
                          "machine": platform.machine(), "cpus": os.cpu_count(),
                          "load_at_start": os.getloadavg()[0], "numpy": np.__version__,
                          "memopt_bptt": mb.__version__},
-              "a": a, "b": b, "c": c, "seconds_total": time.perf_counter() - t_start}
+              "a": a, "b": b, "c": c, "d": d, "seconds_total": time.perf_counter() - t_start}
     if c is not None:
         five = next(r for r in a["rows"] if r["policy"] == "msm" and r["fraction"] == 0.05)
         result["summary_5pct"] = {

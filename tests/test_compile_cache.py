@@ -32,7 +32,7 @@ _CHILD = textwrap.dedent("""
         xs, ys = rng.normal(size=(6, 2, 3)), rng.normal(size=(6, 2, 2))
         loss, _ = mb.value_and_grad(model, params, xs, ys)
         mode = "units" if split else "rows"
-        stats = sweep_for(model.cell, mode).stats
+        stats = sweep_for(model, mode).stats
         out[f"{kind}-{mode}"] = [loss, sum(stats.cache_hits.values()), sum(stats.cache_misses.values())]
     json.dump(out, sys.stdout)
 """)
@@ -57,11 +57,13 @@ def test_a_second_process_loads_every_builtin_sweep_from_the_cache():
 
 
 def test_sweep_name_follows_the_sources(monkeypatch, tmp_path):
-    cell = mb.GRU(input_size=2, hidden_size=3)
+    cell = mb.Sequence(mb.GRU(input_size=2, hidden_size=3), output_size=1)
     kernels = _compile._kernels(cell, "rows")
     before = _compile._tag(cell, "rows", kernels)
     assert before == _compile._tag(cell, "rows", kernels)          # deterministic
     assert before != _compile._tag(cell, "units", kernels)         # the mode is part of it
+    deeper = mb.Sequence([mb.GRU(input_size=2, hidden_size=3), mb.GRU(input_size=3, hidden_size=3)], output_size=1)
+    assert _compile._tag(deeper, "rows", _compile._kernels(deeper, "rows")) != before  # a stack is another sweep
     copy = tmp_path / "_sweep.py"
     copy.write_text(open(_compile._SOURCE_FILE).read() + "\n# an edit\n")
     monkeypatch.setattr(_compile, "_SOURCE_FILE", str(copy))
@@ -69,7 +71,7 @@ def test_sweep_name_follows_the_sources(monkeypatch, tmp_path):
 
 
 def test_builtin_cells_are_cached_and_custom_ones_are_not():
-    assert all(_compile.is_cached(make(input_size=2, hidden_size=3))
+    assert all(_compile.is_cached(mb.Sequence(make(input_size=2, hidden_size=3), output_size=1))
                for make in (mb.LSTM, mb.GRU, mb.Elman, mb.Jordan))
     from numba import njit
 
@@ -91,8 +93,8 @@ def test_builtin_cells_are_cached_and_custom_ones_are_not():
     cell = mb.Cell(kind="sum", input_size=1, hidden_size=2, n_gates=1, forward_step=fwd, backward_step=bwd,
                    state_from_internal=rebuild, state_width=lambda out: 2, internal_width=lambda out: 2,
                    work_size=lambda batch, out: 0)
-    assert not _compile.is_cached(cell)
     model = mb.Sequence(cell, output_size=1)
+    assert not _compile.is_cached(model)
     params = model.init_params(seed=0)
     xs = np.ones((4, 1, 1))
     # h_t = h_{t-1} + x_t from zeros: after 4 steps both units hold 4
@@ -100,10 +102,11 @@ def test_builtin_cells_are_cached_and_custom_ones_are_not():
 
 
 def test_unknown_mode_is_refused():
+    gru = mb.Sequence(mb.GRU(input_size=2, hidden_size=3), output_size=1)
     with pytest.raises(ValueError, match="mode='lanes'"):
-        _compile.sweep_for(mb.GRU(input_size=2, hidden_size=3), "lanes")
-    with pytest.raises(ValueError, match="no unit kernels"):
-        _compile.sweep_for(mb.GRU(input_size=2, hidden_size=3), "units")
+        _compile.sweep_for(gru, "lanes")
+    with pytest.raises(ValueError, match="unit kernels"):
+        _compile.sweep_for(gru, "units")
 
 
 def test_final_state_and_measurement_share_value_and_grads_compiled_sweep():
@@ -113,7 +116,7 @@ def test_final_state_and_measurement_share_value_and_grads_compiled_sweep():
     params = model.init_params(seed=0)
     rng = np.random.default_rng(0)
     xs, ys = rng.normal(size=(5, 2, 2)), rng.normal(size=(5, 2, 1))
-    sweep = _compile.sweep_for(model.cell, "rows")
+    sweep = _compile.sweep_for(model, "rows")
     mb.value_and_grad(model, params, xs, ys, budget=0.9)
     compiled = set(sweep.signatures)  # other tests in this process may have compiled others before
     mb.final_state(model, params, xs)

@@ -29,6 +29,7 @@ EXPECTED_PLOTS = {
     "02_exact_gradients": ["02_memory_vs_budget.png", "02_forward_steps_vs_budget.png"],
     "03_long_sequence_training": ["03_long_sequence_training.png"],
     "04_vanishing_gradients": ["04_grad_norm_by_lag.png", "04_truncation_error.png"],
+    "05_stacked_char_lm": ["05_stacked_char_lm.png"],
 }
 
 

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._kernels.blas import blas_threads
-from .._kernels.sync import abort, new_flags
+from .._interrupt import run_interruptibly
+from .._kernels.sync import SLOT, abort, new_flags
 from .._layers import S_OFF, layout
 from .._split import blas_threads_for, unit_out_len
 from ._compile import sweep_for
@@ -89,6 +90,7 @@ class Buffers(NamedTuple):
     xbuf: np.ndarray       # layers' inputs built at a step (above the first layer, or embedded)
     dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
     roww: np.ndarray       # float64 loss weights of this step's rows
+    stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
 
 
 def usable_cpus() -> int:
@@ -145,6 +147,7 @@ class Run:
         model, dtype, B = self.model, self.arrays[0].dtype, self.batch
         n_lanes = len(self.parts)
         exchange = _NO_EXCHANGE[np.dtype(dtype)]
+        stop = np.zeros(1, np.int64)
         jobs = []
         b0 = 0
         for k, bl in enumerate(self.parts):
@@ -170,7 +173,7 @@ class Run:
                 v[:] = 0.0
             lane_norms = norms if k == 0 else np.zeros_like(norms)
             bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms, lay.table, views[9], views[10],
-                           np.empty(bl, np.float64))
+                           np.empty(bl, np.float64), stop)
             jobs.append((bufs, grads if k == 0 else tuple(views[11:]),
                          self._spec(k, b0, bl, 0, model.hidden_size, lay.table)))
             b0 += bl
@@ -194,7 +197,8 @@ class Run:
         for k, (u0, u1) in enumerate(self.parts):
             own = (np.empty(max(sz.work_len, 1), dtype), np.empty(unit_out_len(sz, u0, u1), dtype))
             bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, none, exchange, flags,
-                           norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64))
+                           norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64),
+                           flags[-SLOT:])  # the barriers' abort flag: stopping releases every wait
             jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1, lay.table)))
         return jobs
 
@@ -204,14 +208,22 @@ class Run:
         (not the returned gradients, the norms or the barrier's counters)."""
         seen, total = {id(g) for g in jobs[0][1]}, 0
         for bufs, grads, _ in jobs:
-            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS, layout=_NO_FLAGS), *grads):
+            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS, layout=_NO_FLAGS, stop=_NO_FLAGS), *grads):
                 if id(a) not in seen and a is not _NO_FLAGS and a is not _NO_EXCHANGE.get(a.dtype):
                     seen.add(id(a))
                     total += a.nbytes
         return total
 
     def run(self, codes: np.ndarray, jobs: list) -> list:
-        """Every worker's (loss sum, forwards, dL/ds_0, last state); re-raises a worker's error."""
+        """Every worker's (loss sum, forwards, dL/ds_0, last state); re-raises a worker's error.
+
+        The workers run on threads of their own (one thread even for one
+        worker, or for lanes taking turns on one CPU), so the calling thread
+        stays free for Ctrl-C: a KeyboardInterrupt there asks every worker to
+        stop (``Buffers.stop``, polled at every step and action; a worker still
+        compiling stops as soon as it starts), waits up to a second for them
+        and is raised. The sweep is compiled on first use, on a worker.
+        """
         n = len(jobs)
         results: list[Any] = [None] * n
         sweep, params, data = self.sweep, self.arrays, self.data
@@ -225,14 +237,21 @@ class Run:
                     abort(bufs.flags)  # release the other threads from their barriers
                 results[k] = exc
 
+        def in_turn() -> None:  # lanes on one CPU: one after the other, the same bits
+            for k in range(n):
+                one(k)
+
+        if n == 1 or self.mode == "units" or usable_cpus() > 1:
+            threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(n)]
+        else:
+            threads = [threading.Thread(target=in_turn, daemon=True)]
+
+        def stop() -> None:
+            for bufs, _, _ in jobs:
+                bufs.stop[0] = 1
+
         with blas_threads(self.blas):
-            if n == 1:
-                one(0)
-            elif self.mode == "units" or usable_cpus() > 1:
-                _on_threads(one, n)
-            else:  # lanes on one CPU: one after the other, the same bits
-                for k in range(n):
-                    one(k)
+            run_interruptibly(threads, stop)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -272,12 +291,3 @@ class Run:
             self.model.copy_rows(out, B, b0, r[which], bl, 0, bl)
             b0 += bl
         return out
-
-
-def _on_threads(fn, n: int) -> None:
-    """fn(k) for k < n, each on a thread of its own; returns when all are done."""
-    threads = [threading.Thread(target=fn, args=(k,)) for k in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()

@@ -41,7 +41,7 @@ from numba import njit
 from memopt_bptt._actions import Op
 from memopt_bptt._kernels.blas import gemm
 from memopt_bptt._kernels.mm import product
-from memopt_bptt._kernels.sync import barrier
+from memopt_bptt._kernels.sync import barrier, stopped
 
 TAKESHOT = int(Op.TAKESHOT)  # plain ints: compile-time constants in the jitted dispatch
 RESTORE = int(Op.RESTORE)
@@ -65,6 +65,8 @@ def sweep(codes, params, data, bufs, grads, spec):
     loss = 0.0
     nb = 0  # barriers crossed (units mode)
     for i in range(codes.shape[0]):
+        if stopped(bufs.stop):  # Ctrl-C in the caller (the run's forwards then fall short: no result is used)
+            break
         op = codes[i, 0]
         step = codes[i, 1]
         slot = codes[i, 2]
@@ -77,6 +79,8 @@ def sweep(codes, params, data, bufs, grads, spec):
             nb = SYNC(bufs, spec, nb)  # noqa: F821
         elif op == ADVANCE:
             for t in range(pos, step):
+                if stopped(bufs.stop):
+                    return loss, forwards + t - pos, ds, cur
                 FORWARD(params, data, bufs, spec, t, cur, nxt, work_int)  # noqa: F821
                 cur, nxt = nxt, cur
                 nb = SYNC(bufs, spec, nb)  # noqa: F821

@@ -17,13 +17,14 @@ during its sweep), waits return at once, so no thread is left waiting.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["new_flags", "barrier", "abort", "SLOT"]
+__all__ = ["new_flags", "barrier", "abort", "stopped", "SLOT"]
 
 SLOT = 16
 """int64 slots between two threads' counters (128 bytes: two cache lines, as
@@ -113,3 +114,16 @@ def barrier(flags, k, count, spin):
                 rounds += 1
             else:
                 _sched_yield()
+
+
+@njit(cache=True, nogil=True)
+def stopped(stop):
+    """Whether another thread asked this sweep to stop (``stop[0] != 0``, an acquire load
+    that the compiler cannot hoist out of the sweep's loop)."""
+    return _load_acquire(stop, 0) != 0
+
+
+if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_JIT subprocess test
+    def stopped(stop):  # noqa: F811 - intrinsics do not run in pure Python
+        """The stop flag without Numba: a plain read."""
+        return stop[0] != 0

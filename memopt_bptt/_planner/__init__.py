@@ -101,6 +101,7 @@ import numba
 import numpy as np
 
 from .._budget import MemoryBudgetError, format_bytes, parse_budget
+from .._interrupt import call_interruptibly
 from .._schedule import Schedule, plain_pool_quanta
 from ._closed import _fixed_pool, _sqrt_segment, beta, hsm_cost, numforw
 from ._emit import _MODE_FULL, _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit, emit_bytes
@@ -341,6 +342,16 @@ def plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = N
     Raises :class:`memopt_bptt.MemoryBudgetError` (a ValueError) when the
     budget is below the least that works; its message gives that least.
     """
+    # The tables and Numba's first compile run on a worker thread, so Ctrl-C reaches the caller at once.
+    return call_interruptibly(_plan, T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy,
+                              slots=slots, alpha=alpha, backward_forward_ratio=backward_forward_ratio,
+                              byte_cost=byte_cost)
+
+
+def _plan(T: int, *, budget: Any = None, model: Any = None, batch: int | None = None, dtype: Any = None,
+          policy: str = "msm", slots: float | None = None, alpha: float | None = None,
+          backward_forward_ratio: float | None = None, byte_cost: float | None = None) -> Schedule:
+    """plan, on the calling thread."""
     T = _check_T(T)
     if policy not in POLICIES:
         raise ValueError(f"plan: policy={policy!r} is not known; use one of {', '.join(POLICIES)}")

@@ -16,6 +16,7 @@ afterwards the demo prints
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -78,7 +79,8 @@ def run_demo(args: argparse.Namespace, out: Any) -> DemoResult:
     # train plans through the same cache as mb.plan above: the same schedule
     t_train = time.perf_counter()
     params, history = mb.train(model, params, draw_batch, budget=args.budget, policy=args.policy,
-                               optimizer=mb.Adam(args.lr), steps=args.updates, clip_norm=1.0, seed=args.seed)
+                               optimizer=mb.Adam(args.lr), steps=args.updates, clip_norm=1.0, seed=args.seed,
+                               progress=sys.stderr.isatty())  # a bar on a terminal, not a line per update in a log
     losses = history["loss"]
     k = max(1, min(10, len(losses) // 2))
     print(f"training loss: {np.mean(losses[:k]):.4f} (mean of the first {k} updates) -> "
