@@ -276,6 +276,17 @@ class Sequence:
         """
         return _split.unit_split(self, batch)
 
+    def describe_split(self, batch: int, *, dtype: Any = "float32") -> str:
+        """Which path a sweep of this batch takes (lanes, unit threads, BLAS
+        threads) and why, e.g. "2 unit threads splitting the hidden units, BLAS
+        on 1 thread each (recurrent GEMM of 4,194,304 >= 2,097,152 multiply-adds)".
+
+        Example::
+
+            print(model.describe_split(16))
+        """
+        return _split.explain(self, self.sizes(batch=batch, dtype=dtype))
+
     @property
     def unit_cell(self) -> Cell | None:
         """The cell whose hidden units threads can split (one layer, no embedding, unit kernels), else None."""

@@ -143,3 +143,25 @@ def blas_threads_for(model: Any, sizes: Any) -> int | None:
         return 1
     # one GEMM is one layer's: its size, not the stack's, decides whether BLAS threads pay
     return 1 if model.recurrent_macs(sizes.batch, largest=True) < SMALL_GEMM_MACS else None
+
+
+def explain(model: Any, sizes: Any) -> str:
+    """Which path a sweep of these sizes takes (lanes, unit threads, BLAS threads) and why."""
+    batch = sizes.batch
+    macs = recurrent_macs(model, batch)
+    if sizes.lanes:
+        why = "asked for" if model.lanes is not None else (
+            f"recurrent GEMMs of {macs:,} multiply-adds, from {MIN_LANE_MACS:,} to below {LANE_MAX_MACS:,}")
+        return f"{len(sizes.lanes)} lanes of {list(sizes.lanes)} batch rows, BLAS on 1 thread each ({why})"
+    if sizes.unit_threads > 1:
+        why = "asked for" if model.unit_threads is not None else (
+            f"recurrent GEMM of {macs:,} >= {LANE_MAX_MACS:,} multiply-adds")
+        return f"{sizes.unit_threads} unit threads splitting the hidden units, BLAS on 1 thread each ({why})"
+    largest = model.recurrent_macs(batch, largest=True)
+    blas = blas_threads_for(model, sizes)
+    why = [f"largest recurrent GEMM {largest:,} multiply-adds {'<' if blas == 1 else '>='} {SMALL_GEMM_MACS:,}"]
+    if model.unit_cell is None and macs >= LANE_MAX_MACS:
+        why.append("no unit threads: " + ("a stack or an embedding" if len(model.cells) > 1 or model.embedding
+                                          else f"{model.kind!r} has no unit kernels"))
+    threads = "1 thread" if blas == 1 else "its own thread count"
+    return f"one sweep over the whole batch, BLAS on {threads} ({'; '.join(why)})"

@@ -320,3 +320,20 @@ def test_too_small_a_budget_points_at_unit_threads_1():
     # the least budget with one thread is less by exactly what the threads add
     extra = least_bytes(model, 5, 16, dtype="float32") - least_bytes(one, 5, 16, dtype="float32")
     assert extra == sizes.lane_extra_len * 4
+
+
+def test_describe_split_names_the_path_sizes_chose():
+    cases = [(mb.Sequence(mb.LSTM(64, 256), output_size=4), "2 unit threads"),
+             (mb.Sequence(mb.LSTM(64, 64), output_size=4), "2 lanes of [8, 8]"),
+             (mb.Sequence(mb.LSTM(64, 256), output_size=4, unit_threads=1), "one sweep over the whole batch"),
+             (mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)], output_size=4), "one sweep"),
+             (mb.Sequence(mb.Elman(8, 16), output_size=4), "one sweep")]
+    for model, start in cases:
+        sizes = model.sizes(batch=16, dtype="float32")
+        text = model.describe_split(16)
+        assert text.startswith(start), (model, text)
+        assert ("unit threads" in text.split("(")[0]) == (sizes.unit_threads > 1)
+        assert ("lanes" in text.split("(")[0]) == bool(sizes.lanes)
+    assert "asked for" in mb.Sequence(mb.LSTM(8, 8), output_size=2, lanes=2).describe_split(4)
+    assert "a stack or an embedding" in mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)],
+                                                    output_size=4).describe_split(16)
