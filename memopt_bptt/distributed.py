@@ -14,25 +14,31 @@ g_k is its terms' sum divided by its own count n_k, and the whole batch's is
 ``sum_k n_k g_k / N`` with ``N = sum_k n_k``. Each shard reports n_k with
 its result; the products n_k g_k are added in float64 over a fixed pairwise
 tree of shard indices (((0 + 1) + (2 + 3)) + ...: pairs, then pairs of
-pairs, an odd last one carried up), and the client divides by N and casts
-to the parameters' dtype. The result depends on the shard count and the
-data, never on the number of workers or the order they finish in: the same
-bits on 1 or 64 workers. One shard gives the core's result unchanged; more
-shards agree with the unsharded batch to rounding (a sum taken in another
-order, as with the core's lanes).
+pairs, an odd last one carried up), each addition a task on a worker, and
+the root divides by N and casts to the parameters' dtype. The result
+depends on the shard count and the data, never on the number of workers or
+the order they finish in: the same bits on 1 or 64 workers. One shard gives
+the core's result unchanged; more shards agree with the unsharded batch to
+rounding (a sum taken in another order, as with the core's lanes).
 
 Keyword arguments go to every shard's :func:`memopt_bptt.value_and_grad`.
 Those holding one entry per batch row are split with the batch: ``h0``
-along its batch axis (``model.state_shape``), and the models issue's
-``mask`` (T, batch) and ``lengths`` (batch,); any other array is refused
-rather than sent whole to every shard.
+along its batch axis (``model.state_shape``; per layer for a list of
+layers' states), ``mask`` (T, batch) and ``lengths`` (batch,); ys along
+axis 1, or axis 0 for ``loss_at="last"`` (one target per sequence). Any
+other array is refused rather than sent whole to every shard.
 
-Inputs are numpy arrays (split on the client and sent to the workers once,
-each shard to one worker; the client keeps them and sends a shard again if
-its worker dies) or dask arrays (loaded on the workers, rechunked along the
-batch axis, and recomputed by Dask if a worker dies). Every call checks
-first that each worker imports this package at the client's version (a
-worker without it would otherwise fail to read the task and never answer).
+Inputs are numpy arrays (split on the client and sent once, each shard to
+one worker; the client keeps them and sends a shard again if its worker
+dies) or dask arrays (each shard's rows assembled on a worker from the
+array's chunks, and recomputed by Dask if its worker dies). The parameters
+go to one worker per update and the others fetch them from there or from
+each other. A budget error names the shard and keeps ``least_bytes``; other
+errors on a worker name the shard too. Every call first checks that each
+worker imports this package at the client's version (a worker without it
+would fail to read the task and never answer). Transfers between the client
+and the workers pass through the scheduler unless the client is made with
+``Client(..., direct_to_workers=True)``.
 
 Example::
 

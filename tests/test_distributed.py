@@ -46,12 +46,9 @@ def time_limit():
 
 def data(model, T, B, *, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
-    xs = rng.standard_normal((T, B, model.cell.input_size)).astype(dtype)
-    if model.loss == "mse":
-        ys = rng.standard_normal((T, B, model.output_size)).astype(dtype)
-    else:
-        ys = rng.integers(0, model.output_size, size=(T, B))
-    return xs, ys
+    xs = rng.standard_normal((T, B, model.input_size)).astype(dtype)
+    return xs, (rng.standard_normal((T, B, model.output_size)).astype(dtype) if model.loss == "mse"
+                else rng.integers(0, model.output_size, size=(T, B)))
 
 
 def warm_up():
