@@ -506,3 +506,32 @@ def test_final_state_rejects_bad_input():
     bad[2, 1, 0] = np.nan
     with pytest.raises(ValueError, match="final_state: xs contains NaN"):
         mb.final_state(model, params, bad)
+
+
+def test_a_busy_machine_changes_threads_not_bits(monkeypatch):
+    """On a loaded machine a sweep gives BLAS one thread and unit threads no spinning
+    (_runner.machine_busy); the gradients are the same bits as with BLAS's own threads."""
+    from memopt_bptt._executor import _runner
+
+    rng = np.random.default_rng(3)
+    results = {}
+    for busy in (False, True):
+        monkeypatch.setattr(_runner, "machine_busy", lambda busy=busy: busy)
+        for name, model in (("gru", mb.Sequence(mb.GRU(16, 256), output_size=3)),
+                            ("lstm-units", mb.Sequence(mb.LSTM(16, 256), output_size=3, unit_threads=2))):
+            params = model.init_params(seed=1, dtype="float32")
+            xs = rng.standard_normal((12, 16, 16)).astype(np.float32) if busy is False else results[name][2]
+            ys = rng.standard_normal((12, 16, 3)).astype(np.float32) if busy is False else results[name][3]
+            run = _runner.Run(model, model.check_params(params), _runner.Data(xs, ys, np.zeros((1, 1), np.int64),
+                              np.zeros((1, 1)), np.full(16, 12, np.int64)), model.sizes(batch=16, dtype="float32"),
+                              loss_kind=0, scale=1.0)
+            assert (run.blas == 1) == (busy or name == "lstm-units")
+            if name == "lstm-units" and _runner.usable_cpus() >= 2:
+                assert (run.spin == 0) == busy
+            loss, grads = mb.value_and_grad(model, params, xs, ys, budget=0.5)
+            if busy is False:
+                results[name] = (loss, grads, xs, ys)
+            else:
+                assert loss == results[name][0]
+                for k in grads:
+                    assert np.array_equal(grads[k], results[name][1][k]), (name, k)

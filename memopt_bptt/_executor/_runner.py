@@ -25,7 +25,7 @@ from .._layers import S_OFF, layout
 from .._split import blas_threads_for, unit_out_len
 from ._compile import sweep_for
 
-__all__ = ["Buffers", "Data", "Run", "Spec", "usable_cpus"]
+__all__ = ["Buffers", "Data", "Run", "Spec", "machine_busy", "usable_cpus"]
 
 _CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs them
 # Stand-ins for the buffers one mode does not use (allocated once, outside any traced call).
@@ -93,6 +93,20 @@ class Buffers(NamedTuple):
     stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
 
 
+def machine_busy() -> bool:
+    """Whether other work wants the CPUs this process may use: the 1-minute load
+    average above their number (plus a half, for this process's own waiting
+    thread). Then a sweep gives BLAS one thread (OpenBLAS's threads spin while
+    they wait, and measured 20x slower than one thread on a loaded 2-CPU
+    machine; one or two BLAS threads give the same bits, only the rows of a
+    GEMM are split between them) and unit threads yield at barriers at once."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return False
+    return load > usable_cpus() + 0.5
+
+
 def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -119,11 +133,13 @@ class Run:
         if self.mode == "units":
             self.parts = model.unit_split(self.batch)
             # Spin at barriers while every thread has a CPU; else yield at once, so the threads take turns.
-            self.spin = 1 << 14 if usable_cpus() >= len(self.parts) else 0
+            self.spin = 1 << 14 if usable_cpus() >= len(self.parts) and not machine_busy() else 0
         else:
             self.parts = sizes.lanes or (self.batch,)
             self.spin = 0
         self.blas = blas_threads_for(model, sizes)
+        if self.blas is None and machine_busy():
+            self.blas = 1
 
     @property
     def n_workers(self) -> int:

@@ -10,7 +10,9 @@ and the release/acquire pair orders every write before the barrier ahead of
 every read after it, in the compiler and the processor.
 
 A waiting thread spins (``pause``) for ``spin`` rounds, then yields its CPU
-between checks, so threads sharing one CPU still make progress. The last
+``YIELDS`` times, then sleeps ``SLEEP_MICROS`` between checks: threads sharing
+one CPU still make progress, and on a machine busy with other processes a
+waiting thread gives its CPU up instead of competing for it. The last
 slot of ``flags`` is an abort flag: when set (a thread failed before or
 during its sweep), waits return at once, so no thread is left waiting.
 """
@@ -97,6 +99,25 @@ def _sched_yield(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _usleep(typingctx, micros):
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32)]),
+                                            "usleep")
+        builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+
+    return types.void(micros), codegen
+
+
+YIELDS = 64
+"""Yields of the CPU a waiting thread makes, after spinning, before it sleeps between checks."""
+SLEEP_MICROS = 50
+"""Microseconds a waiting thread sleeps between checks once spinning and yielding did not see
+the others arrive: another process has their CPU, and a thread that keeps yielding only
+competes with them for it."""
+
+
 @njit(cache=True, nogil=True)
 def barrier(flags, k, count, spin):
     """Thread k's ``count``-th barrier (1, 2, ...) among ``flags.size // SLOT - 1`` threads."""
@@ -111,9 +132,11 @@ def barrier(flags, k, count, spin):
                 return
             if rounds < spin:
                 _pause()
-                rounds += 1
-            else:
+            elif rounds < spin + YIELDS:
                 _sched_yield()
+            else:
+                _usleep(SLEEP_MICROS)
+            rounds += 1
 
 
 @njit(cache=True, nogil=True)
