@@ -10,14 +10,16 @@ per action), so sharing one is safe.
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._budget import parse_budget
 from ._planner import plan
 from ._schedule import Schedule
 
-__all__ = ["PLAN_CACHE_SIZE", "cached_plan", "resolve_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "PlanStats", "cached_plan", "measured_plan", "resolve_policy"]
 
 PLAN_CACHE_SIZE = 16
 _PLANS: OrderedDict = OrderedDict()
@@ -36,15 +38,44 @@ def resolve_policy(budget: Any, policy: str | None, *, where: str) -> tuple[Any,
     return budget, policy
 
 
-def cached_plan(T: int, *, budget: Any, policy: str, model: Any, batch: int, dtype: Any) -> Schedule:
+class PlanStats(NamedTuple):
+    """What planning one schedule cost: seconds, and the peak bytes it held
+    (tracemalloc: the planner's tables and the schedule, beyond the sweep's
+    budget); None when another trace was running."""
+
+    seconds: float
+    peak_bytes: int | None
+
+
+def measured_plan(T: int, **kwargs: Any) -> tuple[Schedule, PlanStats]:
+    """``mb.plan(T, **kwargs)`` and what it cost (:class:`PlanStats`)."""
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    try:
+        schedule = plan(T, **kwargs)
+        seconds = time.perf_counter() - t0
+        peak = None if tracing else tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    return schedule, PlanStats(seconds, peak)
+
+
+def cached_plan(T: int, *, budget: Any, policy: str, model: Any, batch: int, dtype: Any
+                ) -> tuple[Schedule, PlanStats | None]:
     """``mb.plan(T, budget=..., model=..., batch=..., dtype=..., policy=...)``,
-    from the cache when the same request was planned recently."""
+    from the cache when the same request was planned recently, and what
+    planning it cost (None when it came from the cache)."""
     sizes = model.sizes(batch=batch, dtype=dtype)
     key = (T, parse_budget(budget), policy, sizes, model.backward_forward_ratio, repr(model), model.describe())
     schedule = _PLANS.pop(key, None)
+    stats = None
     if schedule is None:
-        schedule = plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)
+        schedule, stats = measured_plan(T, budget=budget, model=model, batch=batch, dtype=dtype, policy=policy)
         while len(_PLANS) >= PLAN_CACHE_SIZE:
             _PLANS.popitem(last=False)
     _PLANS[key] = schedule  # most recent last
-    return schedule
+    return schedule, stats

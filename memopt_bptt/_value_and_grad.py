@@ -40,6 +40,9 @@ class Report(NamedTuple):
     measured_peak_bytes: int    # tracemalloc peak during the call, gradients excluded; includes
                                 # 4-10 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
     predicted_time_ratio: float
+    plan_seconds: float | None = None      # planning in this call (None: the schedule was cached or given)
+    plan_peak_bytes: int | None = None     # what planning held at its peak (tables and schedule), apart
+                                           # from the budget, which covers the sweep
 
     def __str__(self) -> str:
         return "\n".join(self.schedule.summary_lines() + [
@@ -48,6 +51,8 @@ class Report(NamedTuple):
             f"planned bytes   {self.planned_bytes}",
             f"allocated bytes {self.allocated_bytes}",
             f"measured peak   {self.measured_peak_bytes} bytes (tracemalloc, gradients excluded)",
+            "planning        " + ("none (the schedule was cached or given)" if self.plan_seconds is None else
+                                  f"{self.plan_seconds:.4f} s, peak {self.plan_peak_bytes} bytes (outside the budget)"),
         ])
 
 
@@ -128,9 +133,9 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     sizes = model.sizes(batch=B, dtype=dtype)
     if schedule is None:
         budget, policy = resolve_policy(budget, policy, where="value_and_grad")
-        schedule = cached_plan(T, budget=budget, policy=policy, model=model, batch=B, dtype=dtype)
+        schedule, plan_stats = cached_plan(T, budget=budget, policy=policy, model=model, batch=B, dtype=dtype)
     else:
-        schedule = _given_schedule(schedule, budget, policy, T, sizes)
+        schedule, plan_stats = _given_schedule(schedule, budget, policy, T, sizes), None
     if ds_norms is None:
         norms = np.zeros(0, np.float64)
     else:
@@ -172,7 +177,9 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         tracemalloc.stop()
         measured = peak - base  # the gradients were allocated before tracing began
         result.append(Report(schedule, int(results[0][1]), wall, int(schedule.peak_bytes), int(allocated),
-                             int(measured), schedule.time_ratio))
+                             int(measured), schedule.time_ratio,
+                             None if plan_stats is None else plan_stats.seconds,
+                             None if plan_stats is None else plan_stats.peak_bytes))
     return tuple(result)
 
 

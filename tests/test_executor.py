@@ -535,3 +535,24 @@ def test_a_busy_machine_changes_threads_not_bits(monkeypatch):
                 assert loss == results[name][0]
                 for k in grads:
                     assert np.array_equal(grads[k], results[name][1][k]), (name, k)
+
+
+def test_report_and_cli_show_what_planning_cost(capsys):
+    """Planning is outside the budget (which covers the sweep); the report says what it cost: the
+    planner's msm table at T=2000 holds several times the sweep's whole budget."""
+    model = mb.Sequence(mb.LSTM(3, 8), output_size=2, lanes=1)
+    params = model.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=(2000, 2, 3)), rng.normal(size=(2000, 2, 2))
+    budget = 0.013  # a budget not planned before in this process: planned in this call
+    *_, first = mb.value_and_grad(model, params, xs, ys, budget=budget, return_report=True)
+    assert first.plan_seconds is not None and first.plan_seconds > 0
+    assert first.plan_peak_bytes > first.schedule.budget_bytes  # the tables, apart from the budget
+    assert "planning " in str(first) and "outside the budget" in str(first)
+    *_, again = mb.value_and_grad(model, params, xs, ys, budget=budget, return_report=True)
+    assert again.plan_seconds is None and again.plan_peak_bytes is None  # from the cache
+    from memopt_bptt.cli import main
+    assert main(["plan", "--steps", "2000", "--budget", "2%", "--cell", "lstm", "--input", "3", "--hidden", "8",
+                 "--output", "2", "--batch", "2", "--dtype", "float64"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("planning")]
+    assert len(line) == 1 and " s, " in line[0] and "outside the budget" in line[0]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+import time
+import tracemalloc
 from typing import Any, Sequence as Seq
 
 import memopt_bptt as mb
@@ -43,13 +45,18 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
     elif args.budget is None:
         raise CliError("--budget is required with a cell: give " + BUDGET_HELP)
     target = build_target(args, T, alpha=args.alpha, abstract=abstract)
+    tracemalloc.start()
+    t0 = time.perf_counter()
     try:
         schedule = plan_for(target, T, args.policy, budget=args.budget, slots=args.slots)
+        planning = (time.perf_counter() - t0, tracemalloc.get_traced_memory()[1])
     except mb.MemoryBudgetError as exc:
         what = f"--slots {args.slots:g}" if args.slots is not None else "--budget"
         least, fix = least_text(exc, target, T, args.policy)
         raise CliError(f"{what} is below the least that works for T={T} with --policy {args.policy}: "
                        f"{least}; use {fix} or more") from None
+    finally:
+        tracemalloc.stop()
     if args.format == "json":
         schedule.write_json(out)
         print(file=out)
@@ -58,6 +65,8 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
             out.write("".join(f"{mb.OPS[op]} {step} {slot}\n" for op, step, slot in rows))
     else:
         print("\n".join(plan_text(schedule, target)), file=out)
+        print(f"planning         {planning[0]:.3f} s, {mb.format_bytes(planning[1])} at its peak (tables and "
+              "schedule; outside the budget, which covers the sweep)", file=out)
     if args.plot:
         plot_schedule(schedule, args.plot,
                        f"{args.policy} schedule, T={T}, {target.describe()}: {schedule.forward_steps} forward "

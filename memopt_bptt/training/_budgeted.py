@@ -68,7 +68,7 @@ class BudgetedPlans:
 
     def _plan(self, T: int, batch: int, dtype: Any, budget: Any, ref_T: int) -> Schedule:
         try:
-            return cached_plan(T, budget=budget, policy=self.policy, model=self.model, batch=batch, dtype=dtype)
+            return cached_plan(T, budget=budget, policy=self.policy, model=self.model, batch=batch, dtype=dtype)[0]
         except MemoryBudgetError as exc:
             if not self.fraction:
                 raise
