@@ -550,7 +550,10 @@ def test_measured_peak_within_budget_stacked_embedding():
 
 # ---- inputs read in place ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("vocab", [None, V], ids=["floats-2-layers", "ids-embedding-3-layers"])
+# A read-only xs (a memmap with mode "r" too) is a Numba type of its own: one more compile of the sweep
+# per structure, so only the embedding stack's runs by default.
+@pytest.mark.parametrize("vocab", [pytest.param(None, marks=pytest.mark.slow), V],
+                         ids=["floats-2-layers", "ids-embedding-3-layers"])
 def test_memmap_and_read_only_inputs_same_bits(tmp_path, vocab):
     rng = np.random.default_rng(9)
     kinds = ("lstm",) * (3 if vocab else 2)
