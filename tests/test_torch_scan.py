@@ -8,6 +8,7 @@ nn.GRUCell, nn.RNNCell (tanh and relu) and a custom module with two state
 tensors and dropout. Skipped cleanly where torch is not installed.
 """
 
+import json
 import os
 import re
 import runpy
@@ -358,20 +359,60 @@ def test_schedule_sizes_come_from_the_measured_step():
     *args, _ = make("lstm", T)
     stats = mbt.ScanStats()
     _, schedule = mbt.scan_loss(*args, budget="10%", return_schedule=True, stats=stats)
-    state = 2 * B * H * 8
-    assert stats.state_bytes == state and stats.hidden_bytes == state and stats.rng_bytes == 0
-    assert schedule.hidden_quanta * schedule.quantum_bytes == state
+    assert stats.state_bytes >= 2 * B * H * 8 and stats.rng_bytes == 0
+    assert stats.hidden_bytes == stats.state_bytes
+    assert schedule.hidden_quanta * schedule.quantum_bytes == stats.hidden_bytes
     kept = schedule.internal_quanta * schedule.quantum_bytes
     assert stats.internal_bytes <= kept < stats.internal_bytes + schedule.quantum_bytes
-    assert schedule.working_bytes == kept + 3 * state
-    assert "measured on step 1" in str(schedule) or "measured on step 1" in schedule.description
+    assert schedule.working_bytes == kept + 3 * stats.state_bytes
+    assert "measured on step 1" in schedule.description
+
+
+def _heap_bytes():
+    """glibc's heap in use (mallinfo2: small blocks + mmapped ones), or None elsewhere."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+@pytest.mark.skipif(_heap_bytes() is None, reason="needs glibc's mallinfo2")
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_kept_step_size_covers_what_the_unrolled_loop_holds_per_step(name):
+    """The planned size of a kept step (saved tensors, output, metadata) against the heap the plain loop's
+    graph grows by per step, measured by the allocator (the scan's kept step holds its own input state, so
+    it may be larger, not smaller)."""
+    import gc
+
+    T = 400
+    step, loss_fn, state0, xs, ys, _ = make(name, T)
+    stats = mbt.ScanStats()
+    mbt.scan_loss(step, loss_fn, state0, xs[:4], ys[:4], budget=1.0, stats=stats)
+    plain(step, loss_fn, state0, xs[:4], ys[:4])           # warm-up
+    gc.collect()
+    before = _heap_bytes()
+    state, losses = state0, []
+    for t in range(T):
+        state = step(xs[t], state)
+        losses.append(loss_fn(state, ys[t]))
+    per_step = (_heap_bytes() - before) / T
+    print(f"{name}: planned {stats.internal_bytes} bytes per kept step, the loop holds {per_step:.0f}")
+    assert per_step <= stats.internal_bytes <= 1.6 * per_step, (per_step, stats.internal_bytes)
 
 
 def test_dropout_checkpoints_carry_the_generators_state():
     *args, _ = make("two-state-dropout", 12)
     stats = mbt.ScanStats()
     mbt.scan_loss(*args, budget="20%", stats=stats).backward()
-    assert stats.rng_bytes == torch.get_rng_state().numel()
+    assert stats.rng_bytes >= torch.get_rng_state().numel()   # the CPU generator's state, and its header
     assert stats.hidden_bytes == stats.state_bytes + stats.rng_bytes
     assert stats.peak_bytes <= stats.budget_bytes
 
@@ -506,23 +547,63 @@ def test_cuda_gradients_and_memory(name):
 
 # ---- slow: memory flat in T ----------------------------------------------------------------------
 
+_FLAT_SCRIPT = """
+import ctypes, gc, json, sys
+import torch, torch.nn.functional as F
+import memopt_bptt.torch as mbt
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
+
+torch.set_num_threads(1)
+T, budget = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(8)
+cell, head = torch.nn.GRUCell(2, 4), torch.nn.Linear(4, 1)
+
+def run(T, stats=None):
+    xs, ys = torch.randn(T, 1, 2), torch.randn(T, 1, 1)
+    loss, schedule = mbt.scan_loss(cell, lambda h, y: F.mse_loss(head(h), y), torch.zeros(1, 4), xs, ys,
+                                   budget=budget, stats=stats, return_schedule=True)
+    loss.backward()
+    return schedule
+
+run(1000)                                   # imports and the planner's compiled code
+xs, ys = torch.randn(T, 1, 2), torch.randn(T, 1, 1)
+mbt.scan_loss(cell, lambda h, y: F.mse_loss(head(h), y), torch.zeros(1, 4), xs, ys, budget=budget)
+del xs, ys                                  # that planned T's schedule, which stays cached (O(T) by design)
+xs_bytes = T * 3 * 4                        # xs and ys, made inside the measured call
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+start = status("VmRSS")
+stats = mbt.ScanStats()
+schedule = run(T, stats)
+print(json.dumps({"rss_peak": status("VmHWM") - start, "tracked_peak": stats.peak_bytes,
+                  "budget": stats.budget_bytes, "T_bytes": xs_bytes + T * 4,
+                  "forward_steps": stats.forward_steps, "planned": schedule.forward_steps,
+                  "reversals": stats.reversals}))
+"""
+
+
 @pytest.mark.slow
-def test_tracked_memory_flat_in_T():
-    """T = 10^3, 10^4, 10^5 at one byte budget: the tracked peak stays within it at every T."""
-    torch.manual_seed(8)
-    cell, head = torch.nn.GRUCell(2, 4), torch.nn.Linear(4, 1)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_memory_flat_in_T():
+    """T = 10^3, 10^4, 10^5 at one byte budget, each in a fresh process: the tracked peak stays within the
+    budget, and the process's peak resident memory during a call (the schedule planned before, as a
+    training loop's later calls find it), less what is O(T) by design (xs, ys, the T losses), does not
+    grow with T."""
     budget = 64 * 1024
-    peaks = {}
+    out = {}
     for T in (10 ** 3, 10 ** 4, 10 ** 5):
-        xs, ys = torch.randn(T, 1, 2), torch.randn(T, 1, 1)
-        stats = mbt.ScanStats()
-        loss = mbt.scan_loss(cell, lambda h, y: F.mse_loss(head(h), y), torch.zeros(1, 4), xs, ys,
-                             budget=budget, stats=stats)
-        loss.backward()
-        assert stats.reversals == T and stats.forward_steps == stats.schedule.forward_steps
-        peaks[T] = stats.peak_bytes
-        assert stats.peak_bytes <= budget, (T, stats)
-    assert max(peaks.values()) <= budget
+        proc = subprocess.run([sys.executable, "-c", _FLAT_SCRIPT, str(T), str(budget)], capture_output=True,
+                              text=True, timeout=1800, check=True)
+        out[T] = rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert rec["reversals"] == T and rec["forward_steps"] == rec["planned"]
+        assert rec["tracked_peak"] <= rec["budget"] <= budget, (T, rec)
+    rest = {T: rec["rss_peak"] - rec["T_bytes"] for T, rec in out.items()}
+    assert rest[10 ** 5] - rest[10 ** 3] < 2 * 2 ** 20, out   # page granularity and the allocator's slack
 
 
 @pytest.mark.slow

@@ -11,15 +11,18 @@ than a marker's taken just before) belongs to a computation outside the step:
 a non-leaf such as ``w = raw.exp()`` computed once and read by every step.
 That is accepted only where the caller listed the tensor in ``params=``; the
 walk stops there and the gradient is taken with respect to it.
+
+The same walk counts a kept step's nodes (:func:`count_nodes`), which its
+host-memory metadata grows with (``_memory.graph_bytes``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
-__all__ = ["sequence_mark", "find_params"]
+__all__ = ["count_nodes", "find_params", "sequence_mark", "stops_of"]
 
 
 def sequence_mark() -> int:
@@ -27,6 +30,25 @@ def sequence_mark() -> int:
     with torch.enable_grad():
         marker = torch.zeros((), requires_grad=True).mul(1)
     return marker.grad_fn._sequence_nr()
+
+
+def _nodes(roots: Iterable[torch.Tensor], stops: set) -> Iterator[Any]:
+    """Every node of the roots' graph once, not going past AccumulateGrad nodes or ``stops``."""
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        yield node
+        if getattr(node, "variable", None) is None:
+            stack.extend(fn for fn, _ in node.next_functions)
+
+
+def count_nodes(roots: Iterable[torch.Tensor], stops: set = frozenset()) -> int:
+    """The graph's nodes other than AccumulateGrad (what a kept step's metadata grows with)."""
+    return sum(1 for node in _nodes(roots, stops) if getattr(node, "variable", None) is None)
 
 
 def find_params(roots: Iterable[torch.Tensor], own: Iterable[torch.Tensor], extra: tuple[torch.Tensor, ...],
@@ -38,14 +60,7 @@ def find_params(roots: Iterable[torch.Tensor], own: Iterable[torch.Tensor], extr
     """
     own_ids = {id(t) for t in own}
     found: dict[int, torch.Tensor] = {id(t): t for t in extra}
-    stops = {t.grad_fn for t in extra if t.grad_fn is not None}
-    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in stops:
-            continue
-        seen.add(node)
+    for node in _nodes(roots, stops_of(extra)):
         variable = getattr(node, "variable", None)   # AccumulateGrad
         if variable is not None:
             if id(variable) not in own_ids:
@@ -58,5 +73,9 @@ def find_params(roots: Iterable[torch.Tensor], own: Iterable[torch.Tensor], extr
                 f"scan (autograd node {node.name()}), e.g. a weight transformed outside the step. Pass that "
                 "tensor in params=[...] so its gradient is returned to the computation that made it, or "
                 "compute it inside step/loss_fn")
-        stack.extend(fn for fn, _ in node.next_functions)
     return tuple(found.values())
+
+
+def stops_of(extra: Iterable[torch.Tensor]) -> set:
+    """Where a walk stops: the nodes that made the non-leaf tensors of ``params=``."""
+    return {t.grad_fn for t in extra if t.grad_fn is not None}

@@ -13,8 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import POLICIES, MemoryBudgetError, Schedule, format_bytes, parse_budget, plan
 from ._context import Autocast, Generators
-from ._graph import find_params, sequence_mark
-from ._memory import Tracker, distinct_bytes, storage_key
+from ._graph import find_params, sequence_mark, stops_of
+from ._memory import Tracker, distinct_bytes, held_bytes, storage_key
 from ._state import StateSpec, describe
 from ._sweep import Kept, Problem, Sweep, keep_step, record_loss, run_step
 
@@ -34,24 +34,26 @@ class ScanStats:
     memory tracking (a saved-tensor hook on every kept step), which costs a
     little time.
 
-    * ``state_bytes``: one state (state0's tensors); ``rng_bytes``: the
+    * ``state_bytes``: one state held (state0's tensors: data rounded to the
+      allocator's 64 bytes, and a tensor header each); ``rng_bytes``: the
       generators' state every checkpoint carries (0 when neither step nor
       loss_fn draws random numbers);
     * ``hidden_bytes`` = state + rng: one hidden-state checkpoint;
     * ``internal_bytes``: one kept step, measured on step 1: the distinct
       storages autograd saved for the step and its loss, its output state and
-      loss, plus rng (parameters, ``xs`` and ``targets`` left out: they are
-      held anyway);
+      loss (parameters, ``xs`` and ``targets`` left out: they are held
+      anyway), the graph's host-memory metadata (its nodes and saved-tensor
+      records, see ``memopt_bptt/torch/_memory.py``), plus rng;
     * ``working_bytes``: a kept step and three states (the current state,
       dL/ds_t and dL/ds_{t-1}), paid from the budget before any checkpoint;
     * ``budget_bytes``: the budget in bytes; ``schedule`` the plan;
     * ``forward_steps``: calls of ``step`` (the first pass and the replays:
       ``schedule.forward_steps``); ``reversals``: steps reversed (T);
-    * ``peak_bytes``: the most bytes held at once by checkpoints, kept graphs'
-      saved tensors, the current state and the state gradients, counted once
-      per storage at every action (a kept graph counted whole until its
-      reversal ends); ``largest_internal_bytes``: the largest kept step seen,
-      to check that step 1 was representative.
+    * ``peak_bytes``: the most bytes held at once by checkpoints, kept graphs
+      (saved tensors and metadata), the current state and the state
+      gradients, each storage counted once, after every action (a kept graph
+      counted whole until its reversal ends); ``largest_internal_bytes``: the
+      largest kept step seen, to check that step 1 was representative.
     """
 
     T: int = 0
@@ -104,27 +106,37 @@ def _report(sweep: Sweep, stats: ScanStats | None) -> None:
 
 # ---- planning ------------------------------------------------------------------------------------
 
+ROUNDING = 0.02
+"""A kept step is planned at most this much above its measured size, where the quanta allow."""
+
+
 def _quanta(hidden_bytes: int, internal_bytes: int) -> tuple[int, int, int]:
     """(hq, kq, quantum bytes): a hidden state is hq quanta exactly, a kept step kq quanta rounded up.
 
-    The planner reads alpha = kq/hq with a denominator of at most 64, so the
-    quantum is the hidden state divided by its largest divisor <= 64.
+    The planner's tables grow with the quanta per hidden state, and it reads
+    alpha = kq/hq with a denominator of at most 64: so the fewest quanta (a
+    divisor of the hidden state's bytes up to 64) that round a kept step up
+    by at most ``ROUNDING``, else the most.
     """
-    divisor = max(d for d in range(1, 65) if hidden_bytes % d == 0)
-    quantum = hidden_bytes // divisor
-    k = -(-internal_bytes // quantum)
+    for divisor in (d for d in range(1, 65) if hidden_bytes % d == 0):
+        quantum = hidden_bytes // divisor
+        k = -(-internal_bytes // quantum)
+        if k * quantum <= internal_bytes * (1 + ROUNDING):
+            break
     g = math.gcd(divisor, k)
     return divisor // g, k // g, quantum * g
 
 
-@functools.lru_cache(maxsize=32)
 def _abstract_plan(T: int, free_quanta: int, hq: int, kq: int, policy: str) -> Schedule:
     # slots counts the initial state's unit; (slots - 1) * hq gives free_quanta back exactly
     return plan(T, slots=1 + free_quanta / hq, alpha=kq / hq, policy=policy)
 
 
+@functools.lru_cache(maxsize=16)
 def _plan(T: int, *, state_bytes: int, hidden_bytes: int, internal_bytes: int, budget: Any, policy: str,
           description: str) -> Schedule:
+    """The schedule for these sizes and budget in bytes. Cached: a training loop's calls share one
+    schedule (its actions are O(T) and copied into every new Schedule)."""
     hq, kq, quantum = _quanta(hidden_bytes, internal_bytes)
     working = kq * quantum + WORKING_STATES * state_bytes
     initial = hq * quantum
@@ -297,7 +309,8 @@ def scan_loss(step: Callable[..., Any], loss_fn: Callable[..., torch.Tensor], st
 
     grad_on = torch.is_grad_enabled()
     generators = Generators.of(state + (xs,))
-    problem = Problem(step, loss_fn, spec, xs, targets, params=(), x_grad=grad_on and xs.requires_grad,
+    problem = Problem(step, loss_fn, spec, xs, targets, params=(), stops=frozenset(stops_of(extra)),
+                      x_grad=grad_on and xs.requires_grad,
                       y_grad=grad_on and targets.requires_grad, generators=generators, replay_loss=False,
                       autocast=Autocast.capture())
     if not grad_on:
@@ -325,14 +338,15 @@ def scan_loss(step: Callable[..., Any], loss_fn: Callable[..., torch.Tensor], st
     problem = problem._replace(params=found, generators=generators if draws else None, replay_loss=draws and loss_draws)
     tracking = stats is not None
     persistent = frozenset(storage_key(t) for t in (xs, targets, *found))
-    state_bytes = spec.nbytes
-    rng_bytes = probe.rng.nbytes if draws else 0
-    internal_bytes = distinct_bytes([*saved, *probe.outputs, probe.loss], persistent) + rng_bytes
+    state_bytes = sum(held_bytes(n) for n in spec.data_bytes)
+    rng_bytes = sum(held_bytes(t.numel() * t.element_size()) for t in probe.rng.tensors) if draws else 0
+    kept_bytes = distinct_bytes([*saved, *probe.outputs, probe.loss], persistent) + probe.graph_metadata
+    internal_bytes = kept_bytes + rng_bytes
     probe = probe._replace(saved=probe.saved if tracking else (), rng=probe.rng if draws else None)
 
     name = type(step).__name__ if isinstance(step, torch.nn.Module) else getattr(step, "__name__", "step")
     description = (f"torch scan of {name}: state {format_bytes(state_bytes)}, kept step "
-                   f"{format_bytes(internal_bytes - rng_bytes)} (measured on step 1)"
+                   f"{format_bytes(kept_bytes)} (measured on step 1, metadata included)"
                    + (f", generators' state {format_bytes(rng_bytes)} per checkpoint" if draws else ""))
     schedule = _plan(T, state_bytes=state_bytes, hidden_bytes=state_bytes + rng_bytes,
                      internal_bytes=internal_bytes, budget=budget, policy=policy, description=description)

@@ -59,10 +59,10 @@ class StateSpec(NamedTuple):
                    tuple(c.device for c in flat))
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of one state (the sum over its tensors)."""
-        return sum(shape.numel() * torch.empty((), dtype=dtype).element_size()
-                   for shape, dtype in zip(self.shapes, self.dtypes))
+    def data_bytes(self) -> tuple[int, ...]:
+        """Data bytes of each of the state's tensors."""
+        return tuple(shape.numel() * torch.empty((), dtype=dtype).element_size()
+                     for shape, dtype in zip(self.shapes, self.dtypes))
 
     @property
     def differentiable(self) -> tuple[bool, ...]:

@@ -38,7 +38,8 @@ import torch
 from .. import Op
 from .._actions import WORKING
 from ._context import Autocast, Generators, RngState
-from ._memory import Tracker, distinct_bytes, saving_into
+from ._graph import count_nodes
+from ._memory import TENSOR_BYTES, Tracker, distinct_bytes, graph_bytes, saving_into
 from ._state import StateSpec, describe
 
 __all__ = ["Hidden", "Kept", "Problem", "Sweep", "keep_step", "record_loss", "run_step"]
@@ -56,6 +57,7 @@ class Problem(NamedTuple):
     xs: torch.Tensor
     targets: torch.Tensor
     params: tuple[torch.Tensor, ...]   # tensors differentiated besides the state, x_t and y_t
+    stops: frozenset                   # graph nodes that made the non-leaf params (walks end there)
     x_grad: bool                       # x_t is a leaf of each kept step (xs needs a gradient)
     y_grad: bool                       # the same for targets
     generators: Generators | None      # None: nothing draws random numbers, replays restore nothing
@@ -74,6 +76,9 @@ class Hidden(NamedTuple):
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.state + (() if self.rng is None else self.rng.tensors)
 
+    def metadata(self) -> int:
+        return TENSOR_BYTES * len(self.tensors())
+
 
 class Kept(NamedTuple):
     """Step ``position`` run with grad: its graph (the internal state I_t), output state and loss."""
@@ -85,10 +90,14 @@ class Kept(NamedTuple):
     outputs: tuple[torch.Tensor, ...]  # s_t, in the graph
     loss: torch.Tensor
     saved: tuple[torch.Tensor, ...]    # what autograd saved, where it was recorded (memory tracking)
+    graph_metadata: int                # its nodes' host memory (_memory.graph_bytes), where recorded
     rng: RngState | None
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.outputs + (self.loss,) + self.saved + (() if self.rng is None else self.rng.tensors)
+
+    def metadata(self) -> int:
+        return self.graph_metadata + (0 if self.rng is None else TENSOR_BYTES * len(self.rng.tensors))
 
     def state(self) -> tuple[torch.Tensor, ...]:
         return tuple(o.detach() for o in self.outputs)
@@ -130,8 +139,9 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, saved: list | None = None,
               rng_marks: list | None = None) -> Kept:
     """Step t and its loss with grad, from detached leaves of s_{t-1} (and of x_t, y_t where they need
-    gradients). ``saved``: record what autograd saves there; ``rng_marks``: append the generators' state
-    between the step and the loss (how the first step finds out which of the two draws random numbers)."""
+    gradients). ``saved``: record what autograd saves there, and count the graph's metadata;
+    ``rng_marks``: append the generators' state between the step and the loss (how the first step finds
+    out which of the two draws random numbers)."""
     spec = problem.spec
     inputs = tuple(_leaf(s) if d else s for s, d in zip(state, spec.differentiable))
     x_leaf = _leaf(problem.xs[t - 1]) if problem.x_grad else None
@@ -145,14 +155,19 @@ def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, save
             rng_marks.append(problem.generators.capture())
         loss = _check_loss(problem.loss_fn(spec.build(outputs), y), t)
     rng = None if problem.generators is None else problem.generators.capture()
-    return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, () if saved is None else tuple(saved), rng)
+    if saved is None:
+        return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, (), 0, rng)
+    metadata = graph_bytes(count_nodes([loss, *outputs], problem.stops), len(saved))
+    return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, tuple(saved), metadata, rng)
 
 
-def _rows(codes: np.ndarray, start: int, chunk: int = 4096) -> Iterator[tuple[int, int, int, int]]:
-    """(row, op, step, slot) from ``start`` on, a chunk at a time (no Python list as long as the schedule)."""
+def _rows(codes: np.ndarray, start: int, chunk: int = 1024) -> Iterator[tuple[int, int, int, int]]:
+    """(row, op, step, slot) from ``start`` on, a chunk at a time: the Python ints of a whole schedule
+    would be some 100 bytes per action, held for the sweep (O(T) beside a budget that is not)."""
     for first in range(start, codes.shape[0], chunk):
-        for i, (op, step, slot) in enumerate(codes[first: first + chunk].tolist(), first):
-            yield i, op, step, slot
+        block = codes[first: first + chunk]
+        yield from zip(range(first, first + len(block)), block[:, 0].tolist(), block[:, 1].tolist(),
+                       block[:, 2].tolist())
 
 
 class _Pool:
@@ -169,7 +184,7 @@ class _Pool:
         bisect.insort(self._starts, offset)
         self._entries[offset] = (offset + size, entry)
         if self._tracker is not None:
-            self._tracker.add(entry.tensors())
+            self._tracker.add(entry.tensors(), entry.metadata())
 
     def clear(self, start: int, end: int) -> None:
         """Drop every checkpoint overlapping quanta [start, end)."""
@@ -181,7 +196,7 @@ class _Pool:
         for offset in starts[i:j]:
             _, entry = self._entries.pop(offset)
             if self._tracker is not None:
-                self._tracker.remove(entry.tensors())
+                self._tracker.remove(entry.tensors(), entry.metadata())
         del starts[i:j]
 
     def get(self, offset: int, kind: type, position: int) -> Any:
@@ -223,7 +238,7 @@ class Sweep:
         self._state0 = state0
         self._spent = False             # a backward ran: the next one starts from state0 again
         if tracker is not None:
-            tracker.add(probe.tensors())
+            tracker.add(probe.tensors(), probe.metadata())
             self.largest_kept_bytes = self._kept_bytes(probe)
         self._set_current(state0)
 
@@ -234,24 +249,30 @@ class Sweep:
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def _kept_bytes(self, kept: Kept) -> int:
-        return distinct_bytes(kept.tensors(), self._persistent)
+        return distinct_bytes(kept.tensors(), self._persistent) + kept.metadata()
+
+    def _hold(self, tensors: Any, old: Any) -> None:
+        """Register ``tensors`` (a state, gradients) with the tracker, then let ``old`` go."""
+        if self._tracker is not None:
+            new = [t for t in tensors if t is not None]
+            self._tracker.add(new, TENSOR_BYTES * len(new))
+            gone = [t for t in old if t is not None]
+            self._tracker.remove(gone, TENSOR_BYTES * len(gone))
 
     def _set_current(self, state: tuple[torch.Tensor, ...]) -> None:
-        if self._tracker is not None:
-            self._tracker.add(state)
-            self._tracker.remove(self._current)
+        self._hold(state, self._current)
         self._current = state
 
     def _set_working(self, kept: Kept | None) -> None:
         if self._tracker is not None:
-            self._tracker.add(() if kept is None else kept.tensors())
-            self._tracker.remove(() if self._working is None else self._working.tensors())
+            if kept is not None:
+                self._tracker.add(kept.tensors(), kept.metadata())
+            if self._working is not None:
+                self._tracker.remove(self._working.tensors(), self._working.metadata())
         self._working = kept
 
     def _set_grads(self, grads: tuple[torch.Tensor | None, ...]) -> None:
-        if self._tracker is not None:
-            self._tracker.add([g for g in grads if g is not None])
-            self._tracker.remove([g for g in self._grads if g is not None])
+        self._hold(grads, self._grads)
         self._grads = grads
 
     def _take_probe(self) -> Kept:
@@ -262,7 +283,7 @@ class Sweep:
 
     def _let_go_probe(self, probe: Kept) -> None:
         if self._tracker is not None:
-            self._tracker.remove(probe.tensors())
+            self._tracker.remove(probe.tensors(), probe.metadata())
 
     # ---- the actions but reverse ----------------------------------------------------------------
     def _act(self, op: int, t: int, slot: int, first: bool) -> None:
@@ -345,13 +366,14 @@ class Sweep:
     # ---- the two passes -------------------------------------------------------------------------
     def forward(self) -> torch.Tensor:
         """Every action before the first reverse; returns the T losses (step 1's first)."""
-        for i, op, t, slot in _rows(self._codes, 0):
-            if op == _REVERSE:
-                self._next_row = i
-                break
-            self._act(op, t, slot, first=True)
-        else:
-            raise RuntimeError("scan_loss: the schedule reverses no step (a planner bug)")
+        with contextlib.closing(_rows(self._codes, 0)) as rows:   # its chunk is not kept for the backward
+            for i, op, t, slot in rows:
+                if op == _REVERSE:
+                    self._next_row = i
+                    break
+                self._act(op, t, slot, first=True)
+            else:
+                raise RuntimeError("scan_loss: the schedule reverses no step (a planner bug)")
         return self.losses
 
     def backward(self, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -384,10 +406,11 @@ class Sweep:
         self._position = 0
         if self._rng0 is not None:
             self.problem.generators.restore(self._rng0)
-        for _, op, t, slot in _rows(self._codes, 0):
-            if op == _REVERSE:
-                break
-            self._act(op, t, slot, first=False)
+        with contextlib.closing(_rows(self._codes, 0)) as rows:
+            for _, op, t, slot in rows:
+                if op == _REVERSE:
+                    break
+                self._act(op, t, slot, first=False)
 
     def _reverse(self, t: int, slot: int, grad_losses: torch.Tensor) -> None:
         problem = self.problem
@@ -421,15 +444,13 @@ class Sweep:
         for k, grad in enumerate(got[rest:]):
             self._accumulate(k, grad)
         self.reversals += 1
-        if self._tracker is not None:
-            self._tracker.add([g for g in grads if g is not None])   # dL/ds_{t-1} beside dL/ds_t and the graph
+        self._hold(grads, ())          # dL/ds_{t-1} counted beside dL/ds_t and the graph
         if slot == WORKING:
             self._set_working(None)
         else:
             self._pool.clear(slot, slot + 1)
         self._set_grads(grads)
-        if self._tracker is not None:
-            self._tracker.remove([g for g in grads if g is not None])
+        self._hold((), grads)
 
     def _accumulate(self, k: int, grad: torch.Tensor | None) -> None:
         """Parameter k's gradient += grad, in reversal order. The first is taken as it is (it may alias
