@@ -6,13 +6,13 @@ import dataclasses
 import functools
 import math
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .. import POLICIES, MemoryBudgetError, Schedule, format_bytes, parse_budget, plan
-from ._context import Autocast, Generators
+from ._context import Autocast, Generators, RngState
 from ._graph import find_params, sequence_mark, stops_of
 from ._memory import Tracker, distinct_bytes, held_bytes, storage_key
 from ._state import StateSpec, describe
@@ -308,57 +308,69 @@ def scan_loss(step: Callable[..., Any], loss_fn: Callable[..., torch.Tensor], st
         raise TypeError(f"scan_loss: stats={stats!r} must be a memopt_bptt.torch.ScanStats or None")
 
     grad_on = torch.is_grad_enabled()
-    generators = Generators.of(state + (xs,))
     problem = Problem(step, loss_fn, spec, xs, targets, params=(), stops=frozenset(stops_of(extra)),
-                      x_grad=grad_on and xs.requires_grad,
-                      y_grad=grad_on and targets.requires_grad, generators=generators, replay_loss=False,
-                      autocast=Autocast.capture())
+                      x_grad=grad_on and xs.requires_grad, y_grad=grad_on and targets.requires_grad,
+                      generators=Generators.of(state + (xs,)), replay_loss=False, autocast=Autocast.capture())
     if not grad_on:
         return _finish(_without_grad(problem, state, T), reduction, return_schedule, None)
 
-    if problem.autocast.enabled:
-        # Autocast caches each weight's cast for the rest of its region: a cast made before the scan would
-        # be a node from outside the step (find_params refuses those). Casts are made afresh from here on.
-        torch.clear_autocast_cache()
-    rng0 = generators.capture()
-    mark = sequence_mark()
-    saved: list = []
-    rng_marks: list = []
-    probe = keep_step(problem, 1, state, saved=saved, rng_marks=rng_marks)
-    found = find_params([probe.loss, *probe.outputs],
-                        own=[*probe.inputs, *(t for t in (probe.x_leaf, probe.y_leaf) if t is not None)],
-                        extra=extra, mark=mark)
-    wanted = found or any(s.requires_grad for s in state) or problem.x_grad or problem.y_grad
+    first = _first_step(problem, state, extra)
+    wanted = first.params or any(s.requires_grad for s in state) or problem.x_grad or problem.y_grad
     if not wanted:
-        return _finish(_without_grad(problem, probe.state(), T, probe=probe), reduction, return_schedule, None)
+        losses = _without_grad(problem, first.kept.state(), T, probe=first.kept)
+        return _finish(losses, reduction, return_schedule, None)
 
-    step_draws = not rng0.same_as(rng_marks[0])
-    loss_draws = not rng_marks[0].same_as(probe.rng)
-    draws = preserve_rng_state and (step_draws or loss_draws)
-    problem = problem._replace(params=found, generators=generators if draws else None, replay_loss=draws and loss_draws)
-    tracking = stats is not None
-    persistent = frozenset(storage_key(t) for t in (xs, targets, *found))
+    draws = preserve_rng_state and (first.step_draws or first.loss_draws)
+    problem = problem._replace(params=first.params, generators=problem.generators if draws else None,
+                               replay_loss=draws and first.loss_draws)
+    persistent = frozenset(storage_key(t) for t in (xs, targets, *first.params))
     state_bytes = sum(held_bytes(n) for n in spec.data_bytes)
-    rng_bytes = sum(held_bytes(t.numel() * t.element_size()) for t in probe.rng.tensors) if draws else 0
-    kept_bytes = distinct_bytes([*saved, *probe.outputs, probe.loss], persistent) + probe.graph_metadata
-    internal_bytes = kept_bytes + rng_bytes
-    probe = probe._replace(saved=probe.saved if tracking else (), rng=probe.rng if draws else None)
-
+    rng_bytes = sum(held_bytes(t.numel() * t.element_size()) for t in first.kept.rng.tensors) if draws else 0
+    kept = first.kept
+    kept_bytes = distinct_bytes([*first.saved, *kept.outputs, kept.loss], persistent) + kept.graph_metadata
     name = type(step).__name__ if isinstance(step, torch.nn.Module) else getattr(step, "__name__", "step")
     description = (f"torch scan of {name}: state {format_bytes(state_bytes)}, kept step "
                    f"{format_bytes(kept_bytes)} (measured on step 1, metadata included)"
                    + (f", generators' state {format_bytes(rng_bytes)} per checkpoint" if draws else ""))
     schedule = _plan(T, state_bytes=state_bytes, hidden_bytes=state_bytes + rng_bytes,
-                     internal_bytes=internal_bytes, budget=budget, policy=policy, description=description)
+                     internal_bytes=kept_bytes + rng_bytes, budget=budget, policy=policy, description=description)
     if stats is not None:
         stats.T, stats.state_bytes, stats.rng_bytes = T, state_bytes, rng_bytes
-        stats.hidden_bytes, stats.internal_bytes = state_bytes + rng_bytes, internal_bytes
+        stats.hidden_bytes, stats.internal_bytes = state_bytes + rng_bytes, kept_bytes + rng_bytes
         stats.working_bytes, stats.budget_bytes, stats.schedule = (schedule.working_bytes, schedule.budget_bytes,
                                                                    schedule)
-    sweep = Sweep(problem, schedule, state0=state, probe=probe, rng0=rng0 if draws else None,
-                  tracker=Tracker(persistent) if tracking else None, persistent=persistent)
-    losses = _Scan.apply(sweep, stats, *state, xs, targets, *found)
+    kept = kept._replace(saved=kept.saved if stats is not None else (), rng=kept.rng if draws else None)
+    sweep = Sweep(problem, schedule, state0=state, probe=kept, rng0=first.rng0 if draws else None,
+                  tracker=None if stats is None else Tracker(persistent), persistent=persistent)
+    losses = _Scan.apply(sweep, stats, *state, xs, targets, *first.params)
     return _finish(losses, reduction, return_schedule, schedule)
+
+
+class _FirstStep(NamedTuple):
+    """Step 1 run with grad before planning, and what it showed."""
+
+    kept: Kept                          # the step, kept: the sweep's step 1
+    saved: list                         # what autograd saved for it
+    params: tuple[torch.Tensor, ...]    # what it differentiates besides the state, x_1, y_1
+    rng0: RngState                      # the generators before it
+    step_draws: bool                    # step drew random numbers
+    loss_draws: bool                    # loss_fn drew random numbers
+
+
+def _first_step(problem: Problem, state: tuple[torch.Tensor, ...], extra: tuple[torch.Tensor, ...]) -> _FirstStep:
+    if problem.autocast.enabled:
+        # Autocast caches each weight's cast for the rest of its region: a cast made before the scan would
+        # be a node from outside the step (find_params refuses those). Casts are made afresh from here on.
+        torch.clear_autocast_cache()
+    rng0 = problem.generators.capture()
+    mark = sequence_mark()
+    saved: list = []
+    rng_marks: list = []
+    kept = keep_step(problem, 1, state, saved=saved, rng_marks=rng_marks)
+    own = [*kept.inputs, *(t for t in (kept.x_leaf, kept.y_leaf) if t is not None)]
+    params = find_params([kept.loss, *kept.outputs], own=own, extra=extra, mark=mark)
+    return _FirstStep(kept, saved, params, rng0, step_draws=not rng0.same_as(rng_marks[0]),
+                      loss_draws=not rng_marks[0].same_as(kept.rng))
 
 
 def _without_grad(problem: Problem, state: tuple[torch.Tensor, ...], T: int,
