@@ -40,6 +40,7 @@ class StateSpec(NamedTuple):
     shapes: tuple[torch.Size, ...]
     dtypes: tuple[torch.dtype, ...]
     devices: tuple[torch.device, ...]
+    differentiable: tuple[bool, ...]  # which tensors can carry a gradient (floating point or complex)
 
     @classmethod
     def of(cls, state0: Any) -> "StateSpec":
@@ -56,18 +57,14 @@ class StateSpec(NamedTuple):
             raise ValueError(f"scan_loss: state0 is {describe(state0)}, with an empty tensor; every state "
                              "tensor needs at least one element")
         return cls(container, tuple(c.shape for c in flat), tuple(c.dtype for c in flat),
-                   tuple(c.device for c in flat))
+                   tuple(c.device for c in flat),
+                   tuple(c.dtype.is_floating_point or c.dtype.is_complex for c in flat))
 
     @property
     def data_bytes(self) -> tuple[int, ...]:
         """Data bytes of each of the state's tensors."""
         return tuple(shape.numel() * torch.empty((), dtype=dtype).element_size()
                      for shape, dtype in zip(self.shapes, self.dtypes))
-
-    @property
-    def differentiable(self) -> tuple[bool, ...]:
-        """Which of the state's tensors can carry a gradient (floating point or complex)."""
-        return tuple(dtype.is_floating_point or dtype.is_complex for dtype in self.dtypes)
 
     def describe(self) -> str:
         """What a state must look like, in the words of :func:`describe`."""
@@ -92,9 +89,13 @@ class StateSpec(NamedTuple):
             flat = tuple(state)
         else:
             flat = None
-        ok = flat is not None and all(
-            isinstance(c, torch.Tensor) and c.shape == shape and c.dtype == dtype and c.device == device
-            for c, shape, dtype, device in zip(flat, self.shapes, self.dtypes, self.devices))
+        ok = flat is not None
+        if ok:
+            for c, shape, dtype, device in zip(flat, self.shapes, self.dtypes, self.devices):
+                if not (isinstance(c, torch.Tensor) and c.shape == shape and c.dtype == dtype
+                        and c.device == device):
+                    ok = False
+                    break
         if not ok:
             raise ValueError(
                 f"scan_loss: step returned {describe(state)} at t={step}, but state0 is {self.describe()}; "

@@ -7,13 +7,18 @@ has the table), with torch objects in the buffers:
   tensors, referenced, not copied (a scan never writes a state in place and
   checks that the step did not either), plus the random generators' state at
   that position where the step draws random numbers;
-* an *internal* state (:class:`Kept`) is a step run with grad enabled from
-  detached leaves: its autograd graph (what autograd saved for its backward),
-  its output state and its loss. ``reverse`` is one ``torch.autograd.grad``
-  call through that graph, seeded with dL/dloss_t and dL/ds_t, asking for
-  dL/ds_{t-1}, dL/dx_t (dL/dy_t) and the parameters' gradients, which are
-  summed over steps in the order T, T-1, ..., 1 (plain autograd's order over
-  an unrolled loop, so the sums are the same bits);
+* an *internal* state (:class:`Kept`) is a step run with grad enabled: its
+  autograd graph (what autograd saved for its backward), its output state and
+  its loss. A step kept right after the kept step t-1 whose output it starts
+  from takes that output in its graph (the two are one graph); otherwise it
+  starts from detached leaves;
+* ``reverse`` runs the autograd engine once per run of consecutive
+  reversals of one graph (MSM schedules reverse long runs of kept steps: at
+  5% of the memory and T = 1000, about 85 runs), seeded with dL/ds_t,
+  dL/dloss_u and each parameter's gradient summed so far, asking for
+  dL/ds below the run, dL/dx_u (dL/dy_u) and the parameters' new sums. Those
+  sums come out in the order T, T-1, ..., 1, plain autograd's order over the
+  unrolled loop, so they are the same bits (see :meth:`Sweep._reverse`);
 * ``advance`` runs steps under ``torch.no_grad()``.
 
 The first pass (every action before the first ``reverse``) runs in the
@@ -34,6 +39,13 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
+
+try:
+    # what torch.autograd.grad calls once it has checked its arguments: the seeds here come from autograd
+    # itself, of the roots' shapes, and the checks cost some 40 us a step (a third of an engine call here)
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - a torch without it takes the public path
+    _engine_run_backward = None
 
 from .. import Op
 from .._actions import WORKING
@@ -84,7 +96,7 @@ class Kept(NamedTuple):
     """Step ``position`` run with grad: its graph (the internal state I_t), output state and loss."""
 
     position: int
-    inputs: tuple[torch.Tensor, ...]   # s_{t-1}: a detached leaf per differentiable tensor
+    inputs: tuple[torch.Tensor, ...]   # s_{t-1}: detached leaves, or kept step t-1's outputs (chained)
     x_leaf: torch.Tensor | None
     y_leaf: torch.Tensor | None
     outputs: tuple[torch.Tensor, ...]  # s_t, in the graph
@@ -136,14 +148,19 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_()
 
 
-def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, saved: list | None = None,
-              rng_marks: list | None = None) -> Kept:
+def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, after: Kept | None = None,
+              saved: list | None = None, rng_marks: list | None = None) -> Kept:
     """Step t and its loss with grad, from detached leaves of s_{t-1} (and of x_t, y_t where they need
-    gradients). ``saved``: record what autograd saves there, and count the graph's metadata;
-    ``rng_marks``: append the generators' state between the step and the loss (how the first step finds
-    out which of the two draws random numbers)."""
+    gradients), or, ``after`` the kept step t-1 whose output ``state`` is, from that output in its graph:
+    the two steps are then one graph, which one engine call can reverse. ``saved``: record what autograd
+    saves there, and count the graph's metadata; ``rng_marks``: append the generators' state between the
+    step and the loss (how the first step finds out which of the two draws random numbers)."""
     spec = problem.spec
-    inputs = tuple(_leaf(s) if d else s for s, d in zip(state, spec.differentiable))
+    if after is None:
+        inputs = tuple(_leaf(s) if d else s for s, d in zip(state, spec.differentiable))
+    else:
+        inputs = tuple(o if o.requires_grad else _leaf(s) if d else s
+                       for o, s, d in zip(after.outputs, state, spec.differentiable))
     x_leaf = _leaf(problem.xs[t - 1]) if problem.x_grad else None
     y_leaf = _leaf(problem.targets[t - 1]) if problem.y_grad else None
     x = problem.xs[t - 1] if x_leaf is None else x_leaf
@@ -157,7 +174,8 @@ def keep_step(problem: Problem, t: int, state: tuple[torch.Tensor, ...], *, save
     rng = None if problem.generators is None else problem.generators.capture()
     if saved is None:
         return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, (), 0, rng)
-    metadata = graph_bytes(count_nodes([loss, *outputs], problem.stops), len(saved))
+    own_graph_ends = problem.stops | {s.grad_fn for s in inputs if s.grad_fn is not None}   # not step t-1's
+    metadata = graph_bytes(count_nodes([loss, *outputs], own_graph_ends), len(saved))
     return Kept(t, inputs, x_leaf, y_leaf, outputs, loss, tuple(saved), metadata, rng)
 
 
@@ -168,6 +186,13 @@ def _rows(codes: np.ndarray, start: int, chunk: int = 1024) -> Iterator[tuple[in
         block = codes[first: first + chunk]
         yield from zip(range(first, first + len(block)), block[:, 0].tolist(), block[:, 1].tolist(),
                        block[:, 2].tolist())
+
+
+def _vjp(roots: list, seeds: list, wrt: tuple) -> tuple[torch.Tensor | None, ...]:
+    """torch.autograd.grad(roots, wrt, seeds, allow_unused=True), freeing the graph as it goes."""
+    if _engine_run_backward is None:
+        return torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
+    return _engine_run_backward(tuple(roots), tuple(seeds), False, False, wrt, True, accumulate_grad=False)
 
 
 class _Pool:
@@ -233,7 +258,7 @@ class Sweep:
         self.reversals = 0
         self.largest_kept_bytes = 0     # tracked only
         self._param_grads: list[torch.Tensor | None] = []
-        self._owned: list[bool] = []
+        self._chain: Kept | None = None   # the kept step whose output is the current state
         self._dxs = self._dys = None
         self._state0 = state0
         self._spent = False             # a backward ran: the next one starts from state0 again
@@ -298,6 +323,7 @@ class Sweep:
         elif op == _RESTORE_INTERNAL:
             kept = self._pool.get(slot, Kept, t)
             self._resume(t, kept.state(), kept.rng)
+            self._chain = kept
         else:
             raise RuntimeError(f"scan_loss: unknown action code {op} in the schedule")
 
@@ -314,6 +340,7 @@ class Sweep:
                 record_loss(self.losses, t, loss)
             self._set_current(state)
         self._position = to
+        self._chain = None
 
     def _keep(self, t: int, slot: int, first: bool) -> None:
         if slot != WORKING:
@@ -325,7 +352,7 @@ class Sweep:
             kept = probe = self._take_probe()
         else:
             saved = None if self._tracker is None else []
-            kept = keep_step(self.problem, t, self._current, saved=saved)
+            kept = keep_step(self.problem, t, self._current, after=self._chain, saved=saved)
             self.forward_steps += 1
             if first:
                 record_loss(self.losses, t, kept.loss)
@@ -339,6 +366,7 @@ class Sweep:
             self._let_go_probe(probe)
         self._set_current(kept.state())
         self._position = t
+        self._chain = kept
 
     def _takeshot(self, t: int, slot: int) -> None:
         generators = self.problem.generators
@@ -356,6 +384,7 @@ class Sweep:
                                "(by step, loss_fn or the caller); step must return new tensors, not write "
                                "into its input state")
         self._resume(t, hidden.state, hidden.rng)
+        self._chain = None
 
     def _resume(self, t: int, state: tuple[torch.Tensor, ...], rng: RngState | None) -> None:
         self._set_current(state)
@@ -380,19 +409,32 @@ class Sweep:
         """The rest of the schedule: gradients for (state0's tensors, xs, targets, *params)."""
         problem = self.problem
         self._param_grads = [None] * len(problem.params)
-        self._owned = [False] * len(problem.params)
         self._dxs = torch.zeros_like(problem.xs) if problem.x_grad else None
         self._dys = torch.zeros_like(problem.targets) if problem.y_grad else None
         forked = contextlib.nullcontext() if problem.generators is None else problem.generators.fork()
+        run: list[tuple[Kept, int]] = []      # reversals not yet run: consecutive steps of one graph
         with forked:
             if self._spent:
                 self._first_pass_again()
             for _, op, t, slot in _rows(self._codes, self._next_row):
                 if op == _REVERSE:
-                    self._reverse(t, slot, grad_losses)
+                    kept = self._working if slot == WORKING else self._pool.get(slot, Kept, t)
+                    if kept is None or kept.position != t:
+                        raise RuntimeError(f"scan_loss: the schedule reverses step {t} from the working buffer, "
+                                           "which does not hold it (a planner or interpreter bug)")
+                    if run and not any(a is b for a, b in zip(run[-1][0].inputs, kept.outputs)):
+                        self._reverse(run, grad_losses)
+                        run = []
+                    run.append((kept, slot))
                 else:
+                    if run:
+                        self._reverse(run, grad_losses)
+                        run = []
                     self._act(op, t, slot, first=False)
+            if run:
+                self._reverse(run, grad_losses)
         grads = (*self._grads, self._dxs, self._dys, *self._param_grads)
+        self._chain = None
         self._pool.clear(0, 1 << 62)
         self._set_current(())
         self._set_grads((None,) * len(self._state0))
@@ -404,6 +446,7 @@ class Sweep:
         generators' state at the start, recording no losses (they are the returned tensor's)."""
         self._set_current(self._state0)
         self._position = 0
+        self._chain = None
         if self._rng0 is not None:
             self.problem.generators.restore(self._rng0)
         with contextlib.closing(_rows(self._codes, 0)) as rows:
@@ -412,56 +455,51 @@ class Sweep:
                     break
                 self._act(op, t, slot, first=False)
 
-    def _reverse(self, t: int, slot: int, grad_losses: torch.Tensor) -> None:
+    def _reverse(self, run: list[tuple[Kept, int]], grad_losses: torch.Tensor) -> None:
+        """Reverse steps t, t-1, ..., t-k of one graph (each kept step chained to the next) in one engine call.
+
+        Seeds: dL/ds_t at step t's outputs, dL/dloss_u at every loss, and each parameter's gradient
+        summed so far at an alias of it made now. The alias is the graph's newest node, so autograd,
+        which runs newer nodes first, adds that sum before the run's contributions, in the order t,
+        t-1, ...: the same left-to-right sum as over the unrolled loop, whatever the runs are.
+        """
         problem = self.problem
-        kept = self._working if slot == WORKING else self._pool.get(slot, Kept, t)
-        if kept is None or kept.position != t:
-            raise RuntimeError(f"scan_loss: the schedule reverses step {t} from the working buffer, which does "
-                               "not hold it (a planner or interpreter bug)")
+        top, bottom = run[0][0], run[-1][0]
         roots, seeds = [], []
-        if kept.loss.requires_grad:
-            roots.append(kept.loss)
-            seeds.append(grad_losses[t - 1])
-        for out, grad in zip(kept.outputs, self._grads):
+        with torch.enable_grad():
+            for param, total in zip(problem.params, self._param_grads):
+                if total is not None:
+                    roots.append(param.view_as(param))
+                    seeds.append(total)
+        for out, grad in zip(top.outputs, self._grads):
             if grad is not None and out.requires_grad:
                 roots.append(out)
                 seeds.append(grad)
-        differentiable = problem.spec.differentiable
-        leaves = [s for s, d in zip(kept.inputs, differentiable) if d]
-        wrt = leaves + [leaf for leaf in (kept.x_leaf, kept.y_leaf) if leaf is not None] + list(problem.params)
-        if roots:
-            got = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
-        else:
-            got = (None,) * len(wrt)
-        state_grads = iter(got[:len(leaves)])
-        grads = tuple(next(state_grads) if d else None for d in differentiable)
-        rest = len(leaves)
-        for buffer, leaf in ((self._dxs, kept.x_leaf), (self._dys, kept.y_leaf)):
-            if leaf is not None:
-                if got[rest] is not None:
-                    buffer[t - 1] = got[rest]
-                rest += 1
-        for k, grad in enumerate(got[rest:]):
-            self._accumulate(k, grad)
-        self.reversals += 1
-        self._hold(grads, ())          # dL/ds_{t-1} counted beside dL/ds_t and the graph
-        if slot == WORKING:
-            self._set_working(None)
-        else:
-            self._pool.clear(slot, slot + 1)
+        for kept, _ in run:
+            if kept.loss.requires_grad:
+                roots.append(kept.loss)
+                seeds.append(grad_losses[kept.position - 1])
+        wanted = [d and s.requires_grad for s, d in zip(bottom.inputs, problem.spec.differentiable)]
+        leaves = [(kept.position, kept.x_leaf, kept.y_leaf) for kept, _ in run]
+        wrt = (*(s for s, w in zip(bottom.inputs, wanted) if w),
+               *(x for _, x, _ in leaves if x is not None), *(y for _, _, y in leaves if y is not None),
+               *problem.params)
+        got = iter(_vjp(roots, seeds, wrt) if roots else (None,) * len(wrt))
+        grads = tuple(next(got) if w else None for w in wanted)
+        for buffer, k in ((self._dxs, 1), (self._dys, 2)):
+            for position, *pair in leaves:
+                if pair[k - 1] is not None:
+                    grad = next(got)
+                    if grad is not None:
+                        buffer[position - 1] = grad
+        for k, total in enumerate(got):
+            self._param_grads[k] = total
+        self.reversals += len(run)
+        self._hold(grads, ())          # dL/ds below the run counted beside dL/ds_t and the graphs
+        for kept, slot in run:
+            if slot == WORKING:
+                self._set_working(None)
+            else:
+                self._pool.clear(slot, slot + 1)
         self._set_grads(grads)
         self._hold((), grads)
-
-    def _accumulate(self, k: int, grad: torch.Tensor | None) -> None:
-        """Parameter k's gradient += grad, in reversal order. The first is taken as it is (it may alias
-        a seed), the second summed into a new tensor owned here, the rest added in place."""
-        if grad is None:
-            return
-        total = self._param_grads[k]
-        if total is None:
-            self._param_grads[k] = grad
-        elif self._owned[k]:
-            total.add_(grad)
-        else:
-            self._param_grads[k] = total + grad
-            self._owned[k] = True
