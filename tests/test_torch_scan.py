@@ -354,6 +354,35 @@ def test_forward_count_and_tracked_memory_within_budget(policy):
         calls.clear()
 
 
+def _chained_runs(schedule):
+    """Runs of reversals one engine call can take, counted from the actions alone: a reversal of step t
+    joins the one of t+1 before it when t+1 was kept right after t was kept or rebuilt from its kept
+    internal state (keep t or restore_internal t, then keep t+1)."""
+    joined, runs, before = set(), 0, None
+    for action in schedule.actions:
+        if action.op == "keep" and before is not None and before.op in ("keep", "restore_internal") \
+                and before.step == action.step - 1:
+            joined.add(action.step)
+        if action.op == "reverse" and not (before is not None and before.op == "reverse"
+                                           and action.step + 1 in joined):
+            runs += 1
+        before = action
+    return runs
+
+
+@pytest.mark.parametrize("policy, budget", [("full", 1.0), ("msm", "5%"), ("hsm", "5%"), ("sqrt", 1.0)])
+def test_reversals_of_one_graph_run_in_one_engine_call(policy, budget):
+    T = 60
+    *args, wrt = make("lstm", T)
+    stats = mbt.ScanStats()
+    loss, schedule = mbt.scan_loss(*args, budget=budget, policy=policy, return_schedule=True, stats=stats)
+    loss.backward()
+    assert stats.reversals == T
+    assert stats.engine_calls == _chained_runs(schedule)
+    if policy == "full":
+        assert stats.engine_calls == 1
+
+
 def test_schedule_sizes_come_from_the_measured_step():
     T = 20
     *args, _ = make("lstm", T)

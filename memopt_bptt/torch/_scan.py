@@ -49,6 +49,8 @@ class ScanStats:
     * ``budget_bytes``: the budget in bytes; ``schedule`` the plan;
     * ``forward_steps``: calls of ``step`` (the first pass and the replays:
       ``schedule.forward_steps``); ``reversals``: steps reversed (T);
+      ``engine_calls``: autograd engine runs that reversed them (one per run
+      of consecutive reversals of steps kept one after the other);
     * ``peak_bytes``: the most bytes held at once by checkpoints, kept graphs
       (saved tensors and metadata), the current state and the state
       gradients, each storage counted once, after every action (a kept graph
@@ -66,6 +68,7 @@ class ScanStats:
     schedule: Schedule | None = None
     forward_steps: int = 0
     reversals: int = 0
+    engine_calls: int = 0
     peak_bytes: int = 0
     largest_internal_bytes: int = 0
 
@@ -100,6 +103,7 @@ def _report(sweep: Sweep, stats: ScanStats | None) -> None:
     if stats is not None:
         stats.forward_steps = sweep.forward_steps
         stats.reversals = sweep.reversals
+        stats.engine_calls = sweep.engine_calls
         stats.peak_bytes = sweep.peak_bytes
         stats.largest_internal_bytes = sweep.largest_kept_bytes
 

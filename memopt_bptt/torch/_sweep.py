@@ -256,6 +256,7 @@ class Sweep:
         self.losses = torch.empty(self.T, dtype=probe.loss.dtype, device=probe.loss.device)
         self.forward_steps = 1          # the probe is step 1
         self.reversals = 0
+        self.engine_calls = 0           # autograd engine runs: one per run of chained reversals
         self.largest_kept_bytes = 0     # tracked only
         self._param_grads: list[torch.Tensor | None] = []
         self._chain: Kept | None = None   # the kept step whose output is the current state
@@ -495,6 +496,7 @@ class Sweep:
         for k, total in enumerate(got):
             self._param_grads[k] = total
         self.reversals += len(run)
+        self.engine_calls += 1
         self._hold(grads, ())          # dL/ds below the run counted beside dL/ds_t and the graphs
         for kept, slot in run:
             if slot == WORKING:
