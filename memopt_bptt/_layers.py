@@ -100,13 +100,13 @@ class Layers:
                 below = "the embedding's embedding_dim" if k == 0 else f"layer {k - 1}'s hidden_size"
                 raise ValueError(f"{where}: layer {k} ({c!r}) has input_size={c.input_size} but {below} is "
                                  f"{width}; make them equal")
+            if (c.output_is_state or c.recurrent_from_output) and (len(self.cells) > 1 or self.embedding):
+                raise ValueError(f"{where}: a {c.kind!r} cell feeds its output back and computes the readout "
+                                 "itself, so it cannot be stacked or follow an embedding; use it as the only layer")
             needs_input_grad = k > 0 or self.embedding is not None
             if needs_input_grad and c.input_grad is None:
                 raise ValueError(f"{where}: layer {k} ({c!r}) has no input gradient (Cell.input_grad), so it "
                                  "can only be the first layer with no embedding in front")
-            if (c.output_is_state or c.recurrent_from_output) and len(self.cells) > 1:
-                raise ValueError(f"{where}: a {c.kind!r} cell feeds its output back and computes the readout "
-                                 "itself, so it cannot be stacked; use it as the only layer")
             width = c.hidden_size
         self.output_size = int(output_size)
 
