@@ -235,7 +235,8 @@ class _Pool:
 
 
 class Sweep:
-    """One scan's run of a schedule: :meth:`forward` (the first pass) then :meth:`backward`, once each."""
+    """One scan's run of a schedule: :meth:`forward` (the first pass), then :meth:`backward` (again for
+    each further backward through the loss, from the first pass on)."""
 
     def __init__(self, problem: Problem, schedule: Any, *, state0: tuple[torch.Tensor, ...], probe: Kept,
                  rng0: RngState | None, tracker: Tracker | None, persistent: frozenset = frozenset()):
