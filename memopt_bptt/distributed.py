@@ -595,14 +595,6 @@ def _batch_list(data: Any, where: str) -> list[tuple[Any, Any, dict]]:
     return out
 
 
-def _positive_count(value: Any, name: str, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{where}: {name}={value!r} must be an int >= 1")
-    return int(value)
-
-
 def train(model: Sequence, params: dict, data: Any, *, client: distributed.Client, shards: int | tuple[int, ...],
           optimizer: Any, budget: Any = None, policy: str | None = None, steps: int | None = None,
           epochs: int | None = None, clip_norm: float | None = None, progress: bool = True,
@@ -634,10 +626,10 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise TypeError(f"{where}: optimizer={optimizer!r} must have init(params) and "
                         "update(params, grads, state), e.g. mb.Adam(1e-3) or mb.SGD(0.1)")
-    if (steps is None) == (epochs is None):
-        raise ValueError(f"{where}: give exactly one of steps= (updates) or epochs= (passes over the batches); "
-                         f"got steps={steps!r}, epochs={epochs!r}")
-    steps, epochs = _positive_count(steps, "steps", where), _positive_count(epochs, "epochs", where)
+    given = [v for v in (steps, epochs) if v is not None]
+    if len(given) != 1 or isinstance(given[0], bool) or not isinstance(given[0], (int, np.integer)) or given[0] < 1:
+        raise ValueError(f"{where}: give exactly one of steps= (updates) or epochs= (passes over the batches), "
+                         f"an int >= 1; got steps={steps!r}, epochs={epochs!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"{where}: callback must be callable as callback(update, params, history)")
     batches = _batch_list(data, where)
@@ -658,7 +650,7 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
     _check_workers(client, where)
     sent_model = _Sent(client, model)
     placed = [_Batch(client, xs, ys, _ys_axis(model), rows, bounds) for xs, ys, rows, bounds in checked]
-    n_updates = steps if steps is not None else epochs * len(placed)
+    n_updates = int(steps) if steps is not None else int(epochs) * len(placed)
     current = {k: np.array(v, copy=True) for k, v in params.items()}
     opt_state = optimizer.init(current)
     history: dict[str, Any] = {"loss": [], "grad_norm": [], "time": [], "batch": [], "stats": []}

@@ -342,6 +342,8 @@ def test_train_bad_input_is_refused_before_sending(nothing_sent):
         mbd.train(LSTM, params, lambda rng: (xs, ys), client=nothing_sent, shards=2, optimizer=opt, steps=1)
     with pytest.raises(ValueError, match="give exactly one of steps= "):
         mbd.train(LSTM, params, (xs, ys), client=nothing_sent, shards=2, optimizer=opt)
+    with pytest.raises(ValueError, match="an int >= 1; got steps=0"):
+        mbd.train(LSTM, params, (xs, ys), client=nothing_sent, shards=2, optimizer=opt, steps=0)
 
 
 def test_closed_client_is_refused(client):
