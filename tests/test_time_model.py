@@ -48,9 +48,11 @@ def test_byte_cost_round_trips_and_old_json_loads():
     assert old.byte_cost == 0.0
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1e-4", True])
-def test_bad_byte_cost_is_rejected(bad):
-    with pytest.raises(ValueError, match="byte_cost"):
+@pytest.mark.parametrize("bad, error", [(-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                        ("1e-4", TypeError), (True, TypeError)])
+def test_bad_byte_cost_is_rejected(bad, error):
+    """Out of range: ValueError; not a number at all: TypeError; both name the argument."""
+    with pytest.raises(error, match="byte_cost"):
         mb.plan(T, budget=0.3, model=MODEL, batch=BATCH, byte_cost=bad)
 
 
