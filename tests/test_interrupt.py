@@ -70,7 +70,8 @@ def _child(kind: str, T: int, delay: float, env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind", ["one", "lanes", "units"])
+@pytest.mark.parametrize("kind", ["one", pytest.param("lanes", marks=pytest.mark.slow),
+                                  pytest.param("units", marks=pytest.mark.slow)])
 def test_sigint_during_a_sweep_raises_keyboard_interrupt_at_once(kind):
     report = _child(kind, 200_000, 0.3)
     assert report["outcome"] == "KeyboardInterrupt", report
