@@ -9,6 +9,7 @@ fixture. The workers load the sweeps compiled here (Numba's cache on disk):
 the fixture compiles them in this process first.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,23 +26,30 @@ da = pytest.importorskip("dask.array")
 import memopt_bptt as mb  # noqa: E402
 import memopt_bptt.distributed as mbd  # noqa: E402
 
-TEST_SECONDS = 150  # every test's limit: a cold Numba cache compiles for ~30 s in the first worker
+TEST_SECONDS = 150    # every test's limit
+SETUP_SECONDS = 600   # the module's cluster and warm-up: with an empty Numba cache this process compiles first
 
 LSTM = mb.Sequence(mb.LSTM(input_size=3, hidden_size=8), output_size=2)
 GRU_CE = mb.Sequence(mb.GRU(input_size=3, hidden_size=6), output_size=4, loss="cross_entropy")
 
 
-@pytest.fixture(autouse=True)
-def time_limit():
+@contextlib.contextmanager
+def limit(seconds, what):
     def expire(signum, frame):
-        raise TimeoutError(f"test ran longer than {TEST_SECONDS} s")
+        raise TimeoutError(f"{what} ran longer than {seconds} s")
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_SECONDS)
+    signal.alarm(seconds)
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    with limit(TEST_SECONDS, "the test"):
+        yield
 
 
 def data(model, T, B, *, seed=0, dtype=np.float64):
@@ -52,10 +60,12 @@ def data(model, T, B, *, seed=0, dtype=np.float64):
 
 
 def warm_up():
-    """Compile (or load) every sweep the workers run, here, so they load it from the cache."""
+    """Compile (or load) every sweep and planner the workers run, here, so they load them from the cache."""
     for model, dtype in ((LSTM, np.float64), (LSTM, np.float32), (GRU_CE, np.float64)):
-        xs, ys = data(model, 3, 2, dtype=dtype)
-        mb.value_and_grad(model, model.init_params(dtype=dtype), xs, ys)
+        xs, ys = data(model, 30, 2, dtype=dtype)
+        mb.value_and_grad(model, model.init_params(dtype=dtype), xs, ys, budget=0.5)
+    for policy in ("msm", "hsm"):
+        mb.plan(30, budget=0.5, model=LSTM, batch=2, policy=policy)
 
 
 def local_cluster(n_workers, **kwargs):
@@ -65,8 +75,10 @@ def local_cluster(n_workers, **kwargs):
 
 @pytest.fixture(scope="module")
 def client():
-    warm_up()
-    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
+    with limit(SETUP_SECONDS, "the cluster's setup"):
+        warm_up()
+        cluster = local_cluster(2)
+    with cluster, distributed.Client(cluster, timeout=60) as c:
         yield c
 
 
@@ -282,10 +294,10 @@ def test_train_steps_equal_the_optimizer_on_the_oracle_gradients(client):
 def test_budget_error_names_the_shard(client):
     params = LSTM.init_params(seed=13)
     xs, ys = data(LSTM, 200, 6, seed=14)
-    with pytest.raises(mb.MemoryBudgetError) as info:
-        mbd.value_and_grad(client, LSTM, params, xs, ys, shards=(4, 2), budget=600, policy="hsm")
     with pytest.raises(mb.MemoryBudgetError) as here:
         mb.value_and_grad(LSTM, params, xs[:, :4], ys[:, :4], budget=600, policy="hsm")
+    with pytest.raises(mb.MemoryBudgetError) as info:
+        mbd.value_and_grad(client, LSTM, params, xs, ys, shards=(4, 2), budget=600, policy="hsm")
     assert "shard 0 (batch rows 0..3, on worker tcp://" in str(info.value)
     assert info.value.least_bytes == here.value.least_bytes is not None
 
