@@ -508,6 +508,7 @@ def test_final_state_rejects_bad_input():
         mb.final_state(model, params, bad)
 
 
+@pytest.mark.slow  # compiles float32 sweeps of a GRU 256 and split LSTM units: tens of seconds
 def test_a_busy_machine_changes_threads_not_bits(monkeypatch):
     """On a loaded machine a sweep gives BLAS one thread and unit threads no spinning
     (_runner.machine_busy); the gradients are the same bits as with BLAS's own threads."""

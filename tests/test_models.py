@@ -551,8 +551,8 @@ def test_measured_peak_within_budget_stacked_embedding():
 # ---- inputs read in place ------------------------------------------------------------------------------
 
 # A read-only xs (a memmap with mode "r" too) is a Numba type of its own: one more compile of the sweep
-# per structure, so only the embedding stack's runs by default.
-@pytest.mark.parametrize("vocab", [pytest.param(None, marks=pytest.mark.slow), V],
+# per structure (tens of seconds), so both run in the slow step.
+@pytest.mark.parametrize("vocab", [pytest.param(None, marks=pytest.mark.slow), pytest.param(V, marks=pytest.mark.slow)],
                          ids=["floats-2-layers", "ids-embedding-3-layers"])
 def test_memmap_and_read_only_inputs_same_bits(tmp_path, vocab):
     rng = np.random.default_rng(9)
