@@ -52,8 +52,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
+import types
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -71,7 +74,12 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise ImportError("memopt_bptt.distributed needs dask and distributed: "
                       "pip install 'memopt_bptt[dask]'") from _exc
 
+from . import GRU
+from . import LSTM
 from . import POLICIES
+from . import Elman
+from . import Embedding
+from . import Jordan
 from . import MemoryBudgetError
 from . import Sequence
 from . import __version__
@@ -123,6 +131,57 @@ class Stats(NamedTuple):
 
 
 # ---- what runs on the workers ---------------------------------------------------
+
+_CELLS = {"lstm": LSTM, "gru": GRU, "elman": Elman, "jordan": Jordan}
+
+
+class _Recipe(NamedTuple):
+    """A model of built-in layers as its constructors' arguments. A pickled
+    model carries its Numba kernels by value, and a worker compiles such
+    copies again (a minute and more with an empty cache); rebuilt from the
+    recipe, the model uses the worker's own module-level kernels, cached."""
+
+    layers: tuple     # ("embedding", vocab, dim, ()) or (cell kind, input, hidden, options as items)
+    stacked: bool     # a list of layers (PyTorch's rnn.* names) rather than one cell
+    settings: tuple   # output_size, loss, lanes, unit_threads, loss_at
+
+
+@functools.lru_cache(maxsize=16)
+def _model_of(recipe: _Recipe) -> Sequence:
+    layers = [Embedding(a, b) if kind == "embedding" else _CELLS[kind](a, b, **dict(options))
+              for kind, a, b, options in recipe.layers]
+    output_size, loss, lanes, unit_threads, loss_at = recipe.settings
+    return Sequence(layers if recipe.stacked else layers[0], output_size=output_size, loss=loss, lanes=lanes,
+                    unit_threads=unit_threads, loss_at=loss_at)
+
+
+def _same_field(a: Any, b: Any) -> bool:
+    """Equal, the same object, or the same Python function's code over equal closure values."""
+    if a is b or (not callable(a) and a == b):
+        return True
+    if isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType) and a.__code__ is b.__code__:
+        return [c.cell_contents for c in a.__closure__ or ()] == [c.cell_contents for c in b.__closure__ or ()]
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return all(_same_field(x, y) for x, y in zip(a, b))
+    return False
+
+
+def _portable(model: Sequence) -> Sequence | _Recipe:
+    """The model's recipe when rebuilding it gives the same cells (the same Numba kernels), else the model."""
+    try:
+        layers = [("embedding", model.embedding.vocab_size, model.embedding.embedding_dim, ())] \
+            if model.embedding is not None else []
+        layers += [(c.kind, c.input_size, c.hidden_size, tuple(sorted(c.options.items()))) for c in model.cells]
+        recipe = _Recipe(tuple(layers), bool(model.layers.stacked),
+                         (model.output_size, model.loss, model.lanes, model.unit_threads, model.loss_at))
+        rebuilt = _model_of(recipe)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return model
+    same = repr(rebuilt) == repr(model) and rebuilt.param_shapes == model.param_shapes and all(
+        _same_field(getattr(a, f.name), getattr(b, f.name))
+        for a, b in zip(rebuilt.cells, model.cells) for f in dataclasses.fields(a))
+    return recipe if same else model
+
 
 class _Failure(NamedTuple):
     shard: int
@@ -183,6 +242,7 @@ def _shard_value_and_grad(model: Sequence, params: dict, piece: tuple, shard: in
     xs, ys, extras = piece
     worker = _worker_address()
     t0 = time.perf_counter()
+    model = _model_of(model) if isinstance(model, _Recipe) else model
     count = _loss_terms(xs.shape[0], xs.shape[1], extras, model.loss_at)
     try:
         if count == 0:  # every term of this shard masked out: nothing to add
@@ -495,7 +555,8 @@ def _run(client: distributed.Client, model: _Sent, params: dict, batch: _Batch, 
          where: str) -> tuple[_Part, Stats]:
     """One update's reduced part: parameters sent once, shards computed where their data is."""
     t0 = time.perf_counter()
-    root = (next(iter(params.values())).dtype, _state_axes(model.value))
+    value = model.value
+    root = (next(iter(params.values())).dtype, _state_axes(_model_of(value) if isinstance(value, _Recipe) else value))
     leaves: list = [None] * len(batch.bounds)
     sent = _Sent(client, params)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -563,7 +624,7 @@ def value_and_grad(client: distributed.Client, model: Sequence, params: dict, xs
         options["return_h0_grad"] = True
     _check_workers(client, where)
     placed = _Batch(client, xs, ys, _ys_axis(model), rows, bounds)
-    root, stats = _run(client, _Sent(client, model), params, placed, options, where)
+    root, stats = _run(client, _Sent(client, _portable(model)), params, placed, options, where)
     loss, grads, h0 = _finish(root, where)
     result: list[Any] = [loss, grads]
     if return_h0_grad:
@@ -648,7 +709,7 @@ def train(model: Sequence, params: dict, data: Any, *, client: distributed.Clien
         if not math.isfinite(clip_norm) or clip_norm <= 0:
             raise ValueError(f"{where}: clip_norm={clip_norm!r} must be a finite number > 0")
     _check_workers(client, where)
-    sent_model = _Sent(client, model)
+    sent_model = _Sent(client, _portable(model))
     placed = [_Batch(client, xs, ys, _ys_axis(model), rows, bounds) for xs, ys, rows, bounds in checked]
     n_updates = int(steps) if steps is not None else int(epochs) * len(placed)
     current = {k: np.array(v, copy=True) for k, v in params.items()}

@@ -10,6 +10,7 @@ the fixture compiles them in this process first.
 """
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -169,10 +170,21 @@ def test_the_core_never_imports_dask():
 def test_shards_equal_the_core_over_the_same_shards(client, dtype, shards, sizes, budget, tol):
     params = LSTM.init_params(seed=1, dtype=dtype)
     xs, ys = data(LSTM, 40, 12, seed=2, dtype=dtype)
+    # the oracle first: what this process compiles (the planner's paths for this budget) the workers then load
+    want = oracle(LSTM, params, xs, ys, sizes, budget=budget)
     got = mbd.value_and_grad(client, LSTM, params, xs, ys, shards=shards, budget=budget)
-    same_bits(got, oracle(LSTM, params, xs, ys, sizes, budget=budget))
+    same_bits(got, want)
     whole = mb.value_and_grad(LSTM, params, xs, ys)   # plain BPTT: the same bits as any budget's
     assert 0 < max_rel_diff(got, whole) < tol   # another order of the same sums, not the same bits
+
+
+def test_models_travel_as_recipes_only_when_rebuilt_alike():
+    # a recipe is rebuilt on the worker from its own cached kernels; anything else travels pickled
+    recipe = mbd._portable(GRU_CE)
+    assert isinstance(recipe, mbd._Recipe) and repr(mbd._model_of(recipe)) == repr(GRU_CE)
+    other_kernel = dataclasses.replace(mb.LSTM(3, 8), forward_step=mb.GRU(3, 8).forward_step)
+    odd = mb.Sequence(other_kernel, output_size=2)
+    assert mbd._portable(odd) is odd
 
 
 def test_one_shard_is_the_core_bit_for_bit(client):
