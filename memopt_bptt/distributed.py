@@ -102,6 +102,8 @@ _REFUSED = {
 MAX_ATTEMPTS = 3
 """Times an update is submitted when a worker dies and takes data with it
 (Dask itself reruns a task whose worker died while running it)."""
+WAIT_FOR_WORKERS = 30.0
+"""Seconds a call waits for a first worker to join before saying the cluster has none."""
 _PROBE = "__import__('memopt_bptt').__version__"
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -454,6 +456,12 @@ def _check_batch(model: Sequence, dtype: np.dtype, xs: Any, ys: Any, rows: dict,
 def _check_workers(client: distributed.Client, where: str) -> None:
     """Every worker imports this package at the client's version (each one is asked once)."""
     workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:  # none yet, or one restarting: wait a little before saying so
+        try:
+            client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+        except (TimeoutError, distributed.TimeoutError):
+            pass
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
         raise RuntimeError(f"{where}: the cluster has no workers; start some (LocalCluster(n_workers=2), "
                            "or `dask worker tcp://scheduler:8786` on each machine)")
