@@ -83,6 +83,15 @@ def _dtype_of(dtype: Any, *, where: str) -> np.dtype:
     return dt
 
 
+def _unit_cells(layers: Layers) -> tuple[Cell, ...] | None:
+    cells = layers.cells
+    if layers.embedding is not None or any(c.unit_kernels is None for c in cells):
+        return None
+    if any(c.unit_input_grad is None for c in cells[1:]):
+        return None
+    return cells
+
+
 def _positive_or_none(value: Any, name: str, meaning: str) -> int | None:
     if value is None:
         return None
@@ -116,9 +125,10 @@ class Sequence:
     ``lanes`` splits the batch into independent sweeps on separate threads:
     None (automatic, for small recurrent GEMMs), or a number of lanes (1:
     never); see :meth:`lane_batches`. ``unit_threads`` splits every step's
-    hidden units between threads instead (one layer with no embedding): None
-    (automatic, for large recurrent GEMMs of a cell that supports it), or a
-    number of threads (1: never); see :meth:`unit_split`.
+    hidden units between threads instead (every layer's, in a stack of cells
+    with unit kernels and no embedding): None (automatic, for large
+    recurrent GEMMs of cells that support it), or a number of threads (1:
+    never); see :meth:`unit_split`.
 
     Example::
 
@@ -144,11 +154,10 @@ class Sequence:
         lanes = _positive_or_none(lanes, "lanes", "1: never split the batch")
         unit_threads = _positive_or_none(unit_threads, "unit_threads", "1: never split the hidden units")
         if unit_threads is not None and unit_threads > 1:
-            cells = self.layers.cells
-            if len(cells) > 1 or self.layers.embedding is not None or cells[0].unit_kernels is None:
+            if _unit_cells(self.layers) is None:
                 raise ValueError(f"Sequence: unit_threads={unit_threads} needs a cell with unit kernels "
-                                 f"(Cell.unit_kernels; the built-in LSTM has them, {self.layers.kind()!r} does not), "
-                                 "alone, with no embedding; use unit_threads=None or 1")
+                                 f"(Cell.unit_kernels; the built-in LSTM has them, {self.layers.kind()!r} does not) "
+                                 "in every layer, and no embedding; use unit_threads=None or 1")
             if lanes is not None and lanes > 1:
                 raise ValueError(f"Sequence: lanes={lanes} and unit_threads={unit_threads} cannot both split "
                                  "the work; set one of them to 1")
@@ -253,30 +262,36 @@ class Sequence:
         """
         return _split.lane_batches(self, batch)
 
-    def unit_split(self, batch: int) -> tuple[tuple[int, int], ...]:
-        """How each step's hidden units are split between threads: (u0, u1) per thread.
+    def unit_split(self, batch: int, *, layer: int = -1) -> tuple[tuple[int, int], ...]:
+        """How each step's hidden units of ``layer`` (the top one by default) are
+        split between threads: (u0, u1) per thread.
 
         The threads run the same schedule together; each computes its units'
-        rows of every GEMM and its units' elements of every block, and they
+        rows of every GEMM and its units' elements of every block, in every
+        layer of a stack (each layer's hidden units split alike), and they
         meet at a barrier wherever one reads what another wrote (two or three
-        times per step). Unlike lanes, this needs no second gradient
+        times per step and layer). Unlike lanes, this needs no second gradient
         accumulator, only a second scratch buffer and small exchange blocks,
         and pays off where one step's GEMMs are large.
 
-        ``unit_threads=None`` (the default) uses two threads for a single
-        cell with unit kernels (Cell.unit_kernels: the built-in LSTM) and no
-        embedding whose recurrent GEMM has at least ``LANE_MAX_MACS``
-        multiply-adds (where automatic lanes stop) and at least ``2 *
-        MIN_UNIT_HIDDEN`` hidden units; else one thread, ``((0, hidden),)``.
-        Like lanes, the split depends only on the model and the batch, never
-        on the machine: where fewer CPUs are usable the threads take turns,
-        with the same bits.
+        ``unit_threads=None`` (the default) uses two threads for cells with
+        unit kernels (Cell.unit_kernels: the built-in LSTM) in every layer
+        and no embedding, where the largest layer's recurrent GEMM has at
+        least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop) and
+        every layer at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else one
+        thread, ``((0, hidden),)``. Like lanes, the split depends only on the
+        model and the batch, never on the machine: where fewer CPUs are
+        usable the threads take turns, with the same bits.
 
         Example::
 
             mb.Sequence(mb.LSTM(64, 256), output_size=16).unit_split(16)   # ((0, 128), (128, 256))
         """
-        return _split.unit_split(self, batch)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
+                or not -len(self.cells) <= layer < len(self.cells):
+            raise ValueError(f"Sequence.unit_split: layer={layer!r} must be an int in "
+                             f"[{-len(self.cells)}, {len(self.cells)}) (this model has {len(self.cells)} layers)")
+        return _split.unit_split(self, batch, int(layer))
 
     def describe_split(self, batch: int, *, dtype: Any = "float32") -> str:
         """Which path a sweep of this batch takes (lanes, unit threads, BLAS
@@ -290,12 +305,11 @@ class Sequence:
         return _split.explain(self, self.sizes(batch=batch, dtype=dtype))
 
     @property
-    def unit_cell(self) -> Cell | None:
-        """The cell whose hidden units threads can split (one layer, no embedding, unit kernels), else None."""
-        cells = self.layers.cells
-        if len(cells) == 1 and self.layers.embedding is None and cells[0].unit_kernels is not None:
-            return cells[0]
-        return None
+    def unit_cells(self) -> tuple[Cell, ...] | None:
+        """The layers whose hidden units threads can split, or None: every layer
+        needs unit kernels (and, above the first, ``Cell.unit_input_grad``), and
+        there is no embedding."""
+        return _unit_cells(self.layers)
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -332,8 +346,10 @@ class Sequence:
         ``LANE_PYTHON_BYTES`` per lane for its thread. Splitting the hidden
         units (:meth:`unit_split`) adds a scratch buffer for every thread but
         the first, and for every thread a readout buffer (twice the outputs
-        and its units' h_t), two (hidden, batch) blocks of partial gradients
-        it shares, and ``UNIT_PYTHON_BYTES``.
+        and its units' h_t), two blocks of partial gradients it shares
+        (per layer (hidden, batch), and (input, batch) above the first), and
+        ``UNIT_PYTHON_BYTES``; the layers' input buffers go (unit threads
+        read the layer below's h_t in place).
         """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch={batch!r} must be a positive int")

@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["lane_batches", "unit_split", "split_sizes", "split_note", "blas_threads_for"]
+from ._layers import layout
+
+__all__ = ["lane_batches", "n_unit_threads", "unit_split", "unit_exchange_widths", "unit_exchange_len",
+           "split_sizes", "split_note", "blas_threads_for"]
 
 MIN_LANE_BATCH = 4
 """Automatic lanes never get fewer batch rows than this."""
@@ -75,16 +78,28 @@ def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
     return tuple(q + (1 if k < r else 0) for k in range(n))
 
 
-def unit_split(model: Any, batch: int) -> tuple[tuple[int, int], ...]:
-    """Hidden units (u0, u1) per unit thread (see ``Sequence.unit_split``)."""
-    cell = model.unit_cell
-    H = model.hidden_size
-    if cell is None or len(lane_batches(model, batch)) > 1:
-        n = 1
-    elif model.unit_threads is None:
-        n = 2 if recurrent_macs(model, batch) >= LANE_MAX_MACS and H >= 2 * MIN_UNIT_HIDDEN else 1
-    else:
-        n = min(model.unit_threads, H)
+def n_unit_threads(model: Any, batch: int) -> int:
+    """How many threads split every step's hidden units (1: none; see ``Sequence.unit_split``).
+
+    Automatic: two for a stack whose every layer has unit kernels and no
+    embedding (``Sequence.unit_cells``), not split into lanes, whose largest
+    recurrent GEMM has at least ``LANE_MAX_MACS`` multiply-adds and whose
+    every layer has at least ``2 * MIN_UNIT_HIDDEN`` hidden units; asked
+    for, at most one per hidden unit of the narrowest layer."""
+    cells = model.unit_cells
+    if cells is None or len(lane_batches(model, batch)) > 1:
+        return 1
+    narrowest = min(c.hidden_size for c in cells)
+    if model.unit_threads is None:
+        big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS
+        return 2 if big and narrowest >= 2 * MIN_UNIT_HIDDEN else 1
+    return min(model.unit_threads, narrowest)
+
+
+def unit_split(model: Any, batch: int, layer: int = -1) -> tuple[tuple[int, int], ...]:
+    """Hidden units (u0, u1) of layer ``layer`` per unit thread (see ``Sequence.unit_split``)."""
+    n = n_unit_threads(model, batch)
+    H = model.cells[layer].hidden_size
     q, r = divmod(H, n)
     bounds = np.cumsum([0] + [q + (1 if k < r else 0) for k in range(n)])
     return tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n))
@@ -95,6 +110,20 @@ def unit_out_len(sizes: Any, u0: int, u1: int) -> int:
     return 2 * sizes.output_len + sizes.batch * (u1 - u0)
 
 
+def unit_exchange_widths(model: Any) -> list[tuple[int, int]]:
+    """Per layer, (h, x): elements per batch row of one thread's partial dL/dh_{t-1}
+    (the layer's hidden size) and partial dL/dx_t (the input size of a layer above
+    the first, whose threads' parts add up to the layer below's dL/dh_t; else 0)."""
+    cells = model.cells
+    return [(c.hidden_size, cells[k - 1].hidden_size if k else 0) for k, c in enumerate(cells)]
+
+
+def unit_exchange_len(model: Any, batch: int) -> int:
+    """Elements of one thread's partial gradients of one step, every layer's (the
+    exchange holds two, alternating by step parity, per thread)."""
+    return batch * sum(h + x for h, x in unit_exchange_widths(model))
+
+
 def split_sizes(model: Any, whole: Any, dtype: np.dtype) -> Any:
     """``whole`` (the unsplit Sizes of a batch) with what the model's split adds:
     for lanes, each lane's own buffers, a copy of its inputs' rows for
@@ -102,20 +131,22 @@ def split_sizes(model: Any, whole: Any, dtype: np.dtype) -> Any:
     first and ``LANE_PYTHON_BYTES`` per lane; for unit threads, a scratch
     buffer for every thread but the first, a readout buffer per thread
     (:func:`unit_out_len`; one output buffer is charged already), two
-    (hidden, batch) blocks of partial gradients per thread and
-    ``UNIT_PYTHON_BYTES`` per thread."""
+    blocks of partial gradients per thread (:func:`unit_exchange_len`: each
+    layer's hidden and, above the first, input size, by the batch) and
+    ``UNIT_PYTHON_BYTES`` per thread; less the layers' input buffers, which
+    unit threads do not use (they read the layer below's h_t in place)."""
     batch = whole.batch
     lanes = lane_batches(model, batch)
     if len(lanes) == 1:
-        units = unit_split(model, batch)
+        units = unit_split(model, batch)  # the top layer's: its units' h_t for the readout
         threads = len(units)
         if threads == 1:
             return whole
-        H = model.hidden_size
         outs = sum(unit_out_len(whole, u0, u1) for u0, u1 in units)
         row_weights = -(-batch * 8 // whole.itemsize)  # each thread's float64 row weights
-        extra = ((threads - 1) * (whole.work_len + row_weights) + outs - whole.output_len
-                 + threads * (2 * batch * H + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
+        unused = layout(model.layers, batch, lane=False).xbuf_len
+        extra = ((threads - 1) * (whole.work_len + row_weights) + outs - whole.output_len - unused
+                 + threads * (2 * unit_exchange_len(model, batch) + -(-UNIT_PYTHON_BYTES // whole.itemsize)))
         return whole._replace(lane_extra_len=extra, unit_threads=threads)
     own = sum(model.rows_sizes(b, dtype, lane=True).working_bytes // whole.itemsize for b in lanes)
     params = sum(math.prod(s) for s in model.param_shapes.values())
@@ -153,15 +184,18 @@ def explain(model: Any, sizes: Any) -> str:
         why = "asked for" if model.lanes is not None else (
             f"recurrent GEMMs of {macs:,} multiply-adds, from {MIN_LANE_MACS:,} to below {LANE_MAX_MACS:,}")
         return f"{len(sizes.lanes)} lanes of {list(sizes.lanes)} batch rows, BLAS on 1 thread each ({why})"
-    if sizes.unit_threads > 1:
-        why = "asked for" if model.unit_threads is not None else (
-            f"recurrent GEMM of {macs:,} >= {LANE_MAX_MACS:,} multiply-adds")
-        return f"{sizes.unit_threads} unit threads splitting the hidden units, BLAS on 1 thread each ({why})"
     largest = model.recurrent_macs(batch, largest=True)
+    if sizes.unit_threads > 1:
+        stacked = len(model.cells) > 1
+        gemm = "largest layer's recurrent GEMM" if stacked else "recurrent GEMM"
+        why = ("asked for" if model.unit_threads is not None
+               else f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds")
+        what = "every layer's hidden units" if stacked else "the hidden units"
+        return f"{sizes.unit_threads} unit threads splitting {what}, BLAS on 1 thread each ({why})"
     blas = blas_threads_for(model, sizes)
     why = [f"largest recurrent GEMM {largest:,} multiply-adds {'<' if blas == 1 else '>='} {SMALL_GEMM_MACS:,}"]
-    if model.unit_cell is None and macs >= LANE_MAX_MACS:
-        why.append("no unit threads: " + ("a stack or an embedding" if len(model.cells) > 1 or model.embedding
-                                          else f"{model.kind!r} has no unit kernels"))
+    if model.unit_cells is None and largest >= LANE_MAX_MACS:
+        why.append("no unit threads: " + ("an embedding" if model.embedding else
+                                          f"{model.kind!r} has a layer without unit kernels"))
     threads = "1 thread" if blas == 1 else "its own thread count"
     return f"one sweep over the whole batch, BLAS on {threads} ({'; '.join(why)})"

@@ -326,7 +326,8 @@ def test_describe_split_names_the_path_sizes_chose():
     cases = [(mb.Sequence(mb.LSTM(64, 256), output_size=4), "2 unit threads"),
              (mb.Sequence(mb.LSTM(64, 64), output_size=4), "2 lanes of [8, 8]"),
              (mb.Sequence(mb.LSTM(64, 256), output_size=4, unit_threads=1), "one sweep over the whole batch"),
-             (mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)], output_size=4), "one sweep"),
+             (mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)], output_size=4), "2 unit threads"),
+             (mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)], output_size=4), "one sweep"),
              (mb.Sequence(mb.Elman(8, 16), output_size=4), "one sweep")]
     for model, start in cases:
         sizes = model.sizes(batch=16, dtype="float32")
@@ -335,5 +336,7 @@ def test_describe_split_names_the_path_sizes_chose():
         assert ("unit threads" in text.split("(")[0]) == (sizes.unit_threads > 1)
         assert ("lanes" in text.split("(")[0]) == bool(sizes.lanes)
     assert "asked for" in mb.Sequence(mb.LSTM(8, 8), output_size=2, lanes=2).describe_split(4)
-    assert "a stack or an embedding" in mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)],
-                                                    output_size=4).describe_split(16)
+    assert "'lstm+gru' has a layer without unit kernels" in mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)],
+                                                                          output_size=4).describe_split(16)
+    assert "no unit threads: an embedding" in mb.Sequence([mb.Embedding(9, 64), mb.LSTM(64, 256)],
+                                                          output_size=4).describe_split(16)

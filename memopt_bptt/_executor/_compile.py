@@ -3,12 +3,12 @@
 Numba caches a jitted function on disk only when everything it calls is
 known when it is compiled; a kernel passed as an argument is not, so the
 sweep once recompiled for seconds in every new process. Here the sweep's
-source is compiled with the layers' kernels bound as globals, and the rows
-mode's per-layer steps generated for the stack's depth (``_rows_source``),
-under a name of its own for each (layers, mode): ``sweep_<kinds>_<mode>_<tag>``,
+source is compiled with the layers' kernels bound as globals, and the mode's
+per-layer steps generated for the stack's depth (``_rows_source``,
+``_units_source``), under a name of its own for each (layers, mode): ``sweep_<kinds>_<mode>_<tag>``,
 where the tag hashes the kernels' names, the layers' layout flags and the source of every
-file the compiled code comes from (``_sweep.py``, this file,
-``memopt_bptt/_kernels/`` and the kernels' modules). Numba keys its cache by file, function name and
+file the compiled code comes from (``_sweep.py``, ``_units.py`` in units mode,
+this file, ``memopt_bptt/_kernels/`` and the kernels' modules). Numba keys its cache by file, function name and
 bytecode, and stamps it with ``_sweep.py``'s modification time only, so the
 tag is what makes an edit to a kernel's module recompile the sweep instead
 of loading a stale one.
@@ -36,6 +36,7 @@ __all__ = ["MODES", "sweep_for", "is_cached"]
 
 MODES = ("rows", "units")
 _SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sweep.py")
+_UNITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_units.py")
 _KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernels")
 _PACKAGE = __name__.rsplit(".", 2)[0]  # memopt_bptt
 _BUILT: dict = {}
@@ -62,12 +63,16 @@ def _kernels(model: Any, mode: str) -> dict[str, Any]:
         if layers.built_input(k):
             kernels[f"L{k}_input_grad"] = cell.input_grad
     if mode == "units":
-        cell = model.unit_cell
-        if cell is None:
-            raise ValueError(f"model {model.kind!r} cannot split its hidden units between threads (it needs one "
-                             "cell with unit kernels, Cell.unit_kernels, and no embedding); use unit_threads=1")
+        cells = model.unit_cells
+        if cells is None:
+            raise ValueError(f"model {model.kind!r} cannot split its hidden units between threads (every layer "
+                             "needs unit kernels, Cell.unit_kernels, and there must be no embedding); use "
+                             "unit_threads=1")
         names = ("unit_forward", "unit_rebuild", "unit_backward_local", "unit_backward_shared", "unit_flush")
-        kernels.update(zip(names, cell.unit_kernels))
+        for k, cell in enumerate(cells):
+            kernels.update({f"L{k}_{name}": kernel for name, kernel in zip(names, cell.unit_kernels)})
+            if k:
+                kernels[f"L{k}_unit_input_grad"] = cell.unit_input_grad
     return kernels
 
 
@@ -90,6 +95,8 @@ def _tag(model: Any, mode: str, kernels: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     files = {_SOURCE_FILE, os.path.abspath(__file__), *(os.path.join(_KERNELS_DIR, f) for f in sorted(os.listdir(_KERNELS_DIR))
                              if f.endswith(".py"))}
+    if mode == "units":
+        files.add(_UNITS_FILE)
     for name, kernel in kernels.items():
         py = getattr(kernel, "py_func", kernel)
         digest.update(f"{name}={py.__module__}.{py.__qualname__};".encode())
@@ -123,13 +130,13 @@ def _rows_source(model: Any) -> str:
         return f"{buf}[lay[{k}, {o}]: lay[{k}, {o}] + lay[{k}, {ln}]]"
 
     def stepper(name: str, args: str, kernel: str, buffers) -> str:
-        lines = [f"@njit\ndef {name}(params, data, bufs, spec, t, {args}):\n", head]
+        lines = [f"@njit\ndef {name}(params, data, bufs, spec, t, {args}, nb):\n", head]
         for k in range(n):
             x = first if k == 0 else f"hidden_input({buffers[-1]}, lay, {k}, input_buffer(bufs, lay, {k}, rows))"
             lines.append(f"    x = {x}\n")
             lines.append("    " + _layer_call(k, kernel, "x", *[blk(b, k, w) for b, w in buffers[:-1]],
                                              "work") + "\n")
-        return "".join(lines)
+        return "".join(lines) + "    return nb\n"
 
     forward = stepper("forward_rows", "cur, nxt, internal", "forward",
                       [("cur", "state"), ("nxt", "state"), ("internal", "internal"), "nxt"])
@@ -175,6 +182,67 @@ def _rows_source(model: Any) -> str:
     return "\n\n".join([forward, rebuild, "".join(lines)])
 
 
+def _units_source(model: Any) -> str:
+    """forward_units, rebuild_units and backward_units for the model's stack: every
+    layer's unit kernels on this thread's units, with the barriers ``_units.py``
+    describes (layer k's input is layer k-1's h_t, a transposed view of its block)."""
+    n = len(model.layers.cells)
+    head = ("    lay = bufs.layout\n    units = bufs.units\n    rows = spec.rows\n    work = bufs.work\n"
+            "    w_out, b_out = params[P_W_OUT], params[P_B_OUT]\n")
+
+    def blk(buf: str, k: int, which: str) -> str:
+        o, ln = (0, 1) if which == "state" else (2, 3)
+        return f"{buf}[lay[{k}, {o}]: lay[{k}, {o}] + lay[{k}, {ln}]]"
+
+    def call(k: int, kernel: str, *args: str) -> str:
+        p = ", ".join(f"params[{4 * k + i}]" for i in range(4))
+        return f"L{k}_{kernel}({p}, w_out, b_out, {', '.join(args)}, units[{k}, U0], units[{k}, U1])"
+
+    def x(k: int, state: str) -> str:
+        return "data.xs[t]" if k == 0 else f"layer_h({state}, lay, {k - 1}, rows).T"
+
+    forward = ["@njit\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head]
+    for k in range(n):
+        if k:
+            forward.append("    nb = sync_units(bufs, spec, nb)  # the next layer reads all of this one's h_t\n")
+        forward.append("    " + call(k, "unit_forward", x(k, "nxt"), blk("cur", k, "state"), blk("nxt", k, "state"),
+                                     blk("internal", k, "internal"), "work") + "\n")
+    forward.append("    return nb\n")
+    rebuild = ["@njit\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head]
+    for k in range(n):
+        rebuild.append("    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
+                                     blk("out", k, "state"), "work") + "\n")
+    rebuild.append("    return nb\n")
+    lines = ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]", "me = spec.thread", "flushed = False"]
+    for k in range(n - 1, -1, -1):
+        g = ", ".join(f"grads[{4 * k + i}]" for i in range(4))
+        lines += [f"# layer {k}", f"c = lay[{k}, 10]", "j = t % c",
+                  f"chunk = bufs.chunk[lay[{k}, 6]: lay[{k}, 6] + lay[{k}, 7]]",
+                  f"hp = unit_parts(bufs, t, units[{k}, HP_OFF], rows * lay[{k}, 9])"]
+        if k:
+            lines += [f"below = layer_h(state, lay, {k - 1}, rows)",
+                      f"keep_units(below, kept_input(bufs, lay, {k}, rows, j), units[{k - 1}, U0], units[{k - 1}, U1])",
+                      f"xp = unit_parts(bufs, t, units[{k}, XP_OFF], rows * lay[{k}, 8])"]
+        xk = "below.T" if k else "data.xs[t]"
+        lines.append(call(k, "unit_backward_local", xk, blk("internal", k, "internal"), blk("ds", k, "state"),
+                          blk("ds_prev", k, "state"), "work", "chunk", "j", "hp[me]"))
+        if k:
+            lines.append(call(k, "unit_input_grad", xk, "work", "xp[me]"))
+        lines += ["nb = sync_units(bufs, spec, nb)",
+                  call(k, "unit_backward_shared", xk, blk("ds_prev", k, "state"), "hp")]
+        if k:
+            lines.append(f"add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[{k - 1}, U0], units[{k - 1}, U1])")
+        block = f"kept_inputs(bufs, lay, {k}, rows, w)" if k else "first_inputs(data, bufs, lay, spec, t, w)"
+        lines += ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
+                  "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out"),
+                  "    flushed = True"]
+    lines += ["if flushed:  # the flushes read every unit's h_{t-1} and inputs, which the next block writes",
+              "    nb = sync_units(bufs, spec, nb)", "return nb"]
+    backward = ["@njit\ndef backward_units(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
+                head] + [f"    {line}\n" for line in lines]
+    return "\n\n".join("".join(f) for f in (forward, rebuild, backward))
+
+
 def _build(model: Any, mode: str) -> Any:
     kernels = _kernels(model, mode)
     cached = is_cached(model)
@@ -183,6 +251,8 @@ def _build(model: Any, mode: str) -> Any:
     kind = re.sub(r"\W", "_", model.kind)
     name = f"sweep_{kind}_{mode}_{_tag(model, mode, kernels)}" if cached else "sweep"
     source = source.replace("def sweep(", f"def {name}(", 1) + "\n\n" + _rows_source(model)
+    if mode == "units":
+        source += "\n\n" + _units_source(model)
     filename = _SOURCE_FILE if cached else f"<memopt_bptt sweep for the custom cells {model.kind!r}>"
     # A module of its own, registered in sys.modules: Numba looks a compiled
     # function's globals up by its module's name (and treats a function with
@@ -197,6 +267,9 @@ def _build(model: Any, mode: str) -> Any:
                      FEATURE_MAJOR=bool(layers.top.feature_major), EMBED=layers.embedding is not None,
                      P_W_OUT=n_params, P_B_OUT=n_params + 1, P_EMB=n_params + 2, **kernels)
     sys.modules[module.__name__] = module
+    if mode == "units":  # units mode's operations, under their own file name (tracebacks)
+        with open(_UNITS_FILE, encoding="utf-8") as f:
+            exec(compile(f.read(), _UNITS_FILE, "exec"), namespace)  # noqa: S102 - our own source file
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own source file
     for op, impl in zip(_OPS, _MODE_OPS[mode]):
         namespace[op] = namespace[impl]

@@ -22,7 +22,7 @@ from .._kernels.blas import blas_threads
 from .._interrupt import run_interruptibly
 from .._kernels.sync import SLOT, abort, new_flags
 from .._layers import S_OFF, layout
-from .._split import blas_threads_for, unit_out_len
+from .._split import blas_threads_for, unit_exchange_len, unit_exchange_widths, unit_out_len
 from ._compile import sweep_for
 
 __all__ = ["Buffers", "Data", "Run", "Spec", "machine_busy", "usable_cpus"]
@@ -30,7 +30,8 @@ __all__ = ["Buffers", "Data", "Run", "Spec", "machine_busy", "usable_cpus"]
 _CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs them
 # Stand-ins for the buffers one mode does not use (allocated once, outside any traced call).
 _NO_FLAGS = new_flags(0)
-_NO_EXCHANGE = {np.dtype(t): np.zeros((1, 1, 1), t) for t in (np.float32, np.float64)}
+_NO_EXCHANGE = {np.dtype(t): np.zeros(1, t) for t in (np.float32, np.float64)}
+_NO_UNITS = np.zeros((0, 4), np.int64)
 
 
 class Data(NamedTuple):
@@ -55,7 +56,7 @@ class Spec(NamedTuple):
     b0: int             # first batch row (a lane's offset; 0 otherwise)
     rows: int           # batch rows of this sweep
     thread: int         # lane or unit-thread index
-    u0: int             # hidden units u0 .. u1-1 (units mode; 0 .. hidden otherwise)
+    u0: int             # the top layer's hidden units u0 .. u1-1 (units mode; 0 .. hidden otherwise)
     u1: int
     state_len: int      # elements of a state of these rows
     internal_len: int   # elements of an internal state of these rows
@@ -83,7 +84,7 @@ class Buffers(NamedTuple):
     outbuf: np.ndarray     # outputs and dL/dout (units mode: also their transpose and h_t's)
     chunk: np.ndarray      # every layer's deferred weight-gradient block (Cell.grad_chunk)
     xchunk: np.ndarray     # layers' inputs kept for a block of deferred weight gradients
-    exchange: np.ndarray   # unit threads' partial dL/dh_{t-1}, (2, threads, batch*hidden)
+    exchange: np.ndarray   # unit threads' partial gradients, two steps' (memopt_bptt._executor._units)
     flags: np.ndarray      # unit threads' barrier counters
     norms: np.ndarray      # ||dL/dh_t||^2 at index t, or empty
     layout: np.ndarray     # (layers, columns) offsets: memopt_bptt._layers.layout
@@ -91,6 +92,7 @@ class Buffers(NamedTuple):
     dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
     roww: np.ndarray       # float64 loss weights of this step's rows
     stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
+    units: np.ndarray      # (layers, 4) int64: a unit thread's units and exchange offsets per layer, or empty
 
 
 def machine_busy() -> bool:
@@ -189,11 +191,24 @@ class Run:
                 v[:] = 0.0
             lane_norms = norms if k == 0 else np.zeros_like(norms)
             bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms, lay.table, views[9], views[10],
-                           np.empty(bl, np.float64), stop)
+                           np.empty(bl, np.float64), stop, _NO_UNITS)
             jobs.append((bufs, grads if k == 0 else tuple(views[11:]),
                          self._spec(k, b0, bl, 0, model.hidden_size, lay.table)))
             b0 += bl
         return jobs
+
+    def _unit_tables(self) -> list[np.ndarray]:
+        """Each unit thread's (layers, 4) table: its units (u0, u1) of every layer and where
+        that layer's partial dL/dh_{t-1} and dL/dx_t blocks of every thread start in one
+        step's half of the exchange (memopt_bptt._executor._units)."""
+        model, B, n = self.model, self.batch, len(self.parts)
+        splits = [model.unit_split(B, layer=k) for k in range(len(model.cells))]
+        offsets, o = [], 0
+        for h, x in unit_exchange_widths(model):
+            offsets.append((o, o + n * B * h))
+            o += n * B * (h + x)
+        assert o == n * unit_exchange_len(model, B)
+        return [np.array([(*split[k], *offs) for split, offs in zip(splits, offsets)], np.int64) for k in range(n)]
 
     def _allocate_units(self, pool_quanta, h0_flat, grads, norms):
         sz, dtype, B = self.sizes, self.arrays[0].dtype, self.batch
@@ -206,15 +221,16 @@ class Run:
         ds[:] = 0.0
         ds_prev[:] = 0.0
         chunk = np.empty(max(sz.chunk_len, 1), dtype)
-        exchange = np.empty((2, n, B * self.model.hidden_size), dtype)
+        xchunk = np.empty(lay.xchunk_len, dtype)  # the layers' inputs kept for deferred gradients (above the first)
+        exchange = np.empty(2 * n * unit_exchange_len(self.model, B), dtype)
         flags = new_flags(n)
         none = chunk[:0]
         jobs = []
-        for k, (u0, u1) in enumerate(self.parts):
+        for k, ((u0, u1), table) in enumerate(zip(self.parts, self._unit_tables())):
             own = (np.empty(max(sz.work_len, 1), dtype), np.empty(unit_out_len(sz, u0, u1), dtype))
-            bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, none, exchange, flags,
+            bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, xchunk, exchange, flags,
                            norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64),
-                           flags[-SLOT:])  # the barriers' abort flag: stopping releases every wait
+                           flags[-SLOT:], table)  # flags[-SLOT:]: the barriers' abort flag, stopping releases every wait
             jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1, lay.table)))
         return jobs
 
@@ -224,7 +240,8 @@ class Run:
         (not the returned gradients, the norms or the barrier's counters)."""
         seen, total = {id(g) for g in jobs[0][1]}, 0
         for bufs, grads, _ in jobs:
-            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS, layout=_NO_FLAGS, stop=_NO_FLAGS), *grads):
+            for a in (*bufs._replace(norms=_NO_FLAGS, flags=_NO_FLAGS, layout=_NO_FLAGS, stop=_NO_FLAGS,
+                                     units=_NO_FLAGS), *grads):
                 if id(a) not in seen and a is not _NO_FLAGS and a is not _NO_EXCHANGE.get(a.dtype):
                     seen.add(id(a))
                     total += a.nbytes

@@ -71,6 +71,20 @@ keeps h_t)::
 
     input_grad(*P, x, work, dx)
 
+A layer with unit kernels above another (``mb.Sequence([mb.LSTM(...),
+mb.LSTM(...)])``) also needs ``unit_input_grad``, ``input_grad`` split the
+same way: right after ``backward_local`` of step t with the same ``work``,
+it writes into ``part`` (batch * input_size, row-major ``(B, input)``) what
+the units' gates contribute to dL/dx_t; the executor adds the threads' parts
+in thread order into the layer below's dL/dh_t, each thread its own units::
+
+    unit_input_grad(*P, x, work, part, u0, u1)
+
+In a stack, ``x`` of a layer above the first is the layer below's h_t, a
+transposed view of its ``(H, B)`` block (``x.T`` is C-contiguous): the
+forward may read all of it; ``rebuild``, ``backward_local`` and
+``unit_input_grad`` may read only its shape.
+
 The executor runs the unit kernels between barriers, so every read of another thread's
 units comes after that thread wrote them; ``parts`` alternates between two
 buffers by step parity. ``work`` is each thread's own.
@@ -147,6 +161,10 @@ class Cell:
         input_grad: optional jitted kernel giving dL/dx_t, which a layer needs
             above another layer or an embedding (see the module docstring);
             needs ``feature_major``.
+        unit_input_grad: optional, ``input_grad`` split by hidden units,
+            which a layer with unit kernels needs above another for threads
+            to share a stack's steps (see the module docstring); needs
+            ``unit_kernels`` and ``input_grad``.
     """
 
     kind: str
@@ -169,6 +187,7 @@ class Cell:
     unit_kernels: tuple | None = None
     state_blocks: bool = False
     input_grad: Callable[..., None] | None = None
+    unit_input_grad: Callable[..., None] | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -193,6 +212,9 @@ class Cell:
                                  "recurrent_from_output=False")
         if self.input_grad is not None and not (callable(self.input_grad) and self.feature_major):
             raise ValueError("Cell: input_grad must be a jitted kernel, and needs feature_major=True")
+        if self.unit_input_grad is not None and not (callable(self.unit_input_grad) and self.unit_kernels
+                                                     and self.input_grad is not None):
+            raise ValueError("Cell: unit_input_grad must be a jitted kernel, and needs unit_kernels and input_grad")
         if self.state_blocks and not self.feature_major:
             raise ValueError("Cell: state_blocks=True needs feature_major=True")
         if self.feature_major and self.output_is_state:

@@ -255,6 +255,20 @@ def lstm_flush_grads_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk
         add_row_sums(Dq, g_b_ih[r0: r1], g_b_hh[r0: r1])
 
 
+@njit(cache=True, error_model="numpy")
+def lstm_input_grad_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, part, u0, u1):
+    """What units u0..u1-1's gates contribute to dL/dx_t, into ``part`` (B, input_size),
+    from the gate gradients lstm_backward_units left in ``work`` (lstm_input_grad split by units)."""
+    B = x.shape[0]
+    H = w_hh.shape[1]
+    hk = u1 - u0
+    m = hk * B
+    part_t = part.reshape((B, w_ih.shape[1]))
+    for q in range(4):
+        dq = work[q * m: (q + 1) * m].reshape((hk, B))
+        product(dq.T, w_ih[q * H + u0: q * H + u1], part_t, q > 0)
+
+
 @njit(cache=True)
 def _chunk_views_units(chunk, H, B):
     """The unit kernels' block: (4H, c*B) gate gradients as _chunk_views, and the
@@ -297,6 +311,7 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int = 2) -> Cell:
         input_grad=lstm_input_grad,
         unit_kernels=(lstm_forward_units, lstm_state_from_internal_units, lstm_backward_units,
                       lstm_backward_shared_units, lstm_flush_grads_units),
+        unit_input_grad=lstm_input_grad_units,
         state_blocks=True,
         options={} if grad_chunk == 2 else {"grad_chunk": grad_chunk},
     )

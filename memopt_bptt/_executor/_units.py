@@ -1,0 +1,171 @@
+"""Units mode: one of several threads that split every step's hidden units, in every layer.
+
+This file is not imported. ``_compile`` compiles it into the namespace of
+``_sweep.py`` for a sweep in units mode, beside the layer steps it generates
+for the stack (``forward_units``, ``rebuild_units``, ``backward_units``: one
+call of each layer's unit kernels, ``Cell.unit_kernels``, per layer).
+
+Thread ``spec.thread`` computes units ``u0 .. u1-1`` of every layer (row k of
+``bufs.units``: layer k's u0 and u1, ``Sequence.unit_split(batch,
+layer=k)``, and where its exchange blocks start). Every buffer but ``work``,
+``outbuf``, ``norms`` and ``units`` is shared; each thread writes only its
+units' elements (its rows of the weight gradients, its columns of the
+readout's and of the kept layer inputs; thread 0 the readout bias) and its
+own partial gradients in ``exchange``. A barrier separates every write from
+another thread's read of it:
+
+* forward of step t, layer k: reads all of layer k's h_{t-1} and of layer
+  k-1's h_t (its input), so a barrier follows every layer's forward but the
+  top one's, and the dispatch's SYNC follows the step.
+* rebuild: each thread rebuilds its units of every layer from the internal
+  state alone (reading only the input's shape); the SYNC after it lets the
+  readout read all of the top layer's h_t.
+* backward of step t, layers from the top: the thread's gates give a part of
+  every unit's dL/dh_{t-1} of layer k (``backward_local``) and, above the
+  first layer, of every unit's dL/dh_t of layer k-1, which is layer k's
+  input gradient (``Cell.unit_input_grad``); one barrier; then its units'
+  dL/dh_{t-1} of layer k (``backward_shared``) and its units' share of layer
+  k-1's dL/dh_t (:func:`add_parts`), the threads' parts added in thread
+  order, so the bits never depend on which thread is first. Before its
+  local part each thread copies its units of layer k-1's h_t into layer k's
+  kept inputs (:func:`keep_units`); at the first step of a block of deferred
+  weight gradients each flushes its rows, reading every unit's h_{t-1} and
+  kept input (written before the barrier), and after the step's flushes one
+  more barrier keeps the next block from writing them while another thread
+  still reads.
+
+The checkpoint pool is shared too, and each thread saves and restores only
+its own units, but which thread owns a pool element depends on what a slot
+holds: a state's blocks and an internal state's blocks fall on different
+elements when the layers' hidden sizes differ, and the planner reuses a
+slot's memory for either. So every action that reads or writes the pool
+ends at a barrier (the dispatch's SYNC, after a saved state too): a thread
+never writes an element another thread still reads or writes for the
+slot's previous use.
+
+The exchange holds two steps' partial gradients, by step parity. In each
+half, per layer: every thread's dL/dh_{t-1} part ((batch, hidden), thread
+after thread), then above the first layer every thread's dL/dx_t part
+((batch, input)). A half is written again at step t - 2, after every thread
+crossed step t - 1's barriers, so no part is overwritten while another
+thread reads it.
+
+Every thread computes the readout and loss of all outputs (it needs dL/dout
+for its own units); thread 0's loss is kept. Nothing here allocates.
+"""
+
+from numba import njit
+
+from memopt_bptt._kernels.mm import product
+from memopt_bptt._kernels.sync import SLOT, barrier
+
+U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of bufs.units (see _runner.Run._unit_tables)
+
+
+@njit
+def save_units(dst, src, bufs, spec):
+    """dst = src on this thread's units of every layer's hidden-wide blocks (the
+    pool's copy of a unit is only ever read back by its own thread)."""
+    lay, units, rows = bufs.layout, bufs.units, spec.rows
+    for k in range(lay.shape[0]):
+        n = rows * lay[k, 9]
+        a, z = units[k, U0] * rows, units[k, U1] * rows
+        for q in range(lay[k, 1] // n):
+            o = lay[k, 0] + q * n
+            dst[o + a: o + z] = src[o + a: o + z]
+
+
+@njit
+def sync_units(bufs, spec, nb):
+    nb += 1
+    barrier(bufs.flags, spec.thread, nb, spec.spin)
+    return nb
+
+
+@njit
+def layer_h(state, lay, k, rows):
+    """Layer k's h_t in a stack's state (or its part of a state gradient), (hidden_k, rows)."""
+    H = lay[k, 9]
+    return state[lay[k, 0]: lay[k, 0] + H * rows].reshape((H, rows))
+
+
+@njit
+def unit_parts(bufs, t, off, width):
+    """Every thread's partial-gradient block at ``off`` of step t's half of the exchange, (threads, width)."""
+    n = bufs.flags.shape[0] // SLOT - 1
+    o = (t % 2) * (bufs.exchange.shape[0] // 2) + off
+    return bufs.exchange[o: o + n * width].reshape((n, width))
+
+
+@njit
+def add_parts(parts, dh, u0, u1):
+    """Rows u0..u1-1 of dh (hidden, B) += the threads' parts ((B, hidden) each), added in thread order."""
+    H = dh.shape[0]
+    for u in range(u0, u1):
+        for b in range(dh.shape[1]):
+            acc = parts[0, b * H + u]
+            for k in range(1, parts.shape[0]):
+                acc += parts[k, b * H + u]
+            dh[u, b] += acc
+
+
+@njit
+def keep_units(h, dst, u0, u1):
+    """Columns u0..u1-1 of dst (B, hidden) = rows u0..u1-1 of h (hidden, B): this thread's
+    units of a layer's h_t, kept as the input of the layer above for its weight gradients."""
+    for b in range(h.shape[1]):
+        for u in range(u0, u1):
+            dst[b, u] = h[u, b]
+
+
+@njit
+def readout_units(params, data, bufs, grads, spec, t, state, ds):
+    """readout_rows for one unit thread: every thread computes all outputs and
+    the loss; it adds its units' columns of the readout's weight gradient and
+    its units' dL/dh_t; thread 0 the bias gradient and the loss. The products
+    run in the tiled GEMM, with the outputs held transposed, (O, B), and this
+    thread's h_t transposed, (B, units), both in ``outbuf`` after the outputs."""
+    if not row_weights(data, spec, t, bufs.roww):  # noqa: F821 - _sweep.py's
+        return 0.0
+    ty = 0 if spec.loss_mode == LAST else t  # noqa: F821
+    w_out, b_out = params[P_W_OUT], params[P_B_OUT]  # noqa: F821 - bound by _compile
+    g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]  # noqa: F821
+    B, hidden, u0, u1, a = spec.rows, spec.hidden, spec.u0, spec.u1, spec.h_off
+    O = w_out.shape[0]
+    outbuf = bufs.outbuf
+    out2 = outbuf[: B * O].reshape((B, O))
+    out_t = outbuf[B * O: 2 * B * O].reshape((O, B))
+    h_t = outbuf[2 * B * O: 2 * B * O + B * (u1 - u0)].reshape((B, u1 - u0))
+    for o in range(O):
+        for b in range(B):
+            out_t[o, b] = b_out[o]
+    h = state[a: a + B * hidden].reshape((hidden, B))
+    product(w_out, h, out_t, True)
+    for b in range(B):
+        for o in range(O):
+            out2[b, o] = out_t[o, b]
+    step_loss = loss_step(spec.loss_kind, out2, data.ys_f, data.ys_i, ty, 0, spec.scale, bufs.roww)  # noqa: F821
+    for b in range(B):
+        for o in range(O):
+            out_t[o, b] = out2[b, o]
+    if spec.thread == 0:
+        for b in range(B):
+            for o in range(O):
+                g_b_out[o] += out2[b, o]
+    for r in range(u1 - u0):
+        for b in range(B):
+            h_t[b, r] = h[u0 + r, b]
+    product(out_t, h_t, g_w_out[:, u0: u1], True)
+    product(w_out[:, u0: u1].T, out_t, ds[a + u0 * B: a + u1 * B].reshape((u1 - u0, B)), True)
+    return step_loss if spec.thread == 0 else 0.0
+
+
+@njit
+def norm_units(ds, bufs, spec):
+    """This thread's part of ||dL/dh_t||^2: its units of every layer's h part of ``ds``."""
+    lay, units, rows = bufs.layout, bufs.units, spec.rows
+    acc = 0.0
+    for k in range(lay.shape[0]):
+        for p in range(lay[k, 0] + units[k, U0] * rows, lay[k, 0] + units[k, U1] * rows):
+            acc += float(ds[p]) * float(ds[p])
+    return acc
