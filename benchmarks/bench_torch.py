@@ -20,15 +20,21 @@ Methods:
 (a) Memory, one fresh process per method: after a warm-up (the same call
     once: imports, first-call work, ours' plan, which it then caches),
     malloc_trim + VmHWM - VmRSS around one forward+backward
-    (benchmarks/_memory.py); ours also reports its tracked peak (ScanStats,
-    from a third call). The recomputation count is the step's calls
+    (benchmarks/_memory.py); then glibc's heap in use at its peak, sampled
+    by a thread during another call (what the call holds, without the
+    allocator's fragmentation); ours also reports its tracked peak
+    (ScanStats, from a last call). The recomputation count is the step's calls
     beyond T, from a counting wrapper.
 (b) Time, one process: the methods interleaved in a rotating order, after a
     warm-up round, each run preceded by a short pause; medians, and the
-    median over rounds of each method's time over plain's in the same round.
+    median over rounds of each method's time over plain's in the same round,
+    for wall time and for the process's CPU time (which other jobs on a
+    loaded machine disturb less; with 2 threads it includes the pool's
+    spinning).
 (c) Flat in T, one fresh process each: ours at a fixed byte budget (5% of
     the plain loop's memory at T=1000) and ckpt sqrt(T) at T = 1000, 3000,
-    10000 (plain at 1000 and 3000).
+    10000 (plain at 1000 and 3000); resident peaks only (sampling the heap
+    of a checkpointed T = 10^4 run took minutes).
 
     python benchmarks/bench_torch.py              # several minutes
     python benchmarks/bench_torch.py --quick      # T=200, 3 rounds, (c) at 200 and 600
@@ -163,11 +169,57 @@ def runner(method: str):
 
 # ---- workers (fresh processes) -------------------------------------------------------------------
 
+class HeapSampler:
+    """The peak of glibc's heap in use (mallinfo2: small blocks + mmapped ones) during a call, sampled by a
+    thread every millisecond (mallinfo2 walks the heap under its lock: sampling every 20 us slowed a
+    checkpointed T = 10^4 run several-fold); ``peak`` is None where mallinfo2 is missing. Beside the
+    resident peak it separates what the call holds from the allocator's fragmentation."""
+
+    def __init__(self):
+        import ctypes
+        import threading
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                              "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                              "keepcost")]
+        try:
+            self._mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+            self._mallinfo2.restype = MallInfo2
+        except (OSError, AttributeError):
+            self._mallinfo2 = None
+        self._threading = threading
+        self.peak = None
+
+    def _heap(self) -> int:
+        info = self._mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def __call__(self, fn):
+        if self._mallinfo2 is None:
+            return fn()
+        start, top, done = self._heap(), [0], [False]
+
+        def sample():
+            while not done[0]:
+                top[0] = max(top[0], self._heap())
+                time.sleep(1e-3)
+
+        thread = self._threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            return fn()
+        finally:
+            done[0] = True
+            thread.join()
+            self.peak = max(top[0], self._heap()) - start
+
+
 def worker(args: list[str]) -> None:
     torch.set_num_threads(ARGS.threads)
     kind = args[0]
     if kind == "mem":
-        method, T, budget = args[1], int(args[2]), args[3]
+        method, T, budget, heap = args[1], int(args[2]), args[3], args[4] == "heap"
         budget = int(budget) if budget.isdigit() else None if budget == "-" else budget
         run = runner(method)
         p = Problem(T)
@@ -177,6 +229,12 @@ def worker(args: list[str]) -> None:
         peak, wall, _ = peak_of(lambda: run(p, budget))
         record = {"method": method, "T": T, "peak_bytes": peak, "seconds": wall, "calls": p.calls,
                   "recomputed": p.calls - T}
+        record["heap_peak_bytes"] = None
+        if heap:
+            sampler = HeapSampler()        # a second call, sampled: the heap in use, fragmentation apart
+            p.zero_grad()
+            sampler(lambda: run(p, budget))
+            record["heap_peak_bytes"] = sampler.peak
         if budget is not None:
             stats = mbt.ScanStats()
             p.zero_grad()
@@ -191,6 +249,7 @@ def worker(args: list[str]) -> None:
         p = Problem(T)
         budgets = {"ours 5%": FRACTION, "ours @ckpt": same}
         times: dict[str, list[float]] = {m: [] for m in METHODS}
+        cpu: dict[str, list[float]] = {m: [] for m in METHODS}
         calls: dict[str, int] = {}
         for r in range(rounds + 1):      # round 0 warms up
             order = METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]
@@ -198,21 +257,25 @@ def worker(args: list[str]) -> None:
                 p.zero_grad()
                 time.sleep(PAUSE)
                 p.calls = 0
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 runner(method)(p, budgets.get(method))
                 if r:
                     times[method].append(time.perf_counter() - t0)
+                    cpu[method].append(time.process_time() - c0)
                 calls[method] = p.calls
-        emit({"T": T, "times": times, "calls": calls})
+        emit({"T": T, "times": times, "cpu": cpu, "calls": calls})
     else:
         raise SystemExit(f"unknown worker {args}")
 
 
 # ---- the run -------------------------------------------------------------------------------------
 
-def measure_memory(method: str, T: int, budget) -> dict:
+def measure_memory(method: str, T: int, budget, heap: bool = True) -> dict:
+    """One fresh process's memory record; ``heap=False`` skips the sampled heap (part (c): mallinfo2 walks a
+    heap of O(T) chunks, which at T = 10^4 made the checkpointed run minutes long)."""
     arg = "-" if budget is None else str(budget)
-    return run_worker(__file__, ["mem", method, str(T), arg, "--threads", str(ARGS.threads)])
+    return run_worker(__file__, ["mem", method, str(T), arg, "heap" if heap else "-", "--threads",
+                                 str(ARGS.threads)])
 
 
 def main() -> dict:
@@ -234,38 +297,55 @@ def main() -> dict:
         memory[method] = measure_memory(method, T, FRACTION if method == "ours 5%" else None)
         print(f"  memory {method}: {memory[method]['peak_bytes'] / MiB:.1f} MiB", flush=True)
     ours = memory["ours 5%"]
-    beyond = ours["peak_bytes"] - ours["budget_bytes"]   # gradients, losses, schedule, allocator
-    torch_least = min(memory["ckpt sqrt(T)"]["peak_bytes"], memory["ckpt_sequential"]["peak_bytes"])
-    same = max(torch_least - beyond, ours["budget_bytes"])
+    # "at no more memory" by both measures: the budget that puts ours' resident peak, and its heap peak,
+    # at the lesser of torch's two checkpointings' (what ours holds beyond its budget: gradients, the T
+    # losses, the schedule, the allocator's slack, as measured at 5%)
+    same = None
+    for key in ("peak_bytes", "heap_peak_bytes"):
+        if ours.get(key) is None:
+            continue
+        beyond = ours[key] - ours["budget_bytes"]
+        torch_least = min(memory["ckpt sqrt(T)"][key], memory["ckpt_sequential"][key])
+        same = torch_least - beyond if same is None else min(same, torch_least - beyond)
+    same = max(same, ours["budget_bytes"])
     memory["ours @ckpt"] = measure_memory("ours @ckpt", T, same)
     print(f"  memory ours @ckpt (budget {same / MiB:.2f} MiB): {memory['ours @ckpt']['peak_bytes'] / MiB:.1f} MiB",
           flush=True)
 
     # (b) time, interleaved in one process
     timing = run_worker(__file__, ["time", str(T), str(rounds), str(same), "--threads", str(ARGS.threads)])
-    times = timing["times"]
+    times, cpu = timing["times"], timing["cpu"]
     rows = []
     for method in METHODS:
         ratios = [a / b for a, b in zip(times[method], times["plain"])]
+        cpu_ratios = [a / b for a, b in zip(cpu[method], cpu["plain"])]
         mem = memory[method]
         rows.append({"method": method, "median_seconds": statistics.median(times[method]),
                      "min_seconds": min(times[method]), "seconds": times[method],
-                     "ratio_to_plain": statistics.median(ratios), "peak_bytes": mem["peak_bytes"],
+                     "ratio_to_plain": statistics.median(ratios), "cpu_seconds": cpu[method],
+                     "median_cpu_seconds": statistics.median(cpu[method]),
+                     "cpu_ratio_to_plain": statistics.median(cpu_ratios), "peak_bytes": mem["peak_bytes"],
                      "recomputed_steps": timing["calls"][method] - T,
                      "budget_bytes": mem.get("budget_bytes"), "tracked_peak_bytes": mem.get("tracked_peak_bytes"),
-                     "predicted_time_ratio": mem.get("predicted_time_ratio")})
+                     "predicted_time_ratio": mem.get("predicted_time_ratio"),
+                     "heap_peak_bytes": mem.get("heap_peak_bytes")})
     result["rows"] = rows
     result["memory_workers"] = memory
 
     print(f"\nLSTMCell {INPUT}->{HIDDEN}, batch {BATCH}, float32, T={T}, readout {OUTPUT} + mse, "
           f"{ARGS.threads} threads; medians of {rounds} interleaved rounds")
-    print(f"{'method':<16} {'seconds':>8} {'x plain':>8} {'peak MiB':>9} {'budget MiB':>11} {'tracked MiB':>12} "
-          f"{'recomputed':>11}")
+    print(f"{'method':<16} {'seconds':>8} {'x plain':>8} {'cpu s':>7} {'x plain':>8} {'peak MiB':>9} "
+          f"{'heap MiB':>9} {'budget MiB':>11} {'tracked MiB':>12} {'recomputed':>11}")
     for row in rows:
         budget = "" if row["budget_bytes"] is None else f"{row['budget_bytes'] / MiB:.2f}"
         tracked = "" if row["tracked_peak_bytes"] is None else f"{row['tracked_peak_bytes'] / MiB:.2f}"
         print(f"{row['method']:<16} {row['median_seconds']:8.3f} {row['ratio_to_plain']:8.2f} "
-              f"{row['peak_bytes'] / MiB:9.1f} {budget:>11} {tracked:>12} {row['recomputed_steps']:11d}")
+              f"{row['median_cpu_seconds']:7.3f} {row['cpu_ratio_to_plain']:8.2f} {row['peak_bytes'] / MiB:9.1f} "
+              f"{_mib(row['heap_peak_bytes']):>9} {budget:>11} {tracked:>12} {row['recomputed_steps']:11d}")
+    print("seconds: wall time; cpu s: the process's CPU time (both threads), less disturbed by other jobs "
+          "on a loaded machine; x plain: median over rounds of the ratio to plain's run in the same round; "
+          "peak: resident memory above the start; heap: glibc's heap in use at its sampled peak (what the "
+          "call holds; the rest of peak is the allocator's fragmentation)")
     print(f"ours' schedule at 5%: {ours['schedule']}; kept step {ours['internal_bytes']} bytes, state "
           f"{ours['state_bytes']} bytes (alpha {ours['internal_bytes'] / ours['state_bytes']:.2f}); predicted "
           f"time ratio {ours['predicted_time_ratio']:.3f} (b/f = 2)")
@@ -279,7 +359,7 @@ def main() -> dict:
             for method, budget in (("ours", fixed), ("ckpt sqrt(T)", None), ("plain", None)):
                 if method == "plain" and t > 3000:
                     continue
-                rec = measure_memory(method, t, budget)
+                rec = measure_memory(method, t, budget, heap=False)
                 flat.append(rec)
                 print(f"  T={t:>6} {method:<13} peak {rec['peak_bytes'] / MiB:8.1f} MiB"
                       + (f" (budget {budget / MiB:.2f} MiB, tracked {rec['tracked_peak_bytes'] / MiB:.2f} MiB)"
@@ -294,6 +374,10 @@ def main() -> dict:
     print(f"wrote {os.path.relpath(ARGS.out, ROOT)}")
     plot(result)
     return result
+
+
+def _mib(n) -> str:
+    return "" if n is None else f"{n / MiB:.1f}"
 
 
 def plot(result: dict) -> None:
