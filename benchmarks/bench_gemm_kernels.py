@@ -19,16 +19,26 @@ printed and must be within 4x OpenBLAS's own; times are the best of 5 rounds
 of 200 calls, OpenBLAS pinned to one thread.
 
     python benchmarks/bench_gemm_kernels.py
+    python benchmarks/bench_gemm_kernels.py --avx2 --out /tmp/gemm_avx2.json   # the other vector width
 
-Writes benchmarks/results/bench_gemm_kernels.json.
+``--avx2`` runs the measurement in a child process with NUMBA_CPU_NAME=haswell, NUMBA_CPU_FEATURES=""
+(our kernel compiled with AVX2's 32-byte vectors and its tiles, mm.tile_rows) and
+OPENBLAS_CORETYPE=Haswell (OpenBLAS's AVX2 kernels): the other machine kind's code on this one.
+
+Writes benchmarks/results/bench_gemm_kernels.json (or --out).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+
+AVX2_ENV = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell"}
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -36,7 +46,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 from memopt_bptt._kernels.blas import BLAS_LIBRARY, blas_threads, gemm  # noqa: E402
-from memopt_bptt._kernels.mm import fits, matmul  # noqa: E402
+from memopt_bptt._kernels.mm import LINE_BYTES, fits, matmul, tile_rows, tiled_max_lines, vector_bytes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -74,11 +84,16 @@ SHAPES = [  # name, M, K, N, A is a transposed view
 ]
 
 
-def main() -> dict:
+def main(out: str) -> dict:
     rng = np.random.default_rng(0)
     rows_out = []
-    print(f"one thread, float32; OpenBLAS: {BLAS_LIBRARY}")
-    print(f"{'product':>20} {'M x K x N':>15} | {'ours':>16} {'OpenBLAS':>16} | {'ours/BLAS':>9} | {'max err':>8}")
+    target = {k: os.environ.get(k) for k in AVX2_ENV}
+    vbytes = vector_bytes()
+    print(f"one thread, float32; OpenBLAS: {BLAS_LIBRARY}; our tiles for {vbytes}-byte vectors "
+          f"(rows {tile_rows(vbytes)}); {' '.join(f'{k}={v!r}' for k, v in target.items() if v is not None) or 'host'}")
+    max_lines = tiled_max_lines(vbytes)
+    print(f"{'product':>20} {'M x K x N':>15} | {'ours':>16} {'OpenBLAS':>16} | {'ours/BLAS':>9} | {'max err':>8} | "
+          "mm.product takes")
     with blas_threads(1):
         for name, M, K, N, transposed in SHAPES:
             a = rng.standard_normal((K, M)).astype(np.float32).T if transposed else \
@@ -101,12 +116,14 @@ def main() -> dict:
             row = {"product": name, "M": M, "K": K, "N": N, "a_transposed_view": transposed,
                    "ours_us": 1e6 * t_ours, "ours_gflops": flops / t_ours / 1e9,
                    "openblas_us": 1e6 * t_blas, "openblas_gflops": flops / t_blas / 1e9,
-                   "max_abs_error_vs_float64": err, "openblas_max_abs_error_vs_float64": blas_err}
+                   "max_abs_error_vs_float64": err, "openblas_max_abs_error_vs_float64": blas_err,
+                   "product_takes": "tiled" if max_lines == 0 or N * 4 <= max_lines * LINE_BYTES else "BLAS"}
             rows_out.append(row)
             print(f"{name:>20} {f'{M} x {K} x {N}':>15} | {row['ours_us']:6.1f} us {row['ours_gflops']:4.0f}G "
-                  f"{row['openblas_us']:6.1f} us {row['openblas_gflops']:4.0f}G | {t_ours / t_blas:9.2f} | {err:8.1e}")
-    result = {"machine": platform.machine(), "cpus": os.cpu_count(), "blas": BLAS_LIBRARY, "rows": rows_out}
-    out = os.path.join(HERE, "results", "bench_gemm_kernels.json")
+                  f"{row['openblas_us']:6.1f} us {row['openblas_gflops']:4.0f}G | {t_ours / t_blas:9.2f} | {err:8.1e} | "
+                  f"{row['product_takes']}")
+    result = {"machine": platform.machine(), "cpus": os.cpu_count(), "blas": BLAS_LIBRARY, "rows": rows_out,
+              "vector_bytes": vbytes, "tile_rows": list(tile_rows(vbytes)), "target_env": target}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
@@ -115,4 +132,12 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--avx2", action="store_true", help="measure AVX2 code in a child process (see above)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "bench_gemm_kernels.json"))
+    args = parser.parse_args()
+    if args.avx2 and os.environ.get("NUMBA_CPU_NAME") != "haswell":
+        # the target must be set before Numba and OpenBLAS load: measure in a child with it
+        sys.exit(subprocess.call([sys.executable, os.path.abspath(__file__), "--avx2", "--out", args.out],
+                                 env={**os.environ, **AVX2_ENV}))
+    main(args.out)

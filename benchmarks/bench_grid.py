@@ -37,10 +37,16 @@ AVX-512 host. Torch and numpy's OpenBLAS still use the host's instructions, and 
 stay what they are, so this exercises only our jitted code's vector width, not another machine.
 The first run for a new CPU name compiles every sweep afresh (about a minute each).
 
+``--avx2`` caps every side at AVX2 on an AVX-512 host: our processes get NUMBA_CPU_NAME=haswell,
+NUMBA_CPU_FEATURES="" and OPENBLAS_CORETYPE=Haswell (numpy/scipy's OpenBLAS takes its Haswell
+kernels), torch's get ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2 and
+ONEDNN_MAX_CPU_ISA=AVX2. The vector width is then the other kind's; the caches stay this host's.
+
     python benchmarks/bench_grid.py                       # full grid, about 12 minutes on 2 cores
     python benchmarks/bench_grid.py --quick               # smoke test: 4 rows, T=100, 3 rounds
     python benchmarks/bench_grid.py --rows lstm-256,gru-256
     python benchmarks/bench_grid.py --cpu-name haswell    # our code with AVX2 only
+    python benchmarks/bench_grid.py --avx2 --out /tmp/grid_avx2.json --plot /tmp/grid_avx2.png
 
 Prints lscpu's model name, AVX-512 and L2 first, a table per row as it finishes and the grid at
 the end; writes benchmarks/results/bench_grid.json and plots/bench_grid.png (another --out/--plot
@@ -118,6 +124,8 @@ def _parse_args(argv=None):
                    help="NUMBA_CPU_NAME for our processes only (e.g. haswell: AVX2 code paths)")
     p.add_argument("--cpu-features", default=None,
                    help="NUMBA_CPU_FEATURES for our processes (default with --cpu-name: '', the named CPU's own)")
+    p.add_argument("--avx2", action="store_true",
+                   help="every side at AVX2: ours compiled for haswell, OpenBLAS, torch's ATen/MKL/oneDNN capped")
     p.add_argument("--no-variants", action="store_true", help="time only the default path of ours")
     p.add_argument("--out", default=os.path.join(HERE, "results", "bench_grid.json"))
     p.add_argument("--plot", default=os.path.join(ROOT, "plots", "bench_grid.png"))
@@ -169,7 +177,7 @@ def _torch_fn(spec, arrays, threads):
             loss = torch.nn.functional.mse_loss(lin(out), y)
             loss.backward()
             return float(loss.detach())
-        return fn, {"segment": None, "torch": torch.__version__}
+        return fn, {"segment": None, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     from torch.utils.checkpoint import checkpoint
 
@@ -188,7 +196,7 @@ def _torch_fn(spec, arrays, threads):
         loss = total / (T * B * OUTPUT)
         loss.backward()
         return float(loss.detach())
-    return fn, {"segment": seg, "torch": torch.__version__}
+    return fn, {"segment": seg, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _ours_fn(spec, arrays):
@@ -304,13 +312,23 @@ class Proc:
         self.err.close()
 
 
+AVX2_ENV = {
+    "ours": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell"},
+    "torch": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "OPENBLAS_CORETYPE": "Haswell"},
+}
+"""--avx2: what caps each side's instructions at AVX2 (see the module docstring)."""
+
+
 def _env(threads, ours, args):
     env = dict(os.environ)
     for var in THREAD_VARS:
         env[var] = str(threads)
     env.pop("NUMBA_CPU_NAME", None)
     env.pop("NUMBA_CPU_FEATURES", None)
-    if ours and args.cpu_name:
+    if args.avx2:
+        env.update(AVX2_ENV["ours" if ours else "torch"])
+    elif ours and args.cpu_name:
         env["NUMBA_CPU_NAME"] = args.cpu_name
         env["NUMBA_CPU_FEATURES"] = "" if args.cpu_features is None else args.cpu_features
     elif ours and args.cpu_features is not None:
@@ -637,7 +655,9 @@ def main(args):
     print(f"CPU: {m['lscpu_model']} | avx512f: {'yes' if m['avx512f'] else 'no'} | avx2: "
           f"{'yes' if m['avx2'] else 'no'} | L2: {m['l2']} | L3: {m['l3']} | {m['cpus']} cpus | "
           f"LLVM host cpu {m.get('llvm_host_cpu')}")
-    cpu_note = ("host" if not args.cpu_name else
+    cpu_note = ("every side capped at AVX2: " + "; ".join(
+                    f"{side}: " + " ".join(f"{k}={v!r}" for k, v in env.items()) for side, env in AVX2_ENV.items())
+                if args.avx2 else "host" if not args.cpu_name else
                 f"NUMBA_CPU_NAME={args.cpu_name} NUMBA_CPU_FEATURES='{'' if args.cpu_features is None else args.cpu_features}'"
                 " in our processes only (torch and numpy's BLAS still use the host's instructions)")
     print(f"our jitted code: {cpu_note}")
@@ -661,7 +681,8 @@ def main(args):
     result = {
         "config": {"quick": quick, "reps": reps, "threads": args.threads, "pause_seconds": PAUSE,
                    "budget_fraction": BUDGET, "input": INPUT, "output": OUTPUT, "dtype": DTYPE,
-                   "T_override": T_over, "numba_cpu_name": args.cpu_name,
+                   "T_override": T_over, "avx2": args.avx2, "avx2_env": AVX2_ENV if args.avx2 else None,
+                   "numba_cpu_name": "haswell" if args.avx2 else args.cpu_name,
                    "numba_cpu_features": (None if not args.cpu_name and args.cpu_features is None else
                                           ("" if args.cpu_features is None else args.cpu_features)),
                    "cpu_name_note": cpu_note, "torch": torch_version, "numba": numba.__version__,

@@ -17,6 +17,17 @@ Every element of C is one chain of fused multiply-adds over k = 0..K-1 in
 order, so the result is deterministic, and independent of how the rows of C
 are split between threads.
 
+The tile's shape follows the vector registers of the CPU Numba compiles for
+(:func:`vector_bytes`: the host's, or ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``'s):
+with AVX-512 (32 registers of 64 bytes) a line is one register and a tile holds
+16 of them; with AVX2 (16 registers of 32 bytes) a line is two registers and
+the tiles hold 12 (6 rows of one line, 3 of two, 1 of four), so that the
+accumulators, B's vectors and the broadcast A element stay in registers
+(16 lines there would spill to the stack on every k). A tile's shape changes
+no result: each element is the same chain of fused multiply-adds. With
+AVX2, ``product`` hands products wider than two lines to BLAS
+(:func:`tiled_max_lines`), where OpenBLAS's own kernels measured faster.
+
 ``matmul(a, b, c, accumulate)`` computes ``c = a @ b`` (or ``c += a @ b``) for
 2-D arrays of one float dtype where b's and c's rows are contiguous and the
 column count is a multiple of the vector width; :func:`fits` says whether it
@@ -33,10 +44,53 @@ from numba.extending import intrinsic
 
 from .blas import gemm
 
-__all__ = ["matmul", "fits", "product", "LINE_BYTES"]
+__all__ = ["matmul", "fits", "product", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
 
 LINE_BYTES = 64
 """Bytes of one vector of the tile (16 float32 or 8 float64)."""
+
+_AVX512_CPUS = frozenset({
+    "knl", "knm", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+    "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+    "graniterapids-d", "diamondrapids", "znver4", "znver5", "x86-64-v4"})
+_AVX_CPUS_LACKING = frozenset({
+    "generic", "x86-64", "x86-64-v2", "core2", "penryn", "nehalem", "westmere", "corei7", "atom",
+    "silvermont", "goldmont", "goldmont-plus", "tremont", "btver1", "btver2", "amdfam10", "k8"})
+
+
+def vector_bytes(cpu_name: str | None = None, features: str | None = None) -> int:
+    """Bytes of the widest vector register of the CPU Numba compiles for: 64 (AVX-512), 32 (AVX) or 16.
+
+    By default the target is Numba's: ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` when set
+    (``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""`` compiles AVX2 code on any x86-64 host),
+    else the host's. An explicit feature string ("+avx2,-avx512f,...") decides; a named CPU
+    with no features is looked up by name."""
+    if cpu_name is None and features is None:
+        from numba.core import config
+        cpu_name, features = config.CPU_NAME, config.CPU_FEATURES
+        if cpu_name in (None, "host") and features is None:
+            import llvmlite.binding as ll
+            found = ll.get_host_cpu_features()
+            return 64 if found.get("avx512f") else 32 if found.get("avx") else 16
+    if features:
+        flags = {f[1:]: f[0] == "+" for f in features.split(",") if f[:1] in "+-"}
+        return 64 if flags.get("avx512f") else 32 if flags.get("avx") else 16
+    if cpu_name in (None, "host"):
+        return vector_bytes()
+    name = cpu_name.lower()
+    if name in _AVX512_CPUS:
+        return 64
+    return 16 if name in _AVX_CPUS_LACKING else 32
+
+
+def tile_rows(vbytes: int) -> tuple[int, int, int, int]:
+    """Rows of C per tile for one, two and four lines of columns, and for half-line columns,
+    for vector registers of ``vbytes`` bytes (see the module docstring)."""
+    if vbytes >= LINE_BYTES:
+        return 16, 4, 4, 16
+    if vbytes == 32:
+        return 6, 3, 1, 12
+    return 3, 1, 1, 6
 
 
 def _make_tile(R: int, V: int, half: bool = False):
@@ -109,10 +163,22 @@ def _make_tile(R: int, V: int, half: bool = False):
     return tile
 
 
-_t16x1, _t8x1, _t1x1 = _make_tile(16, 1), _make_tile(8, 1), _make_tile(1, 1)
-_h16x1, _h1x1 = _make_tile(16, 1, True), _make_tile(1, 1, True)  # half-width vectors (8 float32)
-_t4x2, _t1x2 = _make_tile(4, 2), _make_tile(1, 2)
-_t4x4, _t1x4 = _make_tile(4, 4), _make_tile(1, 4)
+def tiled_max_lines(vbytes: int) -> int:
+    """Widest C (in 64-byte lines of columns) for which ``product`` takes the tiled kernel rather than
+    BLAS, for vector registers of ``vbytes`` bytes; 0: no limit. Measured one thread, float32
+    (bench_gemm_kernels.py, --avx2 for 32 bytes): with AVX-512 the tiles take 0.70-1.02x OpenBLAS's
+    time at every width; with AVX2 0.68-0.85x up to 16 columns, 0.97x at 64 and 1.11-1.24x at 256,
+    where OpenBLAS's own Haswell kernels win."""
+    return 0 if vbytes >= LINE_BYTES else 2
+
+
+_R1, _R2, _R4, _RH = tile_rows(vector_bytes())
+_MAX_LINES = tiled_max_lines(vector_bytes())
+_R1_HALF = _R1 // 2
+_tR1, _tR1h, _t1x1 = _make_tile(_R1, 1), _make_tile(_R1_HALF, 1), _make_tile(1, 1)
+_hRH, _h1x1 = _make_tile(_RH, 1, True), _make_tile(1, 1, True)  # half-width vectors (8 float32)
+_tR2, _t1x2 = _make_tile(_R2, 2), _make_tile(1, 2)
+_tR4, _t1x4 = _make_tile(_R4, 4), _make_tile(1, 4)
 
 
 @njit(cache=True, inline="always")
@@ -134,42 +200,42 @@ def matmul(a, b, c, accumulate):
     M = c.shape[0]
     N = c.shape[1]
     w = _width(c)
-    if N % (4 * w) == 0:
+    if _R4 > 1 and N % (4 * w) == 0:  # four lines a row only where several rows fit beside them (AVX-512)
         for n0 in range(0, N, 4 * w):
             m0 = 0
-            while m0 + 4 <= M:
-                _t4x4(a, b, c, m0, n0, accumulate)
-                m0 += 4
+            while m0 + _R4 <= M:
+                _tR4(a, b, c, m0, n0, accumulate)
+                m0 += _R4
             while m0 < M:
                 _t1x4(a, b, c, m0, n0, accumulate)
                 m0 += 1
     elif N % (2 * w) == 0:
         for n0 in range(0, N, 2 * w):
             m0 = 0
-            while m0 + 4 <= M:
-                _t4x2(a, b, c, m0, n0, accumulate)
-                m0 += 4
+            while m0 + _R2 <= M:
+                _tR2(a, b, c, m0, n0, accumulate)
+                m0 += _R2
             while m0 < M:
                 _t1x2(a, b, c, m0, n0, accumulate)
                 m0 += 1
     elif N % w != 0:  # half-width vectors
         for n0 in range(0, N, w // 2):
             m0 = 0
-            while m0 + 16 <= M:
-                _h16x1(a, b, c, m0, n0, accumulate)
-                m0 += 16
+            while m0 + _RH <= M:
+                _hRH(a, b, c, m0, n0, accumulate)
+                m0 += _RH
             while m0 < M:
                 _h1x1(a, b, c, m0, n0, accumulate)
                 m0 += 1
     else:
         for n0 in range(0, N, w):
             m0 = 0
-            while m0 + 16 <= M:
-                _t16x1(a, b, c, m0, n0, accumulate)
-                m0 += 16
-            while m0 + 8 <= M:
-                _t8x1(a, b, c, m0, n0, accumulate)
-                m0 += 8
+            while m0 + _R1 <= M:
+                _tR1(a, b, c, m0, n0, accumulate)
+                m0 += _R1
+            while m0 + _R1_HALF <= M:
+                _tR1h(a, b, c, m0, n0, accumulate)
+                m0 += _R1_HALF
             while m0 < M:
                 _t1x1(a, b, c, m0, n0, accumulate)
                 m0 += 1
@@ -177,9 +243,9 @@ def matmul(a, b, c, accumulate):
 
 @njit(cache=True)
 def product(a, b, c, accumulate):
-    """matmul where it fits, else BLAS: ``c (+)= a @ b``; b's and c's rows
-    contiguous, and a's rows or (a transposed view) its columns."""
-    if fits(b, c):
+    """matmul where it fits and pays (:func:`tiled_max_lines`), else BLAS: ``c (+)= a @ b``; b's and
+    c's rows contiguous, and a's rows or (a transposed view) its columns."""
+    if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c)):
         matmul(a, b, c, accumulate)
     elif a.strides[1] == a.itemsize:
         gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)

@@ -1,0 +1,99 @@
+"""Both machine kinds from one machine: the tiled GEMM's shape follows the vector width Numba
+compiles for, and AVX2 code (NUMBA_CPU_NAME=haswell) gives the same bits as this host's.
+
+Oracles: numpy's float64 products (to rounding), and the host's own build of the same
+products in another process (bit for bit: every element of C is one chain of fused
+multiply-adds over k in order, whatever the tile's shape or the register width).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from memopt_bptt._kernels.mm import LINE_BYTES, tile_rows, tiled_max_lines, vector_bytes
+
+
+@pytest.mark.parametrize("name,features,want", [
+    ("haswell", "", 32), ("skylake", "", 32), ("znver3", "", 32), ("x86-64-v3", "", 32),
+    ("skylake-avx512", "", 64), ("rocketlake", "", 64), ("znver4", "", 64), ("x86-64-v4", "", 64),
+    ("nehalem", "", 16), ("x86-64", "", 16),
+    ("rocketlake", "+avx,+avx2,-avx512f", 32), ("haswell", "+avx,+avx2,+avx512f", 64), (None, "+sse2,-avx", 16),
+])
+def test_vector_bytes_of_a_named_target(name, features, want):
+    assert vector_bytes(name, features) == want
+
+
+def test_vector_bytes_follows_numba_target(monkeypatch):
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    assert vector_bytes() == 32
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+avx512f")
+    assert vector_bytes() == 64
+
+
+@pytest.mark.parametrize("vbytes", [16, 32, 64])
+def test_tiles_fit_the_vector_registers(vbytes):
+    """Accumulators (rows x lines x registers per line) within the registers a kind has, leaving
+    four for B's vectors and the broadcast A element (32 registers with AVX-512, 16 below it);
+    a tile of one row is the least there is."""
+    registers = 32 if vbytes == 64 else 16
+    per_line = max(1, LINE_BYTES // vbytes)
+    r1, r2, r4, rh = tile_rows(vbytes)
+    for rows, lines in ((r1, 1), (r2, 2), (r4, 4), (rh, 0.5)):
+        assert rows >= 1 and (rows == 1 or rows * max(1, int(lines * per_line)) <= registers - 4)
+
+
+def test_the_tiled_kernel_is_chosen_only_where_it_measured_faster():
+    """With AVX-512 every width; with AVX2 (and narrower) at most two lines of columns, BLAS beyond
+    (bench_gemm_kernels.py --avx2: the tiles lost to OpenBLAS's Haswell kernels at 256 columns)."""
+    assert tiled_max_lines(64) == 0
+    assert tiled_max_lines(32) == 2 and tiled_max_lines(16) == 2
+
+
+_PRODUCTS = """
+import json, sys
+import numpy as np
+from memopt_bptt._kernels.mm import matmul, vector_bytes
+out = {"vector_bytes": vector_bytes(), "c": []}
+for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64), (np.float32, 9, 5, 32),
+                       (np.float32, 21, 6, 8), (np.float64, 11, 9, 16)):
+    rng = np.random.default_rng(M * N + K)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    c = rng.standard_normal((M, N)).astype(dtype)
+    matmul(a, b, c, True)
+    out["c"].append(c.astype(np.float64).tolist())
+print(json.dumps(out))
+"""
+
+
+def _products(env_extra: dict) -> dict:
+    env = dict(os.environ, **env_extra)
+    proc = subprocess.run([sys.executable, "-c", _PRODUCTS], capture_output=True, text=True, env=env,
+                          timeout=600, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_avx2_build_gives_the_same_bits_as_the_host_build():
+    """The GEMM compiled for haswell (AVX2 tiles of 6 rows x 2 registers) in one process and for this
+    host in another: equal bit for bit, and equal to numpy's float64 products to rounding."""
+    host = _products({})
+    avx2 = _products({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""})
+    assert avx2["vector_bytes"] == 32
+    assert host["c"] == avx2["c"]
+    for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64)):
+        rng = np.random.default_rng(M * N + K)
+        a = rng.standard_normal((M, K)).astype(dtype)
+        b = rng.standard_normal((K, N)).astype(dtype)
+        c = rng.standard_normal((M, N)).astype(dtype)
+        want = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+        got = np.array(avx2["c"][0 if N == 16 else 1])
+        assert np.max(np.abs(got - want)) < 1e-4
