@@ -176,6 +176,15 @@ def blas_threads_for(model: Any, sizes: Any) -> int | None:
     return 1 if model.recurrent_macs(sizes.batch, largest=True) < SMALL_GEMM_MACS else None
 
 
+def _tiles() -> str:
+    """The unit threads' GEMM for the CPU Numba compiles for (memopt_bptt/_kernels/mm.py)."""
+    from ._kernels.mm import tile_rows, tiled_max_lines, vector_bytes
+    vbytes = vector_bytes()
+    wide = "any width" if tiled_max_lines(vbytes) == 0 else f"up to {tiled_max_lines(vbytes)} lines, BLAS beyond"
+    return (f"their products in the tiled GEMM for {vbytes}-byte vectors ({tile_rows(vbytes)[0]}-row tiles, "
+            f"{wide})")
+
+
 def explain(model: Any, sizes: Any) -> str:
     """Which path a sweep of these sizes takes (lanes, unit threads, BLAS threads) and why."""
     batch = sizes.batch
@@ -191,7 +200,8 @@ def explain(model: Any, sizes: Any) -> str:
         why = ("asked for" if model.unit_threads is not None
                else f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds")
         what = "every layer's hidden units" if stacked else "the hidden units"
-        return f"{sizes.unit_threads} unit threads splitting {what}, BLAS on 1 thread each ({why})"
+        return (f"{sizes.unit_threads} unit threads splitting {what}, BLAS on 1 thread each ({why}); "
+                f"{_tiles()}")
     blas = blas_threads_for(model, sizes)
     why = [f"largest recurrent GEMM {largest:,} multiply-adds {'<' if blas == 1 else '>='} {SMALL_GEMM_MACS:,}"]
     if model.unit_cells is None and largest >= LANE_MAX_MACS:

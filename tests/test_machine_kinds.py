@@ -97,3 +97,15 @@ def test_avx2_build_gives_the_same_bits_as_the_host_build():
         want = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
         got = np.array(avx2["c"][0 if N == 16 else 1])
         assert np.max(np.abs(got - want)) < 1e-4
+
+
+def test_describe_split_names_the_tiles_of_the_target(monkeypatch):
+    """The unit threads' description says which vector width their GEMM was built for (the target
+    Numba compiles for: here monkeypatched to haswell, as NUMBA_CPU_NAME=haswell would set it)."""
+    import memopt_bptt as mb
+    from numba.core import config
+    model = mb.Sequence(mb.LSTM(64, 256), output_size=4)
+    assert model.describe_split(16).startswith("2 unit threads")
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    assert "tiled GEMM for 32-byte vectors (6-row tiles, up to 2 lines, BLAS beyond)" in model.describe_split(16)
