@@ -61,8 +61,7 @@ class Spec(NamedTuple):
     state_len: int      # elements of a state of these rows
     internal_len: int   # elements of an internal state of these rows
     quantum: int        # elements of one pool slot
-    chunk: int          # Cell.grad_chunk (1 for a cell without deferred gradients)
-    hidden: int
+    hidden: int         # the top layer's hidden size
     n_outputs: int
     loss_kind: int      # 0 mse, 1 cross-entropy
     spin: int           # rounds a barrier spins before yielding the CPU
@@ -151,7 +150,7 @@ class Run:
         model, sz = self.model, self.sizes
         top = model.cells[-1]
         return Spec(b0, rows, k, u0, u1, rows * sz.state_width, rows * sz.internal_width, sz.quantum[0] * rows,
-                    top.grad_chunk or 1, top.hidden_size, model.output_size, self.loss_kind, self.spin,
+                    top.hidden_size, model.output_size, self.loss_kind, self.spin,
                     self.scale, int(table[-1, S_OFF]), self.loss_mode)
 
     def allocate(self, pool_quanta: int, h0_flat: np.ndarray, grads: tuple, norms: np.ndarray) -> list:
