@@ -97,6 +97,12 @@ def main(args) -> None:
           f"{os.getloadavg()[0]:.1f}", flush=True)
     result = {"load_at_start": os.getloadavg()[0], "a": {}, "b": {}}
     script = os.path.abspath(__file__)
+    out = os.path.join(HERE, "results", "bench_contention.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    def save():  # after every record: a run stopped early (a soak can take very long beside hogs) keeps them
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=1)
     for hogs in args.hogs:
         procs = [multiprocessing.Process(target=_hog, daemon=True) for _ in range(hogs)]
         for p in procs:
@@ -105,12 +111,14 @@ def main(args) -> None:
             for name, spec in CONFIGS.items():
                 rec = run_worker(script, ["time", json.dumps(spec)], timeout=1800)
                 result["a"][f"{name}, {hogs} hogs"] = rec
+                save()
                 print(f"  {hogs} hogs  {name:>24}: {rec['median']:7.2f} s  {[round(t, 2) for t in rec['times']]}",
                       flush=True)
             if args.soak:
                 for name, spec in SOAK.items():
                     rec = run_worker(script, ["soak", json.dumps(spec)], timeout=3600)
                     result["b"][f"{name}, {hogs} hogs"] = rec
+                    save()
                     mib = [round(r / 2**20, 1) for r in rec["rss"] if r]
                     print(f"  soak {hogs} hogs {name:>12}: {rec['updates']} updates in {rec['seconds']:.1f} s, "
                           f"RSS MiB every 100 updates {mib}", flush=True)
@@ -124,10 +132,7 @@ def main(args) -> None:
         for key, rec in result["a"].items():
             rec["over_single_cpu"] = rec["median"] / base
             print(f"  {key:>36}: {rec['over_single_cpu']:.2f}x")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    out = os.path.join(HERE, "results", "bench_contention.json")
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    save()
     print(f"wrote {os.path.relpath(out)}")
 
 
