@@ -36,6 +36,12 @@ def test_vector_bytes_follows_numba_target(monkeypatch):
     assert vector_bytes() == 32
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+avx512f")
     assert vector_bytes() == 64
+    # features set empty without a name: the host's (this once recursed without end)
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    import llvmlite.binding as ll
+    host = ll.get_host_cpu_features()
+    assert vector_bytes() == (64 if host.get("avx512f") else 32 if host.get("avx") else 16)
 
 
 @pytest.mark.parametrize("vbytes", [16, 32, 64])

@@ -58,25 +58,25 @@ _AVX_CPUS_LACKING = frozenset({
     "silvermont", "goldmont", "goldmont-plus", "tremont", "btver1", "btver2", "amdfam10", "k8"})
 
 
+def _widest(flags: dict) -> int:
+    return 64 if flags.get("avx512f") else 32 if flags.get("avx") else 16
+
+
 def vector_bytes(cpu_name: str | None = None, features: str | None = None) -> int:
     """Bytes of the widest vector register of the CPU Numba compiles for: 64 (AVX-512), 32 (AVX) or 16.
 
     By default the target is Numba's: ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` when set
     (``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""`` compiles AVX2 code on any x86-64 host),
     else the host's. An explicit feature string ("+avx2,-avx512f,...") decides; a named CPU
-    with no features is looked up by name."""
+    with no features is looked up by name; no name (or "host") and no features is the host."""
     if cpu_name is None and features is None:
         from numba.core import config
         cpu_name, features = config.CPU_NAME, config.CPU_FEATURES
-        if cpu_name in (None, "host") and features is None:
-            import llvmlite.binding as ll
-            found = ll.get_host_cpu_features()
-            return 64 if found.get("avx512f") else 32 if found.get("avx") else 16
     if features:
-        flags = {f[1:]: f[0] == "+" for f in features.split(",") if f[:1] in "+-"}
-        return 64 if flags.get("avx512f") else 32 if flags.get("avx") else 16
+        return _widest({f[1:]: f[0] == "+" for f in features.split(",") if f[:1] in "+-"})
     if cpu_name in (None, "host"):
-        return vector_bytes()
+        import llvmlite.binding as ll
+        return _widest(ll.get_host_cpu_features())
     name = cpu_name.lower()
     if name in _AVX512_CPUS:
         return 64
@@ -172,8 +172,9 @@ def tiled_max_lines(vbytes: int) -> int:
     return 0 if vbytes >= LINE_BYTES else 2
 
 
-_R1, _R2, _R4, _RH = tile_rows(vector_bytes())
-_MAX_LINES = tiled_max_lines(vector_bytes())
+_VBYTES = vector_bytes()
+_R1, _R2, _R4, _RH = tile_rows(_VBYTES)
+_MAX_LINES = tiled_max_lines(_VBYTES)
 _R1_HALF = _R1 // 2
 _tR1, _tR1h, _t1x1 = _make_tile(_R1, 1), _make_tile(_R1_HALF, 1), _make_tile(1, 1)
 _hRH, _h1x1 = _make_tile(_RH, 1, True), _make_tile(1, 1, True)  # half-width vectors (8 float32)
