@@ -36,7 +36,7 @@ from memopt_bptt._executor import Data, Run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _tracing import kept_bytes, least_bytes  # noqa: E402
+from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
 
 I, O = 3, 3
 
@@ -172,16 +172,9 @@ def test_every_policy_is_bit_identical_to_plain_bptt_and_equal_to_rows_mode(loss
     rows = mb.value_and_grad(rows_twin(model), params, xs, ys, h0=h0, return_h0_grad=True, ds_norms=rows_norms)
     assert_close(reference, rows, 1e-11, "rows mode")
     assert np.allclose(norms, rows_norms, rtol=1e-11, atol=1e-14)
-    lo = least_bytes(model, T, batch)
-    full = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full").budget_bytes
-    budget = lo + int(frac * (full - lo))
-    for policy in ("msm", "hsm", "ism", "revolve", "sqrt"):
-        try:
-            result = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0,
-                                       return_h0_grad=True)
-        except mb.MemoryBudgetError:
-            assert policy == "sqrt"
-            continue
+    for policy, budget, result in runs_at_a_budget_between(model, params, xs, ys, T, batch, frac,
+                                                           ("msm", "hsm", "ism", "revolve", "sqrt"), h0=h0,
+                                                           return_h0_grad=True):
         assert_bits(result, reference, (policy, budget))
 
 

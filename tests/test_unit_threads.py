@@ -28,7 +28,7 @@ from memopt_bptt._kernels.sync import SLOT, abort, barrier, new_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _tracing import kept_bytes, least_bytes  # noqa: E402
+from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
 from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
 
 
@@ -120,16 +120,9 @@ def test_every_policy_is_bit_identical_to_their_plain_bptt(loss, T, batch, threa
         assert max_relative_error(reference[1][name], single[1][name]) < 1e-11, name
     assert np.allclose(reference[2], single[2], rtol=1e-11, atol=1e-14)
     assert np.allclose(norms_ref, norms_one, rtol=1e-11, atol=1e-14)
-    lo = least_bytes(model, T, batch)
-    full = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full").budget_bytes
-    budget = lo + int(frac * (full - lo))
-    for policy in ("msm", "hsm", "ism", "revolve", "sqrt"):
-        try:
-            result = mb.value_and_grad(model, params, xs, ys, budget=budget, policy=policy, h0=h0,
-                                       return_h0_grad=True)
-        except mb.MemoryBudgetError:
-            assert policy == "sqrt"
-            continue
+    for policy, _, result in runs_at_a_budget_between(model, params, xs, ys, T, batch, frac,
+                                                      ("msm", "hsm", "ism", "revolve", "sqrt"), h0=h0,
+                                                      return_h0_grad=True):
         assert result[0] == reference[0], policy
         for name in reference[1]:
             assert np.array_equal(result[1][name], reference[1][name]), f"{policy}: {name}"
