@@ -15,9 +15,10 @@ tensors autograd saved for its backward), sized by measuring step 1 through
 measured. :func:`memopt_bptt.plan` gives the schedule with the fewest forward
 steps for the budget (BPTT-MSM by default); a Python interpreter of its
 actions runs it, the first pass in an autograd Function's forward and the
-replays and reversals in its backward (``_sweep.py``). Random generators
-are saved with every checkpoint where the step draws random numbers
-(dropout), and autocast is re-entered for replays (``_context.py``).
+replays and reversals in its backward (``_sweep.py``; a step and its
+checkpoints in ``_step.py``). Random generators are saved with every
+checkpoint where the step draws random numbers (dropout), and autocast is
+re-entered for replays (``_context.py``).
 
 Compared with ``torch.utils.checkpoint`` / ``checkpoint_sequential``: no
 segment length to choose, a budget in bytes instead, and the least

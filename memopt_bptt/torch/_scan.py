@@ -16,7 +16,8 @@ from ._context import Autocast, Generators, RngState
 from ._graph import find_params, sequence_mark, stops_of
 from ._memory import Tracker, distinct_bytes, held_bytes, storage_key
 from ._state import StateSpec, describe
-from ._sweep import Kept, Problem, Sweep, keep_step, record_loss, run_step
+from ._step import Kept, Problem, keep_step, record_loss, run_step
+from ._sweep import Sweep
 
 __all__ = ["ScanStats", "scan_loss"]
 
