@@ -227,7 +227,7 @@ def test_slots_beyond_int64_plan_as_enough_slots():
 def test_a_small_machine_refuses_what_it_cannot_hold(monkeypatch):
     """With 1 MB available, T = 10^4 (emitting needs 456 bytes per step) is refused up front,
     naming at least what emitting needs; T = 100 still plans."""
-    import memopt_bptt._planner as planner
+    import memopt_bptt._planner._choose as planner  # plan_quanta reads its settings here
     from memopt_bptt._planner._emit import EMIT_BYTES_PER_STEP
 
     monkeypatch.setattr(planner, "available_bytes", lambda: 10 ** 6)

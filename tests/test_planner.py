@@ -274,7 +274,7 @@ def test_ism_equals_scanned_recurrence_at_larger_T(alpha):
 
 
 def test_msm_fallback_is_the_better_of_ism_and_revolve(monkeypatch):
-    import memopt_bptt._planner as planner
+    import memopt_bptt._planner._choose as planner  # plan_quanta reads its settings here
     if not hasattr(planner, "MSM_EXACT_MAX_WORK"):
         pytest.skip("this planner has no MSM fallback")
     cases = [(30, 4.0), (60, 12.5), (60, 80.0), (5, 1.0)]

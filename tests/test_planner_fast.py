@@ -30,7 +30,7 @@ def test_revolve_closed_form_equals_hsm_table(hq, kq):
 
 
 def test_msm_fallback_warns_and_is_no_worse_than_single_kinds(monkeypatch):
-    import memopt_bptt._planner as planner
+    import memopt_bptt._planner._choose as planner  # plan_quanta reads its settings here
 
     monkeypatch.setattr(planner, "MSM_EXACT_MAX_WORK", 0.0)
     with pytest.warns(UserWarning, match="not proven MSM-optimal"):
@@ -66,7 +66,7 @@ def test_parallel_row_pairs_give_the_serial_table(T, hq, kq):
 
 
 def test_plan_quanta_is_the_same_with_either_table(monkeypatch):
-    import memopt_bptt._planner as planner
+    import memopt_bptt._planner._choose as planner  # plan_quanta reads its settings here
 
     calls = {"serial": 0, "pair": 0}
 
