@@ -36,6 +36,7 @@ import math
 from numba import njit
 
 from memopt_bptt._actions import Op
+from memopt_bptt._kernels.activations import copy2_into, copy_into
 from memopt_bptt._kernels.blas import gemm
 from memopt_bptt._kernels.sync import stopped
 
@@ -170,7 +171,7 @@ def loss_step(kind, out, ys_f, ys_i, t, b0, scale, w):
 
 @njit
 def save_rows(dst, src, bufs, spec):
-    dst[:] = src
+    copy_into(src, dst)
 
 
 @njit
@@ -200,7 +201,7 @@ def hidden_input(state, lay, k, dst):
 def embedded_input(emb, ids, t, b0, dst):
     """The embedding's rows of step t's token ids (batch rows b0..) into ``dst`` (rows, dim)."""
     for b in range(dst.shape[0]):
-        dst[b, :] = emb[ids[t, b0 + b]]
+        copy_into(emb[ids[t, b0 + b]], dst[b])
     return dst
 
 
@@ -245,7 +246,7 @@ def first_inputs(data, bufs, lay, spec, t, w):
         return xs[t: t + w].reshape((w * rows, xs.shape[2]))
     block = kept_inputs(bufs, lay, 0, rows, w)
     for q in range(w):
-        block[q * rows: (q + 1) * rows] = xs[t + q, b0: b0 + rows]
+        copy2_into(xs[t + q, b0: b0 + rows], block[q * rows: (q + 1) * rows])
     return block
 
 

@@ -56,6 +56,7 @@ for its own units); thread 0's loss is kept. Nothing here allocates.
 
 from numba import njit
 
+from memopt_bptt._kernels.activations import copy_into
 from memopt_bptt._kernels.mm import product
 from memopt_bptt._kernels.sync import SLOT, barrier
 
@@ -72,7 +73,7 @@ def save_units(dst, src, bufs, spec):
         a, z = units[k, U0] * rows, units[k, U1] * rows
         for q in range(lay[k, 1] // n):
             o = lay[k, 0] + q * n
-            dst[o + a: o + z] = src[o + a: o + z]
+            copy_into(src[o + a: o + z], dst[o + a: o + z])
 
 
 @njit

@@ -166,6 +166,24 @@ def _tanh_overload(v):
 
 
 # ---- loops over arrays (one simple loop each, so each compiles to vector code) ----
+# Copies as loops, not ``dst[...] = src``: Numba compiles a slice assignment's
+# shape-mismatch error with string formatting, 1-3 s on a fresh machine for
+# every function that has one. Callers pass equal shapes.
+@njit(cache=True)
+def copy_into(src, dst):
+    """dst = src, 1-D arrays of the same length."""
+    for p in range(src.shape[0]):
+        dst[p] = src[p]
+
+
+@njit(cache=True)
+def copy2_into(src, dst):
+    """dst = src, 2-D arrays of the same shape."""
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
 @njit(cache=True, error_model="numpy")
 def sigmoid_into(src, dst):
     """dst = sigmoid(src), elementwise over 1-D arrays."""

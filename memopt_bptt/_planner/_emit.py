@@ -50,11 +50,15 @@ _INTERNAL = 1 << 40
 @njit(cache=True)
 def _grow(a):
     b = np.empty((a.shape[0] * 2, a.shape[1]), a.dtype)
-    b[: a.shape[0]] = a
+    for i in range(a.shape[0]):  # a loop: a slice assignment compiles a formatted error for seconds
+        for j in range(a.shape[1]):
+            b[i, j] = a[i, j]
     return b
 
 
-@njit(cache=True)
+# _put and _push have one signature each: called with literal constants, a
+# jitted callee would otherwise compile once per combination of them.
+@njit("int64(int64[:, ::1], int64, int64, int64, int64)", cache=True)
 def _put(out, n, op, step, slot):
     """Write action row n; returns n + 1."""
     out[n, 0] = op
@@ -63,7 +67,7 @@ def _put(out, n, op, step, slot):
     return n + 1
 
 
-@njit(cache=True)
+@njit("int64(int64[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64)", cache=True)
 def _push(tasks, sp, kind, a, t, m, src, top, own):
     """Push a task: reverse t steps from position a with m free quanta, the start
     state at src, the pool's top at top, own = 1 if the segment owns its start."""

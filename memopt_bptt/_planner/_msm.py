@@ -246,8 +246,12 @@ def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
     rk = (m - kq) % R
     ssz[:] = 0
     upto[:] = 0
-    g_h = 1
-    g_i = 2
+    # The helpers' integer arguments are int64 values, never literals: Numba
+    # compiles a jitted callee once per combination of literal arguments
+    # (_msm_scan took 1.6 s a compile, four times over on a fresh machine).
+    ZERO, ONE, TWO = np.int64(0), np.int64(1), np.int64(2)
+    g_h = ONE
+    g_i = TWO
     evals = 0
     cost[own, r, 0] = 0
     pmx[own, r, 0] = 0
@@ -294,18 +298,18 @@ def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
                     ch = -y
             if best > lb:
                 if do_h:
-                    _stack_catch_up(cost, stk, stkv, ssz, upto, 0, 1, rh, t - 1)
-                    _stack_catch_up(cost, stk, stkv, ssz, upto, 2, own, r, t - 1)
-                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 0, 1, rh, 2, own, r, t, 0, 1, g_h, lb)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, ZERO, ONE, rh, t - 1)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, TWO, own, r, t - 1)
+                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, ZERO, ONE, rh, TWO, own, r, t, ZERO, ONE, g_h, lb)
                     evals += n
                     g_h = y
                     if c < best:
                         best = c
                         ch = y
                 if do_i and best > lb:
-                    _stack_catch_up(cost, stk, stkv, ssz, upto, 1, 0, rk, t - 1)
-                    _stack_catch_up(cost, stk, stkv, ssz, upto, 2, own, r, t - 1)
-                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, 1, 0, rk, 2, own, r, t, 1, 2, g_i, lb)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, ONE, ZERO, rk, t - 1)
+                    _stack_catch_up(cost, stk, stkv, ssz, upto, TWO, own, r, t - 1)
+                    c, y, n = _msm_scan(cost, pmx, stk, stkv, ssz, ONE, ZERO, rk, TWO, own, r, t, ONE, TWO, g_i, lb)
                     evals += n
                     g_i = y
                     if c < best:

@@ -105,7 +105,7 @@ def _ism_table(T, N):
 _LB_FAIL = -(1 << 40)
 
 
-@njit(cache=True)
+@njit("int64(int64, int64, int64, int64, int64)", cache=True)  # one signature, whatever literals it is called with
 def _lb_of(t, m, own, hq, kq):
     """The proven lower bound of R(t, m) for start kind own: max(t, 2t - floor((m + own*hq)/kq) - 1)."""
     return max(t, 2 * t - (m + own * hq) // kq - 1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .._kernels.activations import grad_through_output, relu_into, tanh_into
+from .._kernels.activations import copy_into, grad_through_output, relu_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
 
@@ -36,12 +36,12 @@ def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, rel
             pre2[k, b] = bias
     gemm(False, False, 1.0, w_hh, s_prev[:n].reshape((H, B)), 1.0, pre2)
     gemm(False, False, 1.0, w_ih, transposed_input(x, work[n:]), 1.0, pre2)
-    internal[:n] = s_prev[:n]
+    copy_into(s_prev[:n], internal[:n])
     if relu:
         relu_into(pre, internal[n: 2 * n])
     else:
         tanh_into(pre, internal[n: 2 * n])
-    s_new[:n] = internal[n: 2 * n]
+    copy_into(internal[n: 2 * n], s_new[:n])
 
 
 @njit(cache=True, error_model="numpy")
@@ -86,7 +86,7 @@ def elman_relu_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
 def elman_state_from_internal(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, s_out, work):
     n = x.shape[0] * w_hh.shape[1]
     # h_t is stored as such: a copy is bit-exact.
-    s_out[:n] = internal[n: 2 * n]
+    copy_into(internal[n: 2 * n], s_out[:n])
 
 
 @njit(cache=True, error_model="numpy")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .._kernels.activations import one, sigmoid_into, tanh_into
+from .._kernels.activations import copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
 
@@ -57,8 +57,8 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     # One simple loop per quantity, so each compiles to vector code.
     sigmoid_into(gates[:n], internal[:n])
     sigmoid_into(gates[n: 2 * n], internal[n: 2 * n])
-    internal[3 * n: 4 * n] = gates[2 * n: 3 * n]
-    internal[4 * n: 5 * n] = s_prev[:n]
+    copy_into(gates[2 * n: 3 * n], internal[3 * n: 4 * n])
+    copy_into(s_prev[:n], internal[4 * n: 5 * n])
     _add_product(xn, internal[:n], internal[3 * n: 4 * n])  # W_in x + b_in + r * hn
     tanh_into(xn, internal[2 * n: 3 * n])
     # From the stored values, with gru_state_from_internal's function: a

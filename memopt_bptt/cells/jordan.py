@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .._kernels.activations import grad_through_output, relu_into, tanh_into
+from .._kernels.activations import copy_into, grad_through_output, relu_into, tanh_into
 from .._kernels.blas import gemm
 from ._base import Cell
 
@@ -49,8 +49,8 @@ def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, inte
         for k in range(O):
             y[b, k] = b_out[k]
     gemm(False, True, 1.0, h, w_out, 1.0, y)
-    internal[:no] = s_prev[:no]
-    s_new[:no] = internal[no + nh: 2 * no + nh]
+    copy_into(s_prev[:no], internal[:no])
+    copy_into(internal[no + nh: 2 * no + nh], s_new[:no])
 
 
 @njit(cache=True, error_model="numpy")

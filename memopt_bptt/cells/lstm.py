@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from .._kernels.activations import one, sigmoid_into, tanh_into
+from .._kernels.activations import copy2_into, copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from .._kernels.mm import product
 from ._base import Cell, _check_chunk
@@ -47,8 +47,8 @@ def _activate(gates, s_prev, s_new, internal, n, a, z):
     sigmoid_into(gates[m: 2 * m], internal[n + a: n + z])
     tanh_into(gates[2 * m: 3 * m], internal[2 * n + a: 2 * n + z])
     sigmoid_into(gates[3 * m: 4 * m], internal[3 * n + a: 3 * n + z])
-    internal[4 * n + a: 4 * n + z] = s_prev[n + a: n + z]
-    internal[6 * n + a: 6 * n + z] = s_prev[a: z]
+    copy_into(s_prev[n + a: n + z], internal[4 * n + a: 4 * n + z])
+    copy_into(s_prev[a: z], internal[6 * n + a: 6 * n + z])
     # From the stored values, with lstm_state_from_internal's expressions: a
     # rebuilt state is bit-identical.
     _cell_state(internal, s_new[n + a: n + z], n, a, z)
@@ -96,8 +96,8 @@ def lstm_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev
     gemm(True, False, 1.0, w_hh, d2, 0.0, ds_prev[:n].reshape((H, B)))
     # Defer the weight gradients: this step's columns of the block.
     D, Hp = _chunk_views(chunk, H, B)
-    D[:, j * B: (j + 1) * B] = d2
-    Hp[:, j * B: (j + 1) * B] = internal[6 * n: 7 * n].reshape((H, B))
+    copy2_into(d2, D[:, j * B: (j + 1) * B])
+    copy2_into(internal[6 * n: 7 * n].reshape((H, B)), Hp[:, j * B: (j + 1) * B])
 
 
 @njit(cache=True, error_model="numpy")
@@ -218,7 +218,7 @@ def lstm_backward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, d
     part_t = part.reshape((B, H))
     for q in range(4):
         dq = d_pre[q * m: (q + 1) * m].reshape((hk, B))
-        D[q * H + u0: q * H + u1, j * B: (j + 1) * B] = dq
+        copy2_into(dq, D[q * H + u0: q * H + u1, j * B: (j + 1) * B])
         product(dq.T, w_hh[q * H + u0: q * H + u1], part_t, q > 0)
     h_prev = internal[6 * n + a: 6 * n + z].reshape((hk, B))
     for b in range(B):
