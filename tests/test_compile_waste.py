@@ -1,0 +1,116 @@
+"""Nothing is compiled that the first gradient on a fresh machine does not need.
+
+Two patterns once cost most of a cold start (issue 12): a slice assignment
+``a[i:j] = b`` in jitted code makes Numba compile its shape-mismatch error,
+with string formatting, for 1-3 s per function; and a jitted function called
+from jitted code with integer constants is compiled once per combination of
+those literals (``_msm_scan`` four times, 1.6 s each).
+
+Oracles: the package's source (no slice assignment of an array in a jitted
+function), and Numba's own compile events in a fresh process with an empty
+cache (slow: it compiles the planner and an LSTM's sweep from nothing).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "memopt_bptt"
+# compiled into a sweep's namespace by _executor/_compile.py, without a decorator of their own
+JITTED_FILES = {"_executor/_sweep.py", "_executor/_units.py"}
+
+
+def _is_jit(decorator: ast.expr) -> bool:
+    node = decorator.func if isinstance(decorator, ast.Call) else decorator
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return name in ("njit", "jit")
+
+
+def _slice_assignments(path: pathlib.Path, all_jitted: bool) -> list[str]:
+    """Lines that assign an array expression to a slice inside a jitted function."""
+    found = []
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef) or not (all_jitted or any(map(_is_jit, fn.decorator_list))):
+            continue
+        for node in ast.walk(fn):
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AugAssign) else [])
+            for target in targets:
+                if not isinstance(target, ast.Subscript):
+                    continue
+                index = target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]
+                scalar = isinstance(node.value, (ast.Constant, ast.UnaryOp)) and not isinstance(node.value, ast.Call)
+                if any(isinstance(i, ast.Slice) for i in index) and not scalar:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} in {fn.name}")
+    return found
+
+
+def test_the_scan_finds_a_slice_assignment(tmp_path):
+    """The oracle itself: it must see the pattern it forbids (and not a scalar fill)."""
+    src = tmp_path / "m.py"
+    src.write_text("from numba import njit\n\n@njit(cache=True)\ndef f(a, b):\n    a[:] = 0.0\n"
+                   "    a[1: 3] = b[0: 2]\n\ndef g(a, b):\n    a[:] = b\n")
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path
+    try:
+        assert _slice_assignments(src, all_jitted=False) == ["m.py:6 in f"]
+    finally:
+        PACKAGE = saved
+
+
+def test_no_slice_assignment_in_jitted_code():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        found += _slice_assignments(path, str(path.relative_to(PACKAGE)) in JITTED_FILES)
+    assert not found, ("slice assignments in jitted code (each compiles a formatted error for seconds on a fresh "
+                       "machine; use memopt_bptt._kernels.activations.copy_into / copy2_into): " + ", ".join(found))
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys
+    from numba.core import event
+    compiled = []
+
+    class Listener(event.Listener):
+        def on_start(self, e):
+            pass
+
+        def on_end(self, e):
+            d = e.data["dispatcher"]
+            f = getattr(d, "py_func", d)
+            compiled.append([f"{getattr(f, '__module__', '')}.{f.__qualname__}", [str(a) for a in e.data["args"]]])
+
+    event.register("numba:compile", Listener())
+    import memopt_bptt as mb
+    model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=32), output_size=1, loss="mse")
+    params = model.init_params(seed=0, dtype="float32")
+    xs, ys = mb.adding_problem(300, 16, seed=0, dtype="float32")
+    mb.value_and_grad(model, params, xs, ys, budget=0.05, policy="msm")   # the demo's first update
+    json.dump(compiled, sys.stdout)
+""")
+
+
+@pytest.mark.slow
+def test_a_cold_start_compiles_no_error_formatting_and_no_literal_copies(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled = json.loads(proc.stdout)
+    names = [name for name, _ in compiled]
+    assert any("_msm_fast_table" in n for n in names) and any(".sweep_lstm_rows_" in n for n in names), names
+    assert not [n for n in names if "raise_with_shape_context" in n], "a shape-mismatch error was compiled"
+    ours = {}
+    for name, args in compiled:
+        if name.startswith("memopt_bptt.") and any(a.startswith("Literal[") for a in args):
+            ours.setdefault(name, []).append(args)
+    twice = {n: a for n, a in ours.items() if names.count(n) > 1}
+    assert not twice, f"compiled once per literal argument: {twice}"
