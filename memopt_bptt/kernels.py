@@ -15,6 +15,10 @@ The public subset of the kernels the built-in cells use, callable from
   ``sigmoid_into``, ``tanh_into``, ``relu_into``, ``grad_through_output``:
   activations in the array's own precision, without libm calls, that LLVM
   vectorizes.
+* ``copy_into(src, dst)``, ``copy2_into(src, dst)``: ``dst = src`` for 1-D and
+  2-D arrays of one shape, as loops: a slice assignment ``dst[a:b] = src``
+  in jitted code makes Numba compile its formatted shape-mismatch error,
+  seconds per function on a machine's first run.
 
 Example::
 
@@ -26,6 +30,8 @@ Example::
         ...
 """
 
+from ._kernels.activations import copy2_into
+from ._kernels.activations import copy_into
 from ._kernels.activations import exp
 from ._kernels.activations import grad_through_output
 from ._kernels.activations import one
@@ -41,6 +47,8 @@ from ._kernels.mm import product
 
 __all__ = [
     "add_row_sums",
+    "copy2_into",
+    "copy_into",
     "exp",
     "gemm",
     "grad_through_output",

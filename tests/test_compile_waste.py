@@ -114,3 +114,20 @@ def test_a_cold_start_compiles_no_error_formatting_and_no_literal_copies(tmp_pat
             ours.setdefault(name, []).append(args)
     twice = {n: a for n, a in ours.items() if names.count(n) > 1}
     assert not twice, f"compiled once per literal argument: {twice}"
+
+
+def test_the_copy_kernels_copy_views_exactly():
+    """copy_into / copy2_into against NumPy's assignment, on strided views (the loops that replace slices)."""
+    import numpy as np
+
+    from memopt_bptt.kernels import copy2_into, copy_into
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(7, 9)).astype(np.float32)
+    dst, want = np.zeros((9, 12), np.float32), np.zeros((9, 12), np.float32)
+    copy2_into(src[:, 1:8], dst[2:9, 3:10])
+    want[2:9, 3:10] = src[:, 1:8]
+    assert np.array_equal(dst, want)
+    flat, want1 = np.zeros(20), np.zeros(20)
+    copy_into(src.ravel()[5:15].astype(np.float64), flat[3:13])
+    want1[3:13] = src.ravel()[5:15]
+    assert np.array_equal(flat, want1)
