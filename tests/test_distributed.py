@@ -416,7 +416,10 @@ def test_same_bits_on_one_two_and_four_workers(client):
         while len(client.scheduler_info()["workers"]) != n:
             time.sleep(0.05)
         runs[n] = mbd.value_and_grad(client, LSTM, params, xs, ys, shards=4, budget=0.25, return_stats=True)
-        assert len(set(runs[n][2].workers)) == n
+        # placed on n workers, but Dask may move a queued shard to an idle worker (work stealing, e.g. while
+        # a worker just started is still importing): the shards ran on more than one of them when n > 1
+        used = len(set(runs[n][2].workers))
+        assert used <= n and (used > 1 or n == 1), (n, runs[n][2].workers)
     for n in (4, 1):
         same_bits(runs[n][:2], runs[2][:2])
     cluster.scale(2)
