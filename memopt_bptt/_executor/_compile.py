@@ -201,6 +201,12 @@ def _units_source(model: Any) -> str:
     def x(k: int, state: str) -> str:
         return "data.xs[t]" if k == 0 else f"layer_h({state}, lay, {k - 1}, rows).T"
 
+    def flush(k: int) -> list:
+        g = ", ".join(f"grads[{4 * k + i}]" for i in range(4))
+        block = f"kept_inputs(bufs, lay, {k}, rows, w)" if k else "first_inputs(data, bufs, lay, spec, t, w)"
+        return ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
+                "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out")]
+
     forward = ["@njit\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head]
     for k in range(n):
         if k:
@@ -213,9 +219,8 @@ def _units_source(model: Any) -> str:
         rebuild.append("    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
                                      blk("out", k, "state"), "work") + "\n")
     rebuild.append("    return nb\n")
-    lines = ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]", "me = spec.thread", "flushed = False"]
+    lines = ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]", "me = spec.thread"]
     for k in range(n - 1, -1, -1):
-        g = ", ".join(f"grads[{4 * k + i}]" for i in range(4))
         lines += [f"# layer {k}", f"c = lay[{k}, 10]", "j = t % c",
                   f"chunk = bufs.chunk[lay[{k}, 6]: lay[{k}, 6] + lay[{k}, 7]]",
                   f"hp = unit_parts(bufs, t, units[{k}, HP_OFF], rows * lay[{k}, 9])"]
@@ -228,19 +233,32 @@ def _units_source(model: Any) -> str:
                           blk("ds_prev", k, "state"), "work", "chunk", "j", "hp[me]"))
         if k:
             lines.append(call(k, "unit_input_grad", xk, "work", "xp[me]"))
+        if k == 0 and n > 1:  # the first layer's shared part waits for the next readout (finish_units)
+            lines += ["if t == 0:  # no next step: finish here",
+                      "    nb = sync_units(bufs, spec, nb)",
+                      "    finish_units(params, data, bufs, grads, spec, t, ds_prev)"]
+            continue
         lines += ["nb = sync_units(bufs, spec, nb)",
                   call(k, "unit_backward_shared", xk, blk("ds_prev", k, "state"), "hp")]
         if k:
             lines.append(f"add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[{k - 1}, U0], units[{k - 1}, U1])")
-        block = f"kept_inputs(bufs, lay, {k}, rows, w)" if k else "first_inputs(data, bufs, lay, spec, t, w)"
-        lines += ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
-                  "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out"),
-                  "    flushed = True"]
-    lines += ["if flushed:  # the flushes read every unit's h_{t-1} and inputs, which the next block writes",
-              "    nb = sync_units(bufs, spec, nb)", "return nb"]
+        lines += flush(k)
+    lines.append("return nb")
     backward = ["@njit\ndef backward_units(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
                 head] + [f"    {line}\n" for line in lines]
-    return "\n\n".join("".join(f) for f in (forward, rebuild, backward))
+    # The first layer's shared part and flush of step t, run by the next step's readout (or at t = 0 by
+    # backward_units): every part they read was written before a barrier (see _units.py).
+    finish = ["@njit\ndef finish_units(params, data, bufs, grads, spec, t, ds_prev):\n", head]
+    if n > 1:
+        finish += [f"    {line}\n" for line in ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]",
+                                                   "c = lay[0, 10]", "j = t % c",
+                                                   "chunk = bufs.chunk[lay[0, 6]: lay[0, 6] + lay[0, 7]]",
+                                                   "hp = unit_parts(bufs, t, units[0, HP_OFF], rows * lay[0, 9])",
+                                                   call(0, "unit_backward_shared", "data.xs[t]",
+                                                        blk("ds_prev", 0, "state"), "hp"), *flush(0)]]
+    else:
+        finish.append("    return\n")
+    return "\n\n".join("".join(f) for f in (forward, rebuild, backward, finish))
 
 
 def _build(model: Any, mode: str) -> Any:

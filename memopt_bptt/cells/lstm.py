@@ -11,7 +11,8 @@ same expressions the forward uses.
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .._kernels.activations import copy2_into, copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
@@ -163,6 +164,20 @@ def lstm_flush_grads(w_ih, w_hh, b_ih, b_hh, w_out, b_out, xs_chunk, chunk, w,
 
 
 # ---- the same step split by hidden units, for threads that share it (Cell.unit_kernels) ----
+def input_rows_units(x, buf):
+    """x^T, (input_size, B) with contiguous rows, for the input term of the units' gates: x.T itself
+    when x is the transpose of such an array (a layer above the first reads the layer below's
+    h_t, (hidden, B), in place), else copied into ``buf`` (a step of the inputs, (B, input))."""
+    return transposed_input(x, buf)
+
+
+@overload(input_rows_units, jit_options={"cache": True})
+def _input_rows_units(x, buf):
+    if isinstance(x, types.Array) and x.ndim == 2 and x.layout == "F":
+        return lambda x, buf: x.T
+    return lambda x, buf: transposed_input(x, buf)
+
+
 @njit(cache=True, error_model="numpy")
 def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, u0, u1):
     """lstm_forward for hidden units u0..u1-1: their rows of the four gates
@@ -175,7 +190,7 @@ def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, i
     gates = work[: 4 * m]
     g2 = gates.reshape((4 * hk, B))
     h_prev = s_prev[:n].reshape((H, B))
-    xt = transposed_input(x, work[4 * m:])
+    xt = input_rows_units(x, work[4 * m:])
     for q in range(4):
         r0 = q * H + u0
         gq = g2[q * hk: (q + 1) * hk]
