@@ -1,0 +1,75 @@
+"""How many barriers unit threads cross per sweep: the count ``_executor/_units.py`` documents.
+
+Every barrier is a wait for the slowest thread, so their number is part of
+the speed: a change that adds one per step shows here, not only in a
+benchmark. The count is read from the barrier's own counters (each thread's
+counter ends at the number of barriers it crossed), and the gradients are
+checked against plain BPTT's bits at the same time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import memopt_bptt as mb
+from memopt_bptt._actions import Op
+from memopt_bptt._executor import Data, Run
+from memopt_bptt._kernels.sync import SLOT
+
+
+def expected_barriers(codes: np.ndarray, n_layers: int) -> int:
+    """Per action: one SYNC after it, and per forward step one between layers; a reversed step one
+    per layer above the first (the first layer's is the next step's rebuild SYNC), and with one
+    layer its own; the last reversed step of a stack one more (no next step to lean on)."""
+    total = 0
+    pos = 0
+    for op, step, _ in codes:
+        if op == Op.ADVANCE:
+            total += (step - pos) * n_layers
+        elif op == Op.KEEP:
+            total += n_layers
+        elif op == Op.REVERSE:
+            total += 1 + max(n_layers - 1, 1) + (1 if n_layers > 1 and step == 1 else 0)
+        else:
+            total += 1
+        if op in (Op.RESTORE, Op.ADVANCE, Op.KEEP, Op.RESTORE_INTERNAL):
+            pos = step
+    return total
+
+
+def sweep_counts(model, params, xs, ys, schedule):
+    """Each unit thread's barrier count after one sweep of ``schedule``, and the gradients."""
+    arrays = model.check_params(params)
+    checked = model.check_data(xs, ys, arrays[0].dtype)
+    sizes = model.sizes(batch=xs.shape[1], dtype=arrays[0].dtype)
+    run = Run(model, arrays, Data.of(checked), sizes, loss_kind=0, scale=1.0 / checked.n_terms,
+              loss_mode=checked.loss_mode)
+    assert run.mode == "units"
+    grads = tuple(np.zeros_like(a) for a in arrays)
+    jobs = run.allocate(schedule.pool_quanta, checked.h0, grads, np.zeros(0))
+    run.run(schedule.codes, jobs)
+    flags = jobs[0][0].flags
+    return [int(flags[k * SLOT]) for k in range(len(jobs))], grads
+
+
+@pytest.mark.parametrize("hidden", [(9,), (9, 6)])
+def test_barriers_per_sweep_are_the_documented_count(hidden):
+    T, batch = 23, 4
+    sizes = [3, *hidden]
+    cells = [mb.LSTM(sizes[k], h) for k, h in enumerate(hidden)]
+    model = mb.Sequence(cells if len(cells) > 1 else cells[0], output_size=3, unit_threads=2)
+    params = model.init_params(seed=3)
+    rng = np.random.default_rng(3)
+    xs, ys = rng.normal(size=(T, batch, 3)), rng.normal(size=(T, batch, 3))
+    plain = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full")
+    _, reference = sweep_counts(model, params, xs, ys, plain)
+    for policy, budget in (("full", 1.0), ("msm", 0.4), ("revolve", 0.4), ("sqrt", 0.6)):
+        schedule = mb.plan(T, budget=budget, model=model, batch=batch, policy=policy)
+        counts, grads = sweep_counts(model, params, xs, ys, schedule)
+        want = expected_barriers(schedule.codes, len(hidden))
+        assert counts == [want, want], (policy, counts, want)
+        for g, r in zip(grads, reference):
+            assert np.array_equal(g, r), policy
+    if len(hidden) > 1:  # two barriers per reversed step, not 3.5 (the first layer's and a flush's)
+        assert expected_barriers(plain.codes, 2) == 2 * T + 2 * T + 1 + 1
