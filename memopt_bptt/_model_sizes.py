@@ -90,7 +90,9 @@ class _SplitQueries:
 
         ``lanes=None`` (the default) splits a model whose recurrent GEMMs have
         ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` (see memopt_bptt._split) multiply-adds (LSTM hidden 64
-        to 128 and Elman up to 256 at batch 16, ...) into two lanes
+        to 128 and Elman up to 256 at batch 16, ...), or more where unit threads would
+        split it and a second gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES``
+        hidden states of the batch (LSTM 256 from batch 41), into two lanes
         when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
         k lanes (at most one per batch row), ``lanes=1`` for none. Every lane
         after the first costs one more gradient accumulator (the parameters'
@@ -119,8 +121,8 @@ class _SplitQueries:
 
         ``unit_threads=None`` (the default) uses two threads for cells with
         unit kernels (Cell.unit_kernels: the built-in LSTM) in every layer
-        and no embedding, where the largest layer's recurrent GEMM has at
-        least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop) and
+        and no embedding, not split into lanes, where the largest layer's recurrent GEMM has at
+        least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop, wide batches aside) and
         every layer at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else one
         thread, ``((0, hidden),)``. Like lanes, the split depends only on the
         model and the batch, never on the machine: where fewer CPUs are

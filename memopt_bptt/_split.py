@@ -8,11 +8,27 @@ many threads BLAS gets, and what each split adds to the working buffers the
 budget pays for. ``Sequence.lane_batches``, ``Sequence.unit_split`` and
 ``Sequence.sizes`` read it; the planner only sees the resulting sizes.
 
-Every choice depends only on the model and the batch, never on the machine,
-so a model's gradients are the same bits everywhere (and bit-identical
-across policies and budgets). The thresholds are multiply-adds of the
-recurrent GEMM (``weight_hh`` rows x columns x batch); the figures behind
-them are in benchmarks/bench_cells.py's results.
+Every choice depends only on the model and the batch, never on the budget,
+the policy or the machine, so a model's gradients are the same bits
+everywhere (and bit-identical across policies and budgets). The rule:
+
+- two lanes for small recurrent GEMMs (``MIN_LANE_MACS`` up to below
+  ``LANE_MAX_MACS`` multiply-adds), each lane with ``MIN_LANE_BATCH`` rows
+  or more;
+- for larger GEMMs of cells with unit kernels (LSTM): two lanes on a wide
+  batch, where a second lane's gradient accumulator is at most
+  ``LANE_MAX_ACCUMULATOR_STATES`` hidden states of the batch
+  (:func:`lane_accumulator_states`: LSTM 256 from batch 41, LSTM 512 from
+  batch 73), else two unit threads;
+- else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
+  number above.
+
+The machine could enter the rule (vector width, L2 size: issue 14), but in
+the interleaved measurements of benchmarks/bench_split.py the choices this
+rule makes between lanes and unit threads came out the same with AVX-512
+and with AVX2 code, so it does not, and gradients stay the same bits on
+every machine. The figures behind the thresholds are
+in benchmarks/results/bench_split*.json and bench_cells.json.
 """
 
 from __future__ import annotations
@@ -24,8 +40,8 @@ import numpy as np
 
 from ._layers import layout
 
-__all__ = ["lane_batches", "n_unit_threads", "unit_split", "unit_exchange_widths", "unit_exchange_len",
-           "split_sizes", "split_note", "blas_threads_for"]
+__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "unit_split", "unit_exchange_widths",
+           "unit_exchange_len", "split_sizes", "split_note", "blas_threads_for"]
 
 MIN_LANE_BATCH = 4
 """Automatic lanes never get fewer batch rows than this."""
@@ -35,12 +51,28 @@ multiply-adds (LSTM hidden 64 at batch 8): below, a step takes a few
 microseconds, and a second gradient accumulator would be a large part of a
 small budget for little time saved."""
 LANE_MAX_MACS = 1 << 21
-"""Automatic lanes only below this many multiply-adds; automatic unit
-threads from here on. Measured (T=1000, batch 16, float32, two cores; two
-lanes / one): LSTM hidden 128 0.080 / 0.117 s, GRU 128 0.054 / 0.087 s,
+"""Automatic lanes for every model below this many multiply-adds; from here
+on only where the accumulator is small (``LANE_MAX_ACCUMULATOR_STATES``),
+else automatic unit threads. Measured (T=1000, batch 16, float32, two cores;
+two lanes / one): LSTM hidden 128 0.080 / 0.117 s, GRU 128 0.054 / 0.087 s,
 Elman 256 0.071 / 0.103 s (all 1.05 M or less); GRU 256 (3.1 M) 0.221 /
 0.213 s, LSTM 256 (4.2 M) 0.284 / 0.272 s, where two BLAS threads on the
 whole batch do as well."""
+LANE_MAX_ACCUMULATOR_STATES = 16
+"""At ``LANE_MAX_MACS`` or more, a model with unit kernels (LSTM) takes two
+lanes instead of unit threads where a second lane's gradient accumulator
+(every parameter) is at most this many hidden states of the whole batch
+(:func:`lane_accumulator_states`). There each lane's GEMMs are wide (20 or
+more batch rows) and the unit threads' barriers cost more than they save,
+while the accumulator costs a tight budget few checkpoints. Measured
+(benchmarks/bench_split.py, interleaved in one process, AVX-512 and AVX2
+code): LSTM 256 at batch 64 (10.2 states) and 128 (5.1), lanes the faster
+of the two in every run; not LSTM 512 at batch 64 (18.2), where lanes
+measured 1.1-2.3x slower than unit threads at 5% of T = 200-500, nor LSTM
+256 at batch 32 (20.4), even at 5%. Cells without unit kernels (GRU,
+Elman) keep one sweep with BLAS threads: at GRU 256, batch 64, lanes
+measured 0.78x its time on a quiet machine but 1.2-1.4x under load, where
+BLAS runs on one thread."""
 MIN_UNIT_HIDDEN = 32
 """Automatic unit threads give every thread at least this many hidden units."""
 SMALL_GEMM_MACS = 1 << 20
@@ -65,13 +97,32 @@ def recurrent_macs(model: Any, batch: int) -> int:
     return model.recurrent_macs(batch)
 
 
+def lane_accumulator_states(model: Any, batch: int) -> float:
+    """A second lane's gradient accumulator (every parameter, the readout's
+    and an embedding's included) in hidden states of the whole batch (batch
+    x every layer's state width): what the split costs a budget, in
+    checkpoints. LSTM 256 (input 64, output 16) at batch 64: 333,840 / 32,768 = 10.2."""
+    params = sum(math.prod(s) for s in model.param_shapes.values())
+    return params / (batch * sum(model.layers.state_widths()))
+
+
+def _auto_lanes(model: Any, batch: int) -> int:
+    macs = recurrent_macs(model, batch)
+    if batch < 2 * MIN_LANE_BATCH or macs < MIN_LANE_MACS:
+        return 1
+    if macs < LANE_MAX_MACS:
+        return 2
+    # at LANE_MAX_MACS and above, lanes only instead of unit threads (see LANE_MAX_ACCUMULATOR_STATES)
+    wide = lane_accumulator_states(model, batch) <= LANE_MAX_ACCUMULATOR_STATES
+    return 2 if wide and model.unit_cells is not None else 1
+
+
 def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
     """Batch rows per lane, in order (see ``Sequence.lane_batches``)."""
     if model.unit_threads is not None and model.unit_threads > 1:
         n = 1
     elif model.lanes is None:
-        macs = recurrent_macs(model, batch)
-        n = 2 if MIN_LANE_MACS <= macs < LANE_MAX_MACS and batch >= 2 * MIN_LANE_BATCH else 1
+        n = _auto_lanes(model, batch)
     else:
         n = min(model.lanes, batch)
     q, r = divmod(batch, n)
@@ -190,8 +241,14 @@ def explain(model: Any, sizes: Any) -> str:
     batch = sizes.batch
     macs = recurrent_macs(model, batch)
     if sizes.lanes:
-        why = "asked for" if model.lanes is not None else (
-            f"recurrent GEMMs of {macs:,} multiply-adds, from {MIN_LANE_MACS:,} to below {LANE_MAX_MACS:,}")
+        if model.lanes is not None:
+            why = "asked for"
+        elif macs < LANE_MAX_MACS:
+            why = f"recurrent GEMMs of {macs:,} multiply-adds, from {MIN_LANE_MACS:,} to below {LANE_MAX_MACS:,}"
+        else:
+            why = (f"recurrent GEMMs of {macs:,} >= {LANE_MAX_MACS:,} multiply-adds, and a second lane's gradient "
+                   f"accumulator of {lane_accumulator_states(model, batch):.1f} <= {LANE_MAX_ACCUMULATOR_STATES} "
+                   "hidden states of the batch")
         return f"{len(sizes.lanes)} lanes of {list(sizes.lanes)} batch rows, BLAS on 1 thread each ({why})"
     largest = model.recurrent_macs(batch, largest=True)
     if sizes.unit_threads > 1:

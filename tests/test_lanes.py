@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import memopt_bptt as mb
 import memopt_bptt._executor._runner as runner
+from memopt_bptt import _split
 import memopt_bptt._plans as plans
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,16 @@ def test_lane_batches_rule():
     assert small.lane_batches(8) == (4, 4)          # 4*64*64*8 = 2^17 multiply-adds: the smallest split
     assert small.lane_batches(7) == (7,)            # fewer than MIN_LANE_BATCH rows per lane
     assert mb.Sequence(mb.LSTM(64, 256), output_size=16).lane_batches(16) == (16,)  # two BLAS threads win
+    # wide batches: lanes where a second accumulator is at most LANE_MAX_ACCUMULATOR_STATES hidden states
+    wide = mb.Sequence(mb.LSTM(64, 256), output_size=16)
+    assert _split.lane_accumulator_states(wide, 64) == pytest.approx(333_840 / (64 * 512))  # 10.2
+    assert wide.lane_batches(64) == (32, 32) and wide.lane_batches(128) == (64, 64)
+    assert wide.lane_batches(32) == (32,)                                 # 20.2 states: unit threads
+    assert mb.Sequence(mb.LSTM(64, 512), output_size=16).lane_batches(64) == (64,)   # 18.2
+    assert mb.Sequence(mb.LSTM(64, 512), output_size=16).lane_batches(73) == (37, 36)
+    # only instead of unit threads: a GRU (no unit kernels) keeps BLAS threads on the whole batch
+    assert _split.lane_accumulator_states(mb.Sequence(mb.GRU(64, 256), output_size=16), 64) < 16
+    assert mb.Sequence(mb.GRU(64, 256), output_size=16).lane_batches(64) == (64,)
     assert mb.Sequence(mb.LSTM(2, 8), output_size=1).lane_batches(16) == (16,)      # too small to pay
     forced = mb.Sequence(mb.GRU(2, 3), output_size=2, lanes=3)
     assert forced.lane_batches(7) == (3, 2, 2)

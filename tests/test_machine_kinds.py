@@ -115,3 +115,25 @@ def test_describe_split_names_the_tiles_of_the_target(monkeypatch):
     monkeypatch.setattr(config, "CPU_NAME", "haswell")
     monkeypatch.setattr(config, "CPU_FEATURES", "")
     assert "tiled GEMM for 32-byte vectors (6-row tiles, up to 2 lines, BLAS beyond)" in model.describe_split(16)
+
+
+def test_the_split_is_the_same_for_both_kinds(monkeypatch):
+    """The split (lanes, unit threads) depends on the model and the batch only: the same under a
+    haswell target as under this host's, so gradients are the same bits on both kinds
+    (bench_split.py found the same lanes-versus-unit-threads choices best with both)."""
+    import memopt_bptt as mb
+    from numba.core import config
+    models = [mb.Sequence(mb.LSTM(64, h), output_size=16) for h in (64, 128, 256, 512, 1024)]
+    models += [mb.Sequence(mb.GRU(64, 256), output_size=16), mb.Sequence(mb.Elman(64, 1024), output_size=16),
+               mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)], output_size=16)]
+
+    def splits():
+        return [(m.lane_batches(b), m.unit_split(b), m.describe_split(b).split(";")[0])
+                for m in models for b in (1, 16, 32, 64, 128)]
+
+    host = splits()
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    assert splits() == host
+    wide = models[2]
+    assert wide.lane_batches(64) == (32, 32) and wide.unit_split(16) == ((0, 128), (128, 256))

@@ -50,6 +50,8 @@ def test_unit_split_rule():
     assert big.sizes(batch=16, dtype="float32").unit_threads == 2
     assert big.lane_batches(16) == (16,)
     assert big.unit_split(1) == ((0, 256),)                  # 0.26 M: too small to share
+    assert big.unit_split(64) == ((0, 256),) and big.lane_batches(64) == (32, 32)  # wide batch: lanes instead
+    assert mb.Sequence(mb.LSTM(64, 512), output_size=16).unit_split(64) == ((0, 256), (256, 512))
     small = mb.Sequence(mb.LSTM(64, 64), output_size=16)
     assert small.unit_split(16) == ((0, 64),)                # lanes instead
     assert small.lane_batches(16) == (8, 8)
@@ -329,6 +331,8 @@ def test_describe_split_names_the_path_sizes_chose():
         assert ("unit threads" in text.split("(")[0]) == (sizes.unit_threads > 1)
         assert ("lanes" in text.split("(")[0]) == bool(sizes.lanes)
     assert "asked for" in mb.Sequence(mb.LSTM(8, 8), output_size=2, lanes=2).describe_split(4)
+    wide = mb.Sequence(mb.LSTM(64, 256), output_size=4).describe_split(64)
+    assert wide.startswith("2 lanes of [32, 32]") and "accumulator of 10.1 <= 16 hidden states" in wide
     assert "'lstm+gru' has a layer without unit kernels" in mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)],
                                                                           output_size=4).describe_split(16)
     assert "no unit threads: an embedding" in mb.Sequence([mb.Embedding(9, 64), mb.LSTM(64, 256)],
