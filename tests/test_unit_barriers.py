@@ -19,20 +19,27 @@ from memopt_bptt._kernels.sync import SLOT
 
 
 def expected_barriers(codes: np.ndarray, n_layers: int) -> int:
-    """Per action: one SYNC after it, and per forward step one between layers; a reversed step one
-    per layer above the first (the first layer's is the next step's rebuild SYNC), and with one
-    layer its own; the last reversed step of a stack one more (no next step to lean on)."""
+    """The count _units.py documents. One layer: a barrier after every action and every forward
+    step, and one inside a reversed step. A stack: one between layers in a forward step, none
+    after it but one before the next restore or rebuild; a reversed step one after its rebuild
+    and one per layer above the first, and one more before a pool write right after it (a saved
+    state, a step kept into a slot); its last one more (no next step to lean on)."""
     total = 0
     pos = 0
-    for op, step, _ in codes:
-        if op == Op.ADVANCE:
-            total += (step - pos) * n_layers
-        elif op == Op.KEEP:
-            total += n_layers
-        elif op == Op.REVERSE:
-            total += 1 + max(n_layers - 1, 1) + (1 if n_layers > 1 and step == 1 else 0)
+    state_owed = pool_owed = False
+    for op, step, slot in codes:
+        if n_layers == 1:
+            total += (step - pos) if op == Op.ADVANCE else 2 if op == Op.REVERSE else 1
+        elif op in (Op.ADVANCE, Op.KEEP):
+            total += (1 if op == Op.KEEP else step - pos) * (n_layers - 1)
+            total += 1 if op == Op.KEEP and slot >= 0 and pool_owed else 0
+            state_owed, pool_owed = True, False
         else:
-            total += 1
+            paid = state_owed if op in (Op.RESTORE, Op.RESTORE_INTERNAL, Op.REVERSE) else pool_owed
+            total += 1 + paid
+            if op == Op.REVERSE:
+                total += n_layers - 1 + (step == 1)
+            state_owed, pool_owed = False, op == Op.REVERSE and step > 1
         if op in (Op.RESTORE, Op.ADVANCE, Op.KEEP, Op.RESTORE_INTERNAL):
             pos = step
     return total
@@ -71,5 +78,5 @@ def test_barriers_per_sweep_are_the_documented_count(hidden):
         assert counts == [want, want], (policy, counts, want)
         for g, r in zip(grads, reference):
             assert np.array_equal(g, r), policy
-    if len(hidden) > 1:  # two barriers per reversed step, not 3.5 (the first layer's and a flush's)
-        assert expected_barriers(plain.codes, 2) == 2 * T + 2 * T + 1 + 1
+    if len(hidden) > 1:  # plain BPTT: one per forward step and two per reversed step (was 2 and 3.5)
+        assert expected_barriers(plain.codes, 2) == 1 + T + (1 + 2 * T) + 1

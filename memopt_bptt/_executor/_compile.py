@@ -46,7 +46,7 @@ _OPS = ("SAVE", "LOAD", "SYNC", "FORWARD", "REBUILD", "READOUT", "NORM", "BACKWA
 _MODE_OPS = {
     "rows": ("save_rows", "save_rows", "sync_rows", "forward_rows", "rebuild_rows", "readout_rows",
              "norm_rows", "backward_rows"),
-    "units": ("save_units", "save_units", "sync_units", "forward_units", "rebuild_units", "readout_units",
+    "units": ("save_units", "load_units", "sync_units", "forward_units", "rebuild_units", "readout_units",
               "norm_units", "backward_units"),
 }
 
@@ -207,14 +207,19 @@ def _units_source(model: Any) -> str:
         return ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
                 "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out")]
 
-    forward = ["@njit\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head]
+    forward = ["@njit\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head,
+               "    if internal.ctypes.data != bufs.work_int.ctypes.data:  # into a pool slot\n",
+               "        pay(bufs, spec, POOL)\n"]
     for k in range(n):
         if k:
-            forward.append("    nb = sync_units(bufs, spec, nb)  # the next layer reads all of this one's h_t\n")
+            forward.append("    cross(bufs, spec)  # the next layer reads all of this one's h_t\n    nb += 1\n")
         forward.append("    " + call(k, "unit_forward", x(k, "nxt"), blk("cur", k, "state"), blk("nxt", k, "state"),
                                      blk("internal", k, "internal"), "work") + "\n")
+    if n > 1:  # the dispatch's SYNC after this step is deferred (STATE, in _units.py)
+        forward.append("    owe(bufs, FRESH)\n")
     forward.append("    return nb\n")
-    rebuild = ["@njit\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head]
+    rebuild = ["@njit\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head,
+               "    pay(bufs, spec, STATE)  # a forward step may still read the state buffers\n"]
     for k in range(n):
         rebuild.append("    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
                                      blk("out", k, "state"), "work") + "\n")
@@ -235,10 +240,13 @@ def _units_source(model: Any) -> str:
             lines.append(call(k, "unit_input_grad", xk, "work", "xp[me]"))
         if k == 0 and n > 1:  # the first layer's shared part waits for the next readout (finish_units)
             lines += ["if t == 0:  # no next step: finish here",
-                      "    nb = sync_units(bufs, spec, nb)",
-                      "    finish_units(params, data, bufs, grads, spec, t, ds_prev)"]
+                      "    cross(bufs, spec)",
+                      "    nb += 1",
+                      "    finish_units(params, data, bufs, grads, spec, t, ds_prev)",
+                      "else:  # this local part read the internal state after the step's last barrier",
+                      "    owe(bufs, POOL)"]
             continue
-        lines += ["nb = sync_units(bufs, spec, nb)",
+        lines += ["cross(bufs, spec)", "nb += 1",
                   call(k, "unit_backward_shared", xk, blk("ds_prev", k, "state"), "hp")]
         if k:
             lines.append(f"add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[{k - 1}, U0], units[{k - 1}, U1])")

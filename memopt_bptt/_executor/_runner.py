@@ -91,7 +91,8 @@ class Buffers(NamedTuple):
     dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
     roww: np.ndarray       # float64 loss weights of this step's rows
     stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
-    units: np.ndarray      # (layers, 4) int64: a unit thread's units and exchange offsets per layer, or empty
+    units: np.ndarray      # (layers + 1, 4) int64: a unit thread's units and exchange offsets per layer and
+                           # its deferred barriers (last row), or empty
 
 
 def machine_busy() -> bool:
@@ -197,9 +198,10 @@ class Run:
         return jobs
 
     def _unit_tables(self) -> list[np.ndarray]:
-        """Each unit thread's (layers, 4) table: its units (u0, u1) of every layer and where
+        """Each unit thread's (layers + 1, 4) table: its units (u0, u1) of every layer and where
         that layer's partial dL/dh_{t-1} and dL/dx_t blocks of every thread start in one
-        step's half of the exchange (memopt_bptt._executor._units)."""
+        step's half of the exchange, then a row of its own for the barriers it defers
+        (memopt_bptt._executor._units)."""
         model, B, n = self.model, self.batch, len(self.parts)
         splits = [model.unit_split(B, layer=k) for k in range(len(model.cells))]
         offsets, o = [], 0
@@ -207,7 +209,9 @@ class Run:
             offsets.append((o, o + n * B * h))
             o += n * B * (h + x)
         assert o == n * unit_exchange_len(model, B)
-        return [np.array([(*split[k], *offs) for split, offs in zip(splits, offsets)], np.int64) for k in range(n)]
+        # and a last row, the thread's own: the barriers it defers (_units.py)
+        return [np.array([(*split[k], *offs) for split, offs in zip(splits, offsets)] + [(0, 0, 0, 0)], np.int64)
+                for k in range(n)]
 
     def _allocate_units(self, pool_quanta, h0_flat, grads, norms):
         sz, dtype, B = self.sizes, self.arrays[0].dtype, self.batch

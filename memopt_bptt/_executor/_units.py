@@ -48,10 +48,38 @@ The checkpoint pool is shared too, and each thread saves and restores only
 its own units, but which thread owns a pool element depends on what a slot
 holds: a state's blocks and an internal state's blocks fall on different
 elements when the layers' hidden sizes differ, and the planner reuses a
-slot's memory for either. So every action that reads or writes the pool
-ends at a barrier (the dispatch's SYNC, after a saved state too): a thread
-never writes an element another thread still reads or writes for the
-slot's previous use.
+slot's memory for either. So a thread never writes the pool while another
+may still read or write an element for the slot's previous use: every
+action that reads or writes the pool ends at a barrier (the dispatch's
+SYNC, after a saved state too), but for the two debts below.
+
+Deferred barriers (stacks). Each thread keeps a word of debts in the last
+row of its ``bufs.units`` (after the layers' rows); every barrier
+(:func:`cross`) counts from the thread's own counter and clears them, so
+the dispatch's ``nb`` is carried but not relied on.
+
+* A forward step ends at its top layer, which reads every unit of that
+  layer's h_t (``cur``) and of the layer below's h_{t+1} (``nxt``), and
+  writes its units of ``nxt`` and of the internal state. The next forward
+  step needs no barrier before it: its first layer writes ``cur``'s first
+  block and its own units of the next internal state, and its next layer
+  starts behind the inter-layer barrier, which every thread reaches after
+  the previous step's top layer. So the dispatch's SYNC after a forward step
+  only marks ``STATE``, and a barrier is crossed where another action writes
+  a state buffer: a restore (:func:`load_units`) or a rebuild
+  (``rebuild_units``). A saved state reads only this thread's units and
+  writes the pool (not the slot the step kept into, which is live), and its
+  SYNC is a barrier.
+* A stack's backward ends at its first layer's local part, after the last
+  barrier of the step, reading that layer's internal state (a pool slot
+  that the planner may free at once). So it marks ``POOL``, and a barrier is
+  crossed before the next write to the pool: a saved state
+  (:func:`save_units`) or a forward step into a pool slot. Everything else
+  it reads or writes is this thread's (see above), and the next reversed
+  step's SYNC is a barrier.
+
+A one-layer model marks neither: its forward steps read every unit of the
+step before, so the dispatch's SYNC after each is a barrier.
 
 The exchange holds two steps' partial gradients, by step parity. In each
 half, per layer: every thread's dL/dh_{t-1} part ((batch, hidden), thread
@@ -71,10 +99,32 @@ from memopt_bptt._kernels.mm import product
 from memopt_bptt._kernels.sync import SLOT, barrier
 
 U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of bufs.units (see _runner.Run._unit_tables)
+FRESH, STATE, POOL = 1, 2, 4  # debts in bufs.units[layers, 0]: a forward step just ran, and the two above
 
 
 @njit
-def save_units(dst, src, bufs, spec):
+def cross(bufs, spec):
+    """A barrier: this thread's next count (its own counter, which only it writes, plus one);
+    every debt is paid."""
+    me = spec.thread
+    barrier(bufs.flags, me, bufs.flags[me * SLOT] + 1, spec.spin)
+    bufs.units[bufs.layout.shape[0], 0] = 0
+
+
+@njit
+def pay(bufs, spec, debts):
+    """Cross a barrier if one of ``debts`` is owed."""
+    if bufs.units[bufs.layout.shape[0], 0] & debts:
+        cross(bufs, spec)
+
+
+@njit
+def owe(bufs, debt):
+    bufs.units[bufs.layout.shape[0], 0] |= debt
+
+
+@njit
+def copy_units(dst, src, bufs, spec):
     """dst = src on this thread's units of every layer's hidden-wide blocks (the
     pool's copy of a unit is only ever read back by its own thread)."""
     lay, units, rows = bufs.layout, bufs.units, spec.rows
@@ -87,10 +137,29 @@ def save_units(dst, src, bufs, spec):
 
 
 @njit
+def save_units(dst, src, bufs, spec):
+    """A saved state: this thread's units into the pool, once no backward may still read it."""
+    pay(bufs, spec, POOL)
+    copy_units(dst, src, bufs, spec)
+
+
+@njit
+def load_units(dst, src, bufs, spec):
+    """A restored state: this thread's units from the pool, once no forward step may still read ``dst``."""
+    pay(bufs, spec, STATE)
+    copy_units(dst, src, bufs, spec)
+
+
+@njit
 def sync_units(bufs, spec, nb):
-    nb += 1
-    barrier(bufs.flags, spec.thread, nb, spec.spin)
-    return nb
+    """The dispatch's SYNC after every action: a barrier, but after a stack's forward step only
+    the debt ``STATE`` (see the module docstring). Returns the barriers crossed, counted on."""
+    row = bufs.layout.shape[0]
+    if bufs.units[row, 0] & FRESH:
+        bufs.units[row, 0] = (bufs.units[row, 0] & ~FRESH) | STATE
+        return nb
+    cross(bufs, spec)
+    return nb + 1
 
 
 @njit
