@@ -90,9 +90,9 @@ class _SplitQueries:
 
         ``lanes=None`` (the default) splits a model whose recurrent GEMMs have
         ``MIN_LANE_MACS`` up to ``LANE_MAX_MACS`` (see memopt_bptt._split) multiply-adds (LSTM hidden 64
-        to 128 and Elman up to 256 at batch 16, ...), or more where unit threads would
-        split it and a second gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES``
-        hidden states of the batch (LSTM 256 from batch 41), into two lanes
+        to 128 and Elman up to 256 at batch 16, ...), or more on a wide batch, where a
+        second gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES`` hidden
+        states of the batch (LSTM 256 from batch 41, GRU 256 from 62), into two lanes
         when each gets at least ``MIN_LANE_BATCH`` rows; ``lanes=k`` asks for
         k lanes (at most one per batch row), ``lanes=1`` for none. Every lane
         after the first costs one more gradient accumulator (the parameters'

@@ -15,11 +15,11 @@ everywhere (and bit-identical across policies and budgets). The rule:
 - two lanes for small recurrent GEMMs (``MIN_LANE_MACS`` up to below
   ``LANE_MAX_MACS`` multiply-adds), each lane with ``MIN_LANE_BATCH`` rows
   or more;
-- for larger GEMMs of cells with unit kernels (LSTM): two lanes on a wide
-  batch, where a second lane's gradient accumulator is at most
-  ``LANE_MAX_ACCUMULATOR_STATES`` hidden states of the batch
-  (:func:`lane_accumulator_states`: LSTM 256 from batch 41, LSTM 512 from
-  batch 73), else two unit threads;
+- for larger ones, two lanes on a wide batch, where a second lane's
+  gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES`` hidden
+  states of the batch (:func:`lane_accumulator_states`: LSTM 256 from batch
+  41, LSTM 512 from 73, GRU 256 from 62);
+- else two unit threads for cells with unit kernels (LSTM);
 - else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
   number above.
 
@@ -59,20 +59,19 @@ Elman 256 0.071 / 0.103 s (all 1.05 M or less); GRU 256 (3.1 M) 0.221 /
 0.213 s, LSTM 256 (4.2 M) 0.284 / 0.272 s, where two BLAS threads on the
 whole batch do as well."""
 LANE_MAX_ACCUMULATOR_STATES = 16
-"""At ``LANE_MAX_MACS`` or more, a model with unit kernels (LSTM) takes two
-lanes instead of unit threads where a second lane's gradient accumulator
+"""At ``LANE_MAX_MACS`` or more, two lanes (instead of unit threads, or of
+BLAS threads on the whole batch) where a second lane's gradient accumulator
 (every parameter) is at most this many hidden states of the whole batch
-(:func:`lane_accumulator_states`). There each lane's GEMMs are wide (20 or
-more batch rows) and the unit threads' barriers cost more than they save,
-while the accumulator costs a tight budget few checkpoints. Measured
-(benchmarks/bench_split.py, interleaved in one process, AVX-512 and AVX2
-code): LSTM 256 at batch 64 (10.2 states) and 128 (5.1), lanes the faster
-of the two in every run; not LSTM 512 at batch 64 (18.2), where lanes
-measured 1.1-2.3x slower than unit threads at 5% of T = 200-500, nor LSTM
-256 at batch 32 (20.4), even at 5%. Cells without unit kernels (GRU,
-Elman) keep one sweep with BLAS threads: at GRU 256, batch 64, lanes
-measured 0.78x its time on a quiet machine but 1.2-1.4x under load, where
-BLAS runs on one thread."""
+(:func:`lane_accumulator_states`): a wide batch. There each lane's GEMMs are
+wide (20 or more batch rows), and the accumulator costs a tight budget few
+checkpoints. Measured (benchmarks/bench_split.py, interleaved in one
+process, AVX-512 and AVX2 code): LSTM 256 at batch 64 (10.2 states) and 128
+(5.1), lanes faster than unit threads in every run; GRU 256 at batch 64
+(15.3), lanes 0.65x / 0.88x the time of BLAS threads (plain / 5%) on a
+machine with a free core, but up to 1.36x where other work keeps both cores
+busy (BLAS then runs on one thread, and any two-thread path loses); not LSTM
+512 at batch 64 (18.2), where lanes measured 1.1-2.3x slower than unit
+threads at 5% of T = 200-500, nor LSTM 256 at batch 32 (20.4)."""
 MIN_UNIT_HIDDEN = 32
 """Automatic unit threads give every thread at least this many hidden units."""
 SMALL_GEMM_MACS = 1 << 20
@@ -110,11 +109,9 @@ def _auto_lanes(model: Any, batch: int) -> int:
     macs = recurrent_macs(model, batch)
     if batch < 2 * MIN_LANE_BATCH or macs < MIN_LANE_MACS:
         return 1
-    if macs < LANE_MAX_MACS:
+    if macs < LANE_MAX_MACS or lane_accumulator_states(model, batch) <= LANE_MAX_ACCUMULATOR_STATES:
         return 2
-    # at LANE_MAX_MACS and above, lanes only instead of unit threads (see LANE_MAX_ACCUMULATOR_STATES)
-    wide = lane_accumulator_states(model, batch) <= LANE_MAX_ACCUMULATOR_STATES
-    return 2 if wide and model.unit_cells is not None else 1
+    return 1
 
 
 def lane_batches(model: Any, batch: int) -> tuple[int, ...]:

@@ -62,9 +62,9 @@ def test_lane_batches_rule():
     assert wide.lane_batches(32) == (32,)                                 # 20.2 states: unit threads
     assert mb.Sequence(mb.LSTM(64, 512), output_size=16).lane_batches(64) == (64,)   # 18.2
     assert mb.Sequence(mb.LSTM(64, 512), output_size=16).lane_batches(73) == (37, 36)
-    # only instead of unit threads: a GRU (no unit kernels) keeps BLAS threads on the whole batch
-    assert _split.lane_accumulator_states(mb.Sequence(mb.GRU(64, 256), output_size=16), 64) < 16
-    assert mb.Sequence(mb.GRU(64, 256), output_size=16).lane_batches(64) == (64,)
+    gru = mb.Sequence(mb.GRU(64, 256), output_size=16)                   # no unit threads: BLAS threads or lanes
+    assert gru.lane_batches(64) == (32, 32) and gru.lane_batches(61) == (61,)  # 15.3 / 16.1 states
+    assert gru.lane_batches(16) == (16,)                                  # 61.4
     assert mb.Sequence(mb.LSTM(2, 8), output_size=1).lane_batches(16) == (16,)      # too small to pay
     forced = mb.Sequence(mb.GRU(2, 3), output_size=2, lanes=3)
     assert forced.lane_batches(7) == (3, 2, 2)

@@ -137,3 +137,4 @@ def test_the_split_is_the_same_for_both_kinds(monkeypatch):
     assert splits() == host
     wide = models[2]
     assert wide.lane_batches(64) == (32, 32) and wide.unit_split(16) == ((0, 128), (128, 256))
+    assert models[5].lane_batches(64) == (32, 32) and models[5].lane_batches(16) == (16,)
