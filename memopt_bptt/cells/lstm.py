@@ -181,7 +181,13 @@ def _input_rows_units(x, buf):
 @njit(cache=True, error_model="numpy")
 def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, u0, u1):
     """lstm_forward for hidden units u0..u1-1: their rows of the four gates
-    (reading all of h_{t-1}) and their elements of every block."""
+    (reading all of h_{t-1}) and their elements of every block.
+
+    The gates are computed in the order 0..3 or 3..0, by which of the two state
+    buffers is read (they alternate between steps): a stack's weights hardly fit
+    a core's L2, and the rows read last by one step are read first by the next
+    (measured 5-10% of a 2-layer step at hidden 256). Each gate is its own
+    product, so the order changes no bit."""
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
@@ -191,7 +197,9 @@ def lstm_forward_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, i
     g2 = gates.reshape((4 * hk, B))
     h_prev = s_prev[:n].reshape((H, B))
     xt = input_rows_units(x, work[4 * m:])
-    for q in range(4):
+    back = s_prev.ctypes.data > s_new.ctypes.data
+    for i in range(4):
+        q = 3 - i if back else i
         r0 = q * H + u0
         gq = g2[q * hk: (q + 1) * hk]
         for r in range(hk):
