@@ -431,6 +431,7 @@ def print_c(c):
 
 # ---- part (d): stacked layers and a masked batch ----------------------------------------
 def part_d(T, rounds, threads):
+    load_start = os.getloadavg()
     torch = _torch()
     model = make_model(2)
     params = model.init_params(seed=0, dtype=DTYPE)
@@ -453,12 +454,23 @@ def part_d(T, rounds, threads):
     return {"T": T, "layers": 2, "segment": seg, "forward_steps": {"ours msm 5%": int(five.forward_steps)},
             "seconds": res["median_seconds"], "ratio_to_ours_plain": {"ours plain": 1.0, **res["ratio"]},
             "fastest_seconds": res["min_seconds"], "peak_bytes": {k: v["peak_bytes"] for k, v in mem.items()},
-            "lengths": [int(v) for v in lengths]}
+            "ratio_spread": res["ratio_spread"], "lengths": [int(v) for v in lengths],
+            "load_start": list(load_start), "load_end": list(os.getloadavg())}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 def print_d(d):
     print(f"\n(d) 2-layer LSTM {INPUT}->{HIDDEN}->{HIDDEN}, T={d['T']}, batch {BATCH}, {DTYPE}; torch checkpoint "
-          f"segments of {d['segment']} steps; lengths uniform over [T/2, T]")
+          f"segments of {d['segment']} steps; lengths uniform over [T/2, T]; load (1, 5, 15 min) "
+          f"{', '.join(f'{v:.2f}' for v in d['load_start'])} at the start, "
+          f"{', '.join(f'{v:.2f}' for v in d['load_end'])} at the end")
     print(f"{'':>20} {'seconds':>8} {'/ ours plain':>12} {'fastest':>8} {'peak MiB':>9}")
     for k in ("ours plain", "ours msm 5%", "ours plain, lengths", "torch plain", "torch checkpoint"):
         if k in d["seconds"]:
@@ -556,7 +568,8 @@ def main(args):
         print_d(d)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out.replace(".json", "_d.json"), "w") as fh:
-            json.dump({"d": d, "load_at_start": os.getloadavg()[0], "memopt_bptt": mb.__version__}, fh, indent=1)
+            json.dump({"d": d, "load_at_start": d["load_start"][0], "cpu": _cpu_model(), "memopt_bptt": mb.__version__},
+                      fh, indent=1)
         return
     print(f"(a) planning T={T_a} ...", flush=True)
     a = part_a(T_a, rounds)
