@@ -129,7 +129,7 @@ def timed(name, fn):
     t = time.perf_counter(); fn(); out[name] = time.perf_counter() - t
 timed("first_numba_call_plan_full_s",
       lambda: mb.plan(T, budget=1.0, model=model, batch=B, dtype="float32", policy="full"))
-timed("build_sweep_s", lambda: sweep_for(model.cell, mode))
+timed("build_sweep_s", lambda: sweep_for(model, mode))
 timed("first_vag_plain_s", lambda: mb.value_and_grad(model, params, xs, ys))
 timed("second_vag_plain_s", lambda: mb.value_and_grad(model, params, xs, ys))
 timed("first_vag_budget5_s", lambda: mb.value_and_grad(model, params, xs, ys, budget=0.05))
