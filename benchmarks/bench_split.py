@@ -39,7 +39,8 @@ kind's vector width and OpenBLAS kernels on this host (its caches stay this host
     python benchmarks/bench_split.py --avx2          # the same compiled for AVX2
     python benchmarks/bench_split.py --rows lstm-256,lstm-256-b64 --rounds 9
 
-Writes benchmarks/results/bench_split.json (bench_split_avx2.json with --avx2; --out for another).
+Writes benchmarks/results/bench_split.json (bench_split_avx2.json with --avx2, ..._quick.json with
+--quick; --out for another).
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ def main(args) -> None:
               "seconds_total": time.perf_counter() - t_start}
     if args.quick:
         result["QUICK"] = f"smoke test: {', '.join(names)} at T={T_over}, {rounds} rounds"
-    out = args.out or os.path.join(HERE, "results", f"bench_split{'_avx2' if args.avx2 else ''}.json")
+    out = args.out or os.path.join(HERE, "results", f"bench_split{'_avx2' if args.avx2 else ''}"
+                                                    f"{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
