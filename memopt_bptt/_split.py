@@ -248,11 +248,15 @@ def explain(model: Any, sizes: Any) -> str:
                    "hidden states of the batch")
         return f"{len(sizes.lanes)} lanes of {list(sizes.lanes)} batch rows, BLAS on 1 thread each ({why})"
     largest = model.recurrent_macs(batch, largest=True)
+    # why not lanes, where the GEMMs were large enough for the wide-batch rule to be asked
+    narrow = (f"no lanes: a second lane's gradient accumulator would be {lane_accumulator_states(model, batch):.1f} "
+              f"> {LANE_MAX_ACCUMULATOR_STATES} hidden states of the batch"
+              if model.lanes is None and macs >= LANE_MAX_MACS and batch >= 2 * MIN_LANE_BATCH else None)
     if sizes.unit_threads > 1:
         stacked = len(model.cells) > 1
         gemm = "largest layer's recurrent GEMM" if stacked else "recurrent GEMM"
         why = ("asked for" if model.unit_threads is not None
-               else f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds")
+               else f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else ""))
         what = "every layer's hidden units" if stacked else "the hidden units"
         return (f"{sizes.unit_threads} unit threads splitting {what}, BLAS on 1 thread each ({why}); "
                 f"{_tiles()}")
@@ -261,5 +265,7 @@ def explain(model: Any, sizes: Any) -> str:
     if model.unit_cells is None and largest >= LANE_MAX_MACS:
         why.append("no unit threads: " + ("an embedding" if model.embedding else
                                           f"{model.kind!r} has a layer without unit kernels"))
+    if narrow:
+        why.append(narrow)
     threads = "1 thread" if blas == 1 else "its own thread count"
     return f"one sweep over the whole batch, BLAS on {threads} ({'; '.join(why)})"

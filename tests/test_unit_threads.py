@@ -333,6 +333,11 @@ def test_describe_split_names_the_path_sizes_chose():
     assert "asked for" in mb.Sequence(mb.LSTM(8, 8), output_size=2, lanes=2).describe_split(4)
     wide = mb.Sequence(mb.LSTM(64, 256), output_size=4).describe_split(64)
     assert wide.startswith("2 lanes of [32, 32]") and "accumulator of 10.1 <= 16 hidden states" in wide
+    narrow = mb.Sequence(mb.LSTM(64, 512), output_size=16).describe_split(64)
+    assert narrow.startswith("2 unit threads") and "no lanes: a second lane's gradient accumulator would be 18.2 > 16" \
+        in narrow
+    assert "no lanes" in mb.Sequence(mb.GRU(64, 256), output_size=4, unit_threads=1).describe_split(16)
+    assert "no lanes" not in mb.Sequence(mb.LSTM(64, 512), output_size=16, lanes=1).describe_split(64)
     assert "'lstm+gru' has a layer without unit kernels" in mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)],
                                                                           output_size=4).describe_split(16)
     assert "no unit threads: an embedding" in mb.Sequence([mb.Embedding(9, 64), mb.LSTM(64, 256)],
