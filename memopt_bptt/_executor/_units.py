@@ -16,7 +16,8 @@ another thread's read of it:
 
 * forward of step t, layer k: reads all of layer k's h_{t-1} and of layer
   k-1's h_t (its input), so a barrier follows every layer's forward but the
-  top one's, and the dispatch's SYNC follows the step.
+  top one's, and the dispatch's SYNC follows the step (a barrier with one
+  layer; deferred in a stack, see "Deferred barriers" below).
 * rebuild: each thread rebuilds its units of every layer from the internal
   state alone (reading only the input's shape); the SYNC after it lets the
   readout read all of the top layer's h_t.
