@@ -74,6 +74,18 @@ busy (BLAS then runs on one thread, and any two-thread path loses); not LSTM
 threads at 5% of T = 200-500, nor LSTM 256 at batch 32 (20.4)."""
 MIN_UNIT_HIDDEN = 32
 """Automatic unit threads give every thread at least this many hidden units."""
+MATVEC_MAX_BATCH = 2
+"""On at most this many batch rows a recurrent GEMM is a matrix-vector product,
+bound by reading the weights: automatic unit threads there too, below
+``LANE_MAX_MACS``, when every thread gets at least ``MATVEC_MIN_UNITS`` units
+(each thread then reads its units' rows only, from its own core's cache).
+Measured on a quiet machine (T=1000, float32, interleaved in one process,
+medians): LSTM 256 at batch 1 1.45-1.57x faster than one thread
+(bench_split, plain and 5%), at batch 2 1.5x, LSTM 512 at batch 1 1.7x plain
+and 2.7x at 5%, a 2-layer LSTM 256 at batch 1 2.1x plain and 2.4x at 5%,
+LSTM 128 at batch 1 even; but like every two-thread path it loses when other
+work keeps both cores busy (give unit_threads=1 there)."""
+MATVEC_MIN_UNITS = 128
 SMALL_GEMM_MACS = 1 << 20
 """A model run in one lane whose largest recurrent GEMM is below this many
 multiply-adds runs its BLAS on one thread: at hidden 64 and batch 16 (0.26 M)
@@ -132,16 +144,23 @@ def n_unit_threads(model: Any, batch: int) -> int:
     Automatic: two for a stack whose every layer has unit kernels and no
     embedding (``Sequence.unit_cells``), not split into lanes, whose largest
     recurrent GEMM has at least ``LANE_MAX_MACS`` multiply-adds and whose
-    every layer has at least ``2 * MIN_UNIT_HIDDEN`` hidden units; asked
+    every layer has at least ``2 * MIN_UNIT_HIDDEN`` hidden units, or whose
+    batch is at most ``MATVEC_MAX_BATCH`` rows and every layer at least
+    ``2 * MATVEC_MIN_UNITS`` units; asked
     for, at most one per hidden unit of the narrowest layer."""
     cells = model.unit_cells
     if cells is None or len(lane_batches(model, batch)) > 1:
         return 1
     narrowest = min(c.hidden_size for c in cells)
     if model.unit_threads is None:
-        big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS
-        return 2 if big and narrowest >= 2 * MIN_UNIT_HIDDEN else 1
+        big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS and narrowest >= 2 * MIN_UNIT_HIDDEN
+        return 2 if big or _matvec_units(batch, narrowest) else 1
     return min(model.unit_threads, narrowest)
+
+
+def _matvec_units(batch: int, narrowest: int) -> bool:
+    """Whether a small batch's matrix-vector steps take two unit threads (``MATVEC_MAX_BATCH``)."""
+    return batch <= MATVEC_MAX_BATCH and narrowest >= 2 * MATVEC_MIN_UNITS
 
 
 def unit_split(model: Any, batch: int, layer: int = -1) -> tuple[tuple[int, int], ...]:
@@ -255,8 +274,13 @@ def explain(model: Any, sizes: Any) -> str:
     if sizes.unit_threads > 1:
         stacked = len(model.cells) > 1
         gemm = "largest layer's recurrent GEMM" if stacked else "recurrent GEMM"
-        why = ("asked for" if model.unit_threads is not None
-               else f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else ""))
+        if model.unit_threads is not None:
+            why = "asked for"
+        elif largest >= LANE_MAX_MACS:
+            why = f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else "")
+        else:
+            why = (f"batch {batch} <= {MATVEC_MAX_BATCH}: matrix-vector steps bound by reading the weights, "
+                   f"at least {MATVEC_MIN_UNITS} units per thread")
         what = "every layer's hidden units" if stacked else "the hidden units"
         return (f"{sizes.unit_threads} unit threads splitting {what}, BLAS on 1 thread each ({why}); "
                 f"{_tiles()}")

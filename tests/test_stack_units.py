@@ -102,7 +102,8 @@ def test_the_rule_chooses_unit_threads_for_large_stacks_of_unit_kernel_cells():
     assert big.sizes(batch=16, dtype="float32").unit_threads == 2
     assert big.describe_split(16).startswith("2 unit threads splitting every layer's hidden units")
     assert "largest layer's recurrent GEMM of 4,194,304" in big.describe_split(16)
-    assert big.unit_split(1) == ((0, 256),)                         # 0.26 M: too small to share
+    assert big.unit_split(1) == ((0, 128), (128, 256))              # matrix-vector steps (_split.MATVEC_MAX_BATCH)
+    assert big.unit_split(4) == ((0, 256),)                         # 1 M multiply-adds: one thread
     # every layer needs 2 * MIN_UNIT_HIDDEN units
     narrow = mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 2 * _split.MIN_UNIT_HIDDEN - 1)], output_size=16)
     assert narrow.unit_split(16) == ((0, 63),)

@@ -49,7 +49,11 @@ def test_unit_split_rule():
     assert big.unit_split(16) == ((0, 128), (128, 256))     # 4.2 M multiply-adds: two threads
     assert big.sizes(batch=16, dtype="float32").unit_threads == 2
     assert big.lane_batches(16) == (16,)
-    assert big.unit_split(1) == ((0, 256),)                  # 0.26 M: too small to share
+    assert big.unit_split(1) == ((0, 128), (128, 256))       # matrix-vector steps: each thread reads half the weights
+    assert big.unit_split(2) == ((0, 128), (128, 256)) and big.unit_split(3) == ((0, 256),)  # 0.79 M at 3 rows
+    narrow = mb.Sequence(mb.LSTM(64, 128), output_size=16)
+    assert narrow.unit_split(1) == ((0, 128),)               # 64 units per thread: not worth a barrier
+    assert "matrix-vector" in big.describe_split(1) and "matrix-vector" not in big.describe_split(16)
     assert big.unit_split(64) == ((0, 256),) and big.lane_batches(64) == (32, 32)  # wide batch: lanes instead
     assert mb.Sequence(mb.LSTM(64, 512), output_size=16).unit_split(64) == ((0, 256), (256, 512))
     small = mb.Sequence(mb.LSTM(64, 64), output_size=16)
