@@ -379,7 +379,8 @@ def main(args) -> dict:
     tmp_root = tempfile.mkdtemp(prefix="bench_startup_")
     results = {c["name"]: {"config": c, "cold": [], "warm": []} for c in configs}
     # the command as a user types it: no path of this machine in the results
-    shown = [os.path.basename(_demo_command()[0])] + _demo_command()[1:]
+    command = _demo_command()
+    shown = [os.path.basename(command[0])] + command[1:]
     demo = {"args": demo_args, "command": " ".join(shown + ["demo"] + demo_args), "cold": [], "warm": []}
     warm_dirs: dict = {}
     t_start = time.perf_counter()

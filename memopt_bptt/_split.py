@@ -19,7 +19,8 @@ everywhere (and bit-identical across policies and budgets). The rule:
   gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES`` hidden
   states of the batch (:func:`lane_accumulator_states`: LSTM 256 from batch
   41, LSTM 512 from 73, GRU 256 from 62);
-- else two unit threads for cells with unit kernels (LSTM);
+- else two unit threads for cells with unit kernels (LSTM), also below
+  ``LANE_MAX_MACS`` on a batch of at most ``MATVEC_MAX_BATCH`` rows;
 - else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
   number above.
 
