@@ -4,7 +4,11 @@ Two patterns once cost most of a cold start (issue 12): a slice assignment
 ``a[i:j] = b`` in jitted code makes Numba compile its shape-mismatch error,
 with string formatting, for 1-3 s per function; and a jitted function called
 from jitted code with integer constants is compiled once per combination of
-those literals (``_msm_scan`` four times, 1.6 s each).
+those literals (``_msm_scan`` four times, 1.6 s each). A third was the
+wrappers Numba builds so that Python can call a function: 0.16 s for each
+helper that takes the executor's tuples; helpers only jitted code calls are
+``memopt_bptt._jit.inner`` (no wrappers), and calling one from Python would
+crash the interpreter, so a scan checks that no Python code does.
 
 Oracles: the package's source (no slice assignment of an array in a jitted
 function), and Numba's own compile events in a fresh process with an empty
@@ -31,7 +35,7 @@ JITTED_FILES = {"_executor/_sweep.py", "_executor/_units.py"}
 def _is_jit(decorator: ast.expr) -> bool:
     node = decorator.func if isinstance(decorator, ast.Call) else decorator
     name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
-    return name in ("njit", "jit")
+    return name in ("njit", "jit", "inner")
 
 
 def _slice_assignments(path: pathlib.Path, root: pathlib.Path, all_jitted: bool) -> list[str]:
@@ -68,6 +72,61 @@ def test_no_slice_assignment_in_jitted_code():
         found += _slice_assignments(path, PACKAGE, str(path.relative_to(PACKAGE)) in JITTED_FILES)
     assert not found, ("slice assignments in jitted code (each compiles a formatted error for seconds on a fresh "
                        "machine; use memopt_bptt._kernels.activations.copy_into / copy2_into): " + ", ".join(found))
+
+
+def _is_inner(decorator: ast.expr) -> bool:
+    node = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return getattr(node, "id", "") == "inner"
+
+
+def _inner_names(paths) -> set[str]:
+    names = set()
+    for path in paths:
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, ast.FunctionDef) and any(map(_is_inner, fn.decorator_list)):
+                names.add(fn.name)
+    return names
+
+
+def _python_calls_of(names: set[str], path: pathlib.Path, root: pathlib.Path, all_jitted: bool) -> list[str]:
+    """Calls of ``names`` (by name or attribute) outside jitted functions: from Python."""
+    found = []
+
+    def visit(node: ast.AST, jitted: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            jitted = all_jitted or any(map(_is_jit, node.decorator_list))
+        if isinstance(node, ast.Call) and not jitted:
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in names:
+                found.append(f"{path.relative_to(root)}:{node.lineno} calls {name}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, jitted)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), all_jitted)
+    return found
+
+
+def test_the_call_scan_finds_a_python_call_of_an_inner_function(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from memopt_bptt._jit import inner\nfrom numba import njit\n\n@inner\ndef f(a):\n    return a\n\n"
+                   "@njit\ndef g(a):\n    return f(a)\n\ndef h(a):\n    return g(a) + f(a)\n")
+    names = _inner_names([src])
+    assert names == {"f"}
+    assert _python_calls_of(names, src, tmp_path, all_jitted=False) == ["m.py:13 calls f"]
+
+
+def test_no_python_code_calls_an_inner_function():
+    """Only jitted code may call a function compiled without Numba's Python wrapper."""
+    root = PACKAGE.parent
+    names = _inner_names(PACKAGE.rglob("*.py"))
+    assert {"readout_rows", "_msm_scan", "_activate"} <= names, names
+    found = []
+    for folder in ("memopt_bptt", "tests", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = str(path.relative_to(PACKAGE)) if folder == "memopt_bptt" else ""
+            found += _python_calls_of(names, path, root, rel in JITTED_FILES)
+    assert not found, "Python calls a function compiled without a Python wrapper (it would crash): " + ", ".join(found)
 
 
 _CHILD = textwrap.dedent("""

@@ -8,7 +8,7 @@ per-layer steps generated for the stack's depth (``_rows_source``,
 ``_units_source``), under a name of its own for each (layers, mode): ``sweep_<kinds>_<mode>_<tag>``,
 where the tag hashes the kernels' names, the layers' layout flags and the source of every
 file the compiled code comes from (``_sweep.py``, ``_units.py`` in units mode,
-this file, ``memopt_bptt/_kernels/`` and the kernels' modules). Numba keys its cache by file, function name and
+this file, ``memopt_bptt/_kernels/``, ``_jit.py`` and the kernels' modules). Numba keys its cache by file, function name and
 bytecode, and stamps it with ``_sweep.py``'s modification time only, so the
 tag is what makes an edit to a kernel's module recompile the sweep instead
 of loading a stale one.
@@ -38,6 +38,7 @@ MODES = ("rows", "units")
 _SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sweep.py")
 _UNITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_units.py")
 _KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernels")
+_JIT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_jit.py")
 _PACKAGE = __name__.rsplit(".", 2)[0]  # memopt_bptt
 _BUILT: dict = {}
 _LOCK = threading.Lock()
@@ -93,7 +94,7 @@ def _flags(model: Any) -> tuple:
 
 def _tag(model: Any, mode: str, kernels: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    files = {_SOURCE_FILE, os.path.abspath(__file__), *(os.path.join(_KERNELS_DIR, f) for f in sorted(os.listdir(_KERNELS_DIR))
+    files = {_SOURCE_FILE, os.path.abspath(__file__), _JIT_FILE, *(os.path.join(_KERNELS_DIR, f) for f in sorted(os.listdir(_KERNELS_DIR))
                              if f.endswith(".py"))}
     if mode == "units":
         files.add(_UNITS_FILE)
@@ -130,7 +131,7 @@ def _rows_source(model: Any) -> str:
         return f"{buf}[lay[{k}, {o}]: lay[{k}, {o}] + lay[{k}, {ln}]]"
 
     def stepper(name: str, args: str, kernel: str, buffers) -> str:
-        lines = [f"@njit\ndef {name}(params, data, bufs, spec, t, {args}, nb):\n", head]
+        lines = [f"@inner\ndef {name}(params, data, bufs, spec, t, {args}, nb):\n", head]
         for k in range(n):
             x = first if k == 0 else f"hidden_input({buffers[-1]}, lay, {k}, input_buffer(bufs, lay, {k}, rows))"
             lines.append(f"    x = {x}\n")
@@ -142,7 +143,7 @@ def _rows_source(model: Any) -> str:
                       [("cur", "state"), ("nxt", "state"), ("internal", "internal"), "nxt"])
     rebuild = stepper("rebuild_rows", "internal, out", "rebuild", [("internal", "internal"), ("out", "state"), "out"])
     grads = "g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]"
-    lines = ["@njit\ndef backward_rows(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
+    lines = ["@inner\ndef backward_rows(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
              head, f"    {grads}\n"]
     for k in range(n - 1, -1, -1):
         cell = layers.cells[k]
@@ -207,7 +208,7 @@ def _units_source(model: Any) -> str:
         return ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
                 "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out")]
 
-    forward = ["@njit\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head,
+    forward = ["@inner\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head,
                "    if internal.ctypes.data != bufs.work_int.ctypes.data:  # into a pool slot\n",
                "        pay(bufs, spec, POOL)\n"]
     for k in range(n):
@@ -218,7 +219,7 @@ def _units_source(model: Any) -> str:
     if n > 1:  # the dispatch's SYNC after this step is deferred (STATE, in _units.py)
         forward.append("    owe(bufs, FRESH)\n")
     forward.append("    return nb\n")
-    rebuild = ["@njit\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head,
+    rebuild = ["@inner\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head,
                "    pay(bufs, spec, STATE)  # a forward step may still read the state buffers\n"]
     for k in range(n):
         rebuild.append("    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
@@ -252,11 +253,11 @@ def _units_source(model: Any) -> str:
             lines.append(f"add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[{k - 1}, U0], units[{k - 1}, U1])")
         lines += flush(k)
     lines.append("return nb")
-    backward = ["@njit\ndef backward_units(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
+    backward = ["@inner\ndef backward_units(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
                 head] + [f"    {line}\n" for line in lines]
     # The first layer's shared part and flush of step t, run by the next step's readout (or at t = 0 by
     # backward_units): every part they read was written before a barrier (see _units.py).
-    finish = ["@njit\ndef finish_units(params, data, bufs, grads, spec, t, ds_prev):\n", head]
+    finish = ["@inner\ndef finish_units(params, data, bufs, grads, spec, t, ds_prev):\n", head]
     if n > 1:
         finish += [f"    {line}\n" for line in ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]",
                                                    "c = lay[0, 10]", "j = t % c",

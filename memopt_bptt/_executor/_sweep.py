@@ -36,6 +36,7 @@ import math
 from numba import njit
 
 from memopt_bptt._actions import Op
+from memopt_bptt._jit import inner
 from memopt_bptt._kernels.activations import copy2_into, copy_into
 from memopt_bptt._kernels.blas import gemm
 from memopt_bptt._kernels.sync import stopped
@@ -107,7 +108,7 @@ def sweep(codes, params, data, bufs, grads, spec):
     return loss, forwards, ds, cur
 
 
-@njit
+@inner
 def row_weights(data, spec, t, w):
     """Step t's loss weight of each of these rows into ``w`` (see memopt_bptt._inputs);
     whether any is nonzero."""
@@ -130,7 +131,7 @@ def row_weights(data, spec, t, w):
     return counted
 
 
-@njit
+@inner
 def loss_step(kind, out, ys_f, ys_i, t, b0, scale, w):
     """Step t's loss (a float64 sum, each row's weighted by ``w``) of batch rows
     b0.. (``out`` holds their outputs); overwrite ``out`` with dL/dout (0 for a
@@ -169,12 +170,12 @@ def loss_step(kind, out, ys_f, ys_i, t, b0, scale, w):
 
 # ---- rows mode: one sweep over batch rows b0 .. b0+rows-1 -------------------------------------------
 
-@njit
+@inner
 def save_rows(dst, src, bufs, spec):
     copy_into(src, dst)
 
 
-@njit
+@inner
 def sync_rows(bufs, spec, nb):
     return nb
 
@@ -184,7 +185,7 @@ def sync_rows(bufs, spec, nb):
 # use the helpers below. ``bufs.layout`` row k holds layer k's offsets (the
 # columns of memopt_bptt._layers: S_OFF .. CHUNK).
 
-@njit
+@inner
 def hidden_input(state, lay, k, dst):
     """Layer k's input at this step, layer k-1's h_t (feature-major in
     ``state``), transposed into ``dst`` (rows, hidden_{k-1})."""
@@ -197,7 +198,7 @@ def hidden_input(state, lay, k, dst):
     return dst
 
 
-@njit
+@inner
 def embedded_input(emb, ids, t, b0, dst):
     """The embedding's rows of step t's token ids (batch rows b0..) into ``dst`` (rows, dim)."""
     for b in range(dst.shape[0]):
@@ -205,7 +206,7 @@ def embedded_input(emb, ids, t, b0, dst):
     return dst
 
 
-@njit
+@inner
 def embedding_grad(g_emb, ids, t, b0, dx):
     """g_emb[id] += dL/dx_t of each row, in row order (the same bits under every schedule)."""
     for b in range(dx.shape[1]):
@@ -214,14 +215,14 @@ def embedding_grad(g_emb, ids, t, b0, dx):
             row[e] += dx[e, b]
 
 
-@njit
+@inner
 def input_buffer(bufs, lay, k, rows):
     """Layer k's (rows, input) buffer for a built input (forward, rebuild, a direct backward)."""
     n = lay[k, 8]
     return bufs.xbuf[lay[k, 4]: lay[k, 4] + rows * n].reshape((rows, n))
 
 
-@njit
+@inner
 def kept_input(bufs, lay, k, rows, j):
     """Block j of layer k's kept inputs (deferred weight gradients): (rows, input)."""
     n = lay[k, 8]
@@ -229,14 +230,14 @@ def kept_input(bufs, lay, k, rows, j):
     return bufs.xchunk[o: o + rows * n].reshape((rows, n))
 
 
-@njit
+@inner
 def kept_inputs(bufs, lay, k, rows, w):
     """The first w blocks of layer k's kept inputs as one (w * rows, input) array, for the flush."""
     n = lay[k, 8]
     return bufs.xchunk[lay[k, 5]: lay[k, 5] + w * rows * n].reshape((w * rows, n))
 
 
-@njit
+@inner
 def first_inputs(data, bufs, lay, spec, t, w):
     """Steps t..t+w-1 of the first layer's inputs (no embedding) as one (w * rows, input)
     array: read in place for the whole batch, gathered into the kept inputs by a lane."""
@@ -250,7 +251,7 @@ def first_inputs(data, bufs, lay, spec, t, w):
     return block
 
 
-@njit
+@inner
 def readout_rows(params, data, bufs, grads, spec, t, state, ds):
     """Step t's readout, loss and their gradients for the rows counted at t:
     adds dL/dh_t into the top layer's part of ``ds`` and the readout's weight
@@ -295,7 +296,7 @@ def readout_rows(params, data, bufs, grads, spec, t, state, ds):
     return loss
 
 
-@njit
+@inner
 def norm_rows(ds, bufs, spec):
     """||dL/dh_t||^2 over these rows: every layer's h part of the state (all of it
     when the state is the output)."""

@@ -93,8 +93,7 @@ Every thread computes the readout and loss of all outputs (it needs dL/dout
 for its own units); thread 0's loss is kept. Nothing here allocates.
 """
 
-from numba import njit
-
+from memopt_bptt._jit import inner
 from memopt_bptt._kernels.activations import copy_into
 from memopt_bptt._kernels.mm import product
 from memopt_bptt._kernels.sync import SLOT, barrier
@@ -103,7 +102,7 @@ U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of bufs.units (see _runner.Run._u
 FRESH, STATE, POOL = 1, 2, 4  # debts in bufs.units[layers, 0]: a forward step just ran, and the two above
 
 
-@njit
+@inner
 def cross(bufs, spec):
     """A barrier: this thread's next count (its own counter, which only it writes, plus one);
     every debt is paid."""
@@ -112,19 +111,19 @@ def cross(bufs, spec):
     bufs.units[bufs.layout.shape[0], 0] = 0
 
 
-@njit
+@inner
 def pay(bufs, spec, debts):
     """Cross a barrier if one of ``debts`` is owed."""
     if bufs.units[bufs.layout.shape[0], 0] & debts:
         cross(bufs, spec)
 
 
-@njit
+@inner
 def owe(bufs, debt):
     bufs.units[bufs.layout.shape[0], 0] |= debt
 
 
-@njit
+@inner
 def copy_units(dst, src, bufs, spec):
     """dst = src on this thread's units of every layer's hidden-wide blocks (the
     pool's copy of a unit is only ever read back by its own thread)."""
@@ -137,21 +136,21 @@ def copy_units(dst, src, bufs, spec):
             copy_into(src[o + a: o + z], dst[o + a: o + z])
 
 
-@njit
+@inner
 def save_units(dst, src, bufs, spec):
     """A saved state: this thread's units into the pool, once no backward may still read it."""
     pay(bufs, spec, POOL)
     copy_units(dst, src, bufs, spec)
 
 
-@njit
+@inner
 def load_units(dst, src, bufs, spec):
     """A restored state: this thread's units from the pool, once no forward step may still read ``dst``."""
     pay(bufs, spec, STATE)
     copy_units(dst, src, bufs, spec)
 
 
-@njit
+@inner
 def sync_units(bufs, spec, nb):
     """The dispatch's SYNC after every action: a barrier, but after a stack's forward step only
     the debt ``STATE`` (see the module docstring). Returns the barriers crossed, counted on."""
@@ -163,14 +162,14 @@ def sync_units(bufs, spec, nb):
     return nb + 1
 
 
-@njit
+@inner
 def layer_h(state, lay, k, rows):
     """Layer k's h_t in a stack's state (or its part of a state gradient), (hidden_k, rows)."""
     H = lay[k, 9]
     return state[lay[k, 0]: lay[k, 0] + H * rows].reshape((H, rows))
 
 
-@njit
+@inner
 def unit_parts(bufs, t, off, width):
     """Every thread's partial-gradient block at ``off`` of step t's half of the exchange, (threads, width)."""
     n = bufs.flags.shape[0] // SLOT - 1
@@ -178,7 +177,7 @@ def unit_parts(bufs, t, off, width):
     return bufs.exchange[o: o + n * width].reshape((n, width))
 
 
-@njit
+@inner
 def add_parts(parts, dh, u0, u1):
     """Rows u0..u1-1 of dh (hidden, B) += the threads' parts ((B, hidden) each), added in thread order."""
     H = dh.shape[0]
@@ -190,7 +189,7 @@ def add_parts(parts, dh, u0, u1):
             dh[u, b] += acc
 
 
-@njit
+@inner
 def keep_units(h, dst, u0, u1):
     """Columns u0..u1-1 of dst (B, hidden) = rows u0..u1-1 of h (hidden, B): this thread's
     units of a layer's h_t, kept as the input of the layer above for its weight gradients."""
@@ -199,7 +198,7 @@ def keep_units(h, dst, u0, u1):
             dst[b, u] = h[u, b]
 
 
-@njit
+@inner
 def readout_units(params, data, bufs, grads, spec, t, state, ds):
     """readout_rows for one unit thread: every thread computes all outputs and
     the loss; it adds its units' columns of the readout's weight gradient and
@@ -245,7 +244,7 @@ def readout_units(params, data, bufs, grads, spec, t, state, ds):
     return step_loss if spec.thread == 0 else 0.0
 
 
-@njit
+@inner
 def norm_units(ds, bufs, spec):
     """This thread's part of ||dL/dh_t||^2: its units of every layer's h part of ``ds``."""
     lay, units, rows = bufs.layout, bufs.units, spec.rows

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from .._jit import inner
 from .._schedule import plain_pool_quanta
 
 __all__ = ["beta", "numforw", "hsm_cost"]
@@ -87,7 +88,7 @@ def _hsm_cost(t, m):
     return t + _numforw(t, m)
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _hsm_split(t, m):
     """Best split y for HSM (m slots incl. the start): 0 means W (no free slot)."""
     if t <= 1 or m <= 1:

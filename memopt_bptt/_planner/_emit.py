@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .._jit import inner
 from .._actions import WORKING, Op
 from ._closed import _hsm_split
 from ._tables import _LB_FAIL, _lb_choice
@@ -47,7 +48,7 @@ _TASK_SEGMENT, _TASK_REVERSE = 0, 1
 _INTERNAL = 1 << 40
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _grow(a):
     b = np.empty((a.shape[0] * 2, a.shape[1]), a.dtype)
     for i in range(a.shape[0]):  # a loop: a slice assignment compiles a formatted error for seconds
@@ -58,7 +59,7 @@ def _grow(a):
 
 # _put and _push have one signature each: called with literal constants, a
 # jitted callee would otherwise compile once per combination of them.
-@njit("int64(int64[:, ::1], int64, int64, int64, int64)", cache=True)
+@inner("int64(int64[:, ::1], int64, int64, int64, int64)", cache=True)
 def _put(out, n, op, step, slot):
     """Write action row n; returns n + 1."""
     out[n, 0] = op
@@ -67,7 +68,7 @@ def _put(out, n, op, step, slot):
     return n + 1
 
 
-@njit("int64(int64[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64)", cache=True)
+@inner("int64(int64[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64)", cache=True)
 def _push(tasks, sp, kind, a, t, m, src, top, own):
     """Push a task: reverse t steps from position a with m free quanta, the start
     state at src, the pool's top at top, own = 1 if the segment owns its start."""
@@ -81,7 +82,7 @@ def _push(tasks, sp, kind, a, t, m, src, top, own):
     return sp + 1
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _split(mode, t, m, own, hq, kq, choice, cap, sqrt_k, tau):
     """The split of a segment (0 = W, y > 0 = H at y, -y = I at y), or _LB_FAIL.
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .._jit import inner
 
-@njit(cache=True)
+
+@inner(cache=True)
 def _stack_push(stk, stkv, ssz, s, idx, val):
     """Append D[idx] = val to stack s: the suffix minima of D[1..idx], values rising to the top."""
     n = ssz[s]
@@ -26,7 +28,7 @@ def _stack_push(stk, stkv, ssz, s, idx, val):
     ssz[s] = n + 1
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _stack_first(stk, ssz, s, a):
     """Position of the first entry of stack s with index >= a (ssz[s] if none)."""
     lo = 0
@@ -40,7 +42,7 @@ def _stack_first(stk, ssz, s, a):
     return lo
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _stack_catch_up(cost, stk, stkv, ssz, upto, s, own, row, last):
     """Push D[upto[s]+1 .. last] of cost[own, row] onto stack s."""
     u = upto[s] + 1
@@ -51,7 +53,7 @@ def _stack_catch_up(cost, stk, stkv, ssz, upto, s, own, row, last):
         upto[s] = last
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, guess, lb):
     """min over ylo <= y <= t-1 of y + A(t-y) + B(y-off), A = cost[oa, ra], B = cost[ob, rb].
 
@@ -196,7 +198,7 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     return cost, evals
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _msm_buffers(T, R):
     """cost and pmx [own, R, T+1]; per start kind, stacks 0 = (own 1, m-hq) [A of H],
     1 = (own 0, m-kq) [A of I], 2 = (own, m) [B], their values, sizes and fill marks."""
@@ -238,7 +240,7 @@ def _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
     return evals
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto):
     """Row m of start kind own of _msm_fast_table; returns its split evaluations."""
     r = m % R

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from .._jit import inner
 from .._kernels.activations import copy_into, grad_through_output, relu_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
@@ -23,7 +24,7 @@ from ._base import Cell
 __all__ = ["Elman"]
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, relu):
     B = x.shape[0]
     H = w_hh.shape[1]
@@ -44,7 +45,7 @@ def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, rel
     copy_into(internal[n: 2 * n], s_new[:n])
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh, work, relu):
     B = x.shape[0]
     H = w_hh.shape[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from .._jit import inner
 from .._kernels.activations import copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from ._base import Cell
@@ -66,14 +67,14 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
     _hidden(internal, s_new[:n], n)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _add_product(acc, a, b):
     """acc += a * b."""
     for p in range(acc.shape[0]):
         acc[p] += a[p] * b[p]
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _hidden(internal, h, n):
     """h_t = (1 - z) * n + z * h_{t-1}."""
     z = internal[n: 2 * n]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from .._jit import inner
 from .._kernels.activations import copy_into, grad_through_output, relu_into, tanh_into
 from .._kernels.blas import gemm
 from ._base import Cell
@@ -25,7 +26,7 @@ from ._base import Cell
 __all__ = ["Jordan"]
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal, work, relu):
     B = x.shape[0]
     H = w_hh.shape[0]
@@ -53,7 +54,7 @@ def _jordan_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, inte
     copy_into(internal[no + nh: 2 * no + nh], s_new[:no])
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _jordan_backward(w_ih, w_hh, w_out, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih, g_b_hh,
                      g_w_out, g_b_out, work, relu):
     B = x.shape[0]

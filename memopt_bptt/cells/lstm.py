@@ -14,6 +14,7 @@ from __future__ import annotations
 from numba import njit, types
 from numba.extending import overload
 
+from .._jit import inner
 from .._kernels.activations import copy2_into, copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from .._kernels.mm import product
@@ -38,7 +39,7 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
     _activate(gates, s_prev, s_new, internal, n, 0, n)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _activate(gates, s_prev, s_new, internal, n, a, z):
     """From the pre-activations (four blocks of z - a in ``gates``), elements
     a..z-1 of every block of the internal state and of s_new."""
@@ -57,7 +58,7 @@ def _activate(gates, s_prev, s_new, internal, n, a, z):
     _hidden(internal, s_new[a: z], n, a, z)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _cell_state(internal, c, n, a, z):
     """c_t = f * c_{t-1} + i * g, elements a..z-1 of each block (c holds those)."""
     i = internal[a: z]
@@ -68,7 +69,7 @@ def _cell_state(internal, c, n, a, z):
         c[p] = f[p] * c_prev[p] + i[p] * g[p]
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _hidden(internal, h, n, a, z):
     """h_t = o * tanh(c_t), elements a..z-1 of each block (h holds those)."""
     o = internal[3 * n + a: 3 * n + z]
@@ -109,7 +110,7 @@ def lstm_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
     gemm(True, False, 1.0, w_ih, work[: 4 * B * H].reshape((4 * H, B)), 1.0, dx)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(cache=True, error_model="numpy")
 def _gate_grads(internal, ds, ds_prev, d_pre, n, a, z):
     """Elements a..z-1 of each block: d_pre = dL/d(gate pre-activations) (four
     blocks of z - a), and ds_prev's c block = dL/dc_{t-1}."""
@@ -141,7 +142,7 @@ def _gate_grads(internal, ds, ds_prev, d_pre, n, a, z):
         dc[p] = dc[p] * f[p]
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _chunk_views(chunk, H, B):
     """The block's (4H, c*B) pre-activation gradients and (H, c*B) previous hidden states."""
     c = chunk.shape[0] // (5 * H * B)
@@ -292,7 +293,7 @@ def lstm_input_grad_units(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, part, u
         product(dq.T, w_ih[q * H + u0: q * H + u1], part_t, q > 0)
 
 
-@njit(cache=True)
+@inner(cache=True)
 def _chunk_views_units(chunk, H, B):
     """The unit kernels' block: (4H, c*B) gate gradients as _chunk_views, and the
     previous hidden states transposed, (c*B, H), so the weight-gradient product
