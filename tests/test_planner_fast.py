@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+import memopt_bptt as mb
 from memopt_bptt._planner import plan_quanta
 from memopt_bptt._planner._tables import _dp_table, _ism_table
 
@@ -241,3 +242,21 @@ def test_msm_plans_equal_the_full_table_across_tau():
         if M % 70 == 0:
             mb.Schedule(T=T, policy="msm", codes=codes, hidden_quanta=hq, internal_quanta=kq,
                         pool_quanta=pool, forward_steps=int(forwards)).validate()
+
+
+def test_plain_schedule_in_numpy_equals_the_emitters_full_mode():
+    """policy="full" is built in NumPy (no compile on a first plain gradient); oracle: the jitted
+    emitter's full mode, row for row, with its forwards and pool."""
+    from memopt_bptt._planner._closed import _plain
+    from memopt_bptt._planner._emit import _MODE_FULL, _emit
+
+    for hq, kq in [(1, 1), (2, 7), (3, 2), (5, 5), (4, 1)]:
+        for T in [*range(1, 40), 97, 256, 1000]:
+            M = max(T - 1, 0) * (hq + kq)
+            want = _emit(T, M, hq, kq, _MODE_FULL, np.zeros((2, 1, 1), np.int16), 1, np.zeros((2, 1), np.int64))
+            codes, forwards, pool = _plain(T, hq, kq)
+            assert codes.dtype == np.int64 and codes.flags.c_contiguous
+            assert np.array_equal(codes, want[0]), (T, hq, kq)
+            assert (forwards, pool) == (int(want[1]), int(want[2])), (T, hq, kq)
+    s = mb.plan(50, slots=148, alpha=3.0, policy="full")
+    assert s.forward_steps == 50 and s.validate() is s

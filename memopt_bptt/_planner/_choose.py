@@ -11,8 +11,8 @@ import warnings
 import numba
 import numpy as np
 
-from ._closed import _fixed_pool, _sqrt_segment
-from ._emit import _MODE_FULL, _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit, emit_bytes
+from ._closed import _fixed_pool, _plain, _sqrt_segment
+from ._emit import _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit, emit_bytes
 from ._msm import PAIR_MIN_CELLS, _msm_fast_table, _msm_fast_table_pair
 from ._tables import _dp_table, _ism_table, _lb_of, _lb_taus
 
@@ -68,8 +68,9 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         if need > hq + M:
             raise _TooSmall(need)
         _reserve(T, 0, "")
-        mode = _MODE_FULL if policy == "full" else _MODE_SQRT
-        return _emit(T, M, hq, kq, mode, dummy, sqrt_k, no_tau)
+        if policy == "full":
+            return _plain(T, hq, kq)  # _emit's full mode, without compiling it
+        return _emit(T, M, hq, kq, _MODE_SQRT, dummy, sqrt_k, no_tau)
     if policy == "revolve":
         _reserve(T, 0, "")
         return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)

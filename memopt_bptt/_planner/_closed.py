@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from .._actions import WORKING, Op
 from .._jit import inner
 from .._schedule import plain_pool_quanta
 
@@ -112,6 +113,27 @@ def _hsm_split(t, m):
 def _sqrt_segment(T: int) -> int:
     """Segment length of the sqrt policy: ceil(sqrt(T))."""
     return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+
+
+def _plain(T: int, hq: int, kq: int) -> tuple[np.ndarray, int, int]:
+    """Plain BPTT's schedule (codes, forwards, pool quanta) in NumPy: the rows
+    ``_emit`` writes in its full mode (tests check they are equal), without
+    compiling the emitter, so a first plain gradient on a fresh machine
+    compiles only the sweep. Keep I_1 .. I_{T-1} in slots hq, hq + kq, ...,
+    run step T into the working buffer, and reverse T .. 1."""
+    y = np.arange(1, T, dtype=np.int64)
+    slots = hq + (y - 1) * kq
+    codes = np.empty((2 * T + 1, 3), np.int64)
+    codes[0] = (Op.TAKESHOT, 0, 0)
+    codes[1:T, 0] = Op.KEEP
+    codes[1:T, 1] = y
+    codes[1:T, 2] = slots
+    codes[T] = (Op.KEEP, T, WORKING)
+    codes[T + 1] = (Op.REVERSE, T, WORKING)
+    codes[T + 2:, 0] = Op.REVERSE
+    codes[T + 2:, 1] = y[::-1]
+    codes[T + 2:, 2] = slots[::-1]
+    return codes, T, plain_pool_quanta(T, hq, kq)
 
 
 def _fixed_pool(T: int, hq: int, kq: int, policy: str, sqrt_k: int) -> int:
