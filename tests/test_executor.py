@@ -545,6 +545,7 @@ def test_report_and_cli_show_what_planning_cost(capsys):
     params = model.init_params(seed=0)
     rng = np.random.default_rng(0)
     xs, ys = rng.normal(size=(2000, 2, 3)), rng.normal(size=(2000, 2, 2))
+    mb.plan(50, budget=0.3, model=model, batch=2, dtype="float64")  # the planner runs (loads) in this process
     budget = 0.013  # a budget not planned before in this process: planned in this call
     *_, first = mb.value_and_grad(model, params, xs, ys, budget=budget, return_report=True)
     assert first.plan_seconds is not None and first.plan_seconds > 0
@@ -557,3 +558,19 @@ def test_report_and_cli_show_what_planning_cost(capsys):
                  "--output", "2", "--batch", "2", "--dtype", "float64"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("planning")]
     assert len(line) == 1 and " s, " in line[0] and "outside the budget" in line[0]
+
+
+def test_a_first_plan_is_not_traced_while_the_planner_compiles(monkeypatch):
+    """Before the process has run the planner's jitted code, planning runs untraced (tracemalloc made
+    Numba's compiler 2.6x slower, and its memory is not the planner's): the peak is unknown, None;
+    plain BPTT's plan is NumPy and always traced."""
+    from memopt_bptt import _plans
+    monkeypatch.setattr(_plans, "_planner_loaded", lambda: False)
+    model = mb.Sequence(mb.LSTM(3, 8), output_size=2, lanes=1)
+    _, stats = _plans.measured_plan(300, budget=0.1, model=model, batch=2, dtype="float64", policy="msm")
+    assert stats.seconds > 0 and stats.peak_bytes is None
+    _, plain = _plans.measured_plan(300, budget=1.0, model=model, batch=2, dtype="float64", policy="full")
+    assert plain.peak_bytes is not None and plain.peak_bytes > 0
+    monkeypatch.setattr(_plans, "_planner_loaded", lambda: True)
+    _, traced = _plans.measured_plan(301, budget=0.1, model=model, batch=2, dtype="float64", policy="msm")
+    assert traced.peak_bytes is not None and traced.peak_bytes > 0
