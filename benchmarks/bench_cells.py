@@ -168,7 +168,8 @@ def bench_step(kind: str, hidden: int, dtype: str, n_steps: int, reps: int) -> d
     full = mb.plan(n_steps, budget=1.0, model=model, batch=BATCH, dtype=dtype, policy="full")
     codes = full.codes
     r0 = int(np.argmax(codes[:, 0] == Op.REVERSE))
-    run = Run(model, P, Data(xs, ys, np.zeros((1, 1), np.int64)), sizes, loss_kind=0, scale=1.0 / ys.size)
+    checked = model.check_data(xs, ys, np.dtype(dtype))  # the inputs as value_and_grad hands them to the sweep
+    run = Run(model, P, Data.of(checked), sizes, loss_kind=0, scale=1.0 / checked.n_terms, loss_mode=checked.loss_mode)
     jobs = run.allocate(full.pool_quanta, s0, grads, np.zeros(0))
 
     def ours_fwd():
