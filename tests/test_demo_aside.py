@@ -17,6 +17,7 @@ import textwrap
 import time
 
 import pytest
+from _signals import default_sigint
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -81,7 +82,8 @@ def test_a_first_demo_works_and_ctrl_c_leaves_no_child(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     demo = [sys.executable, "-m", "memopt_bptt", "demo", "--steps", "200", "--updates", "2"]
     # interrupted while both processes compile: exit 130, and the child is gone with the parent
-    proc = subprocess.Popen(demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 30
         while not _asides() and time.monotonic() < deadline and proc.poll() is None:

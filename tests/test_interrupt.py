@@ -20,6 +20,7 @@ import textwrap
 import time
 
 import pytest
+from _signals import default_sigint
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -65,7 +66,7 @@ _CHILD = textwrap.dedent("""
 
 def _child(kind: str, T: int, delay: float, env: dict | None = None) -> dict:
     proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(T), str(delay)], capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600, env=env, preexec_fn=default_sigint)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -91,7 +92,7 @@ def test_sigint_while_numba_compiles_raises_keyboard_interrupt(tmp_path):
 def test_cli_interrupted_prints_one_line_and_exits_130():
     """The demo trains for minutes; SIGINT once it has printed its plan stops it with exit code 130."""
     proc = subprocess.Popen([sys.executable, "-m", "memopt_bptt", "demo", "--updates", "100000", "--steps", "200"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         first = proc.stdout.readline()  # the demo's first line, printed before any compile or training
         assert first, proc.stderr.read()
