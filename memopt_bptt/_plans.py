@@ -20,7 +20,7 @@ from ._planner import plan
 from ._planner._emit import _emit
 from ._schedule import Schedule
 
-__all__ = ["PLAN_CACHE_SIZE", "PlanStats", "cached_plan", "measured_plan", "resolve_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "PlanStats", "cached_plan", "measured_plan", "planner_cached", "resolve_policy"]
 
 PLAN_CACHE_SIZE = 16
 _PLANS: OrderedDict = OrderedDict()
@@ -47,6 +47,15 @@ class PlanStats(NamedTuple):
 
     seconds: float
     peak_bytes: int | None
+
+
+def planner_cached() -> bool:
+    """Whether Numba's cache on disk holds the planner (its emitter, which every policy but
+    plain BPTT runs) for this source: False on a machine's first run, which compiles it."""
+    try:
+        return bool(_emit._cache._cache_file._load_index())  # Numba's own index check (private: guarded)
+    except Exception:  # noqa: BLE001 - any doubt counts as not cached
+        return False
 
 
 def _planner_loaded() -> bool:

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow,
 _START_ASIDE = textwrap.dedent("""
     import argparse, sys
     from memopt_bptt.cli import _demo
-    assert not _demo._planner_cached(), "the cache was not empty"
+    from memopt_bptt._plans import planner_cached
+    assert not planner_cached(), "the cache was not empty"
     args = argparse.Namespace(steps=120, batch=4, dtype="float32", hidden=8, budget=0.2, policy="msm")
     child = _demo._plan_aside(args)
     assert child is not None, "no child started on an empty cache"
@@ -44,8 +45,8 @@ _PLAN_AFTER = textwrap.dedent("""
             compiled.append(getattr(getattr(d, "py_func", d), "__module__", ""))
     event.register("numba:compile", Listener())
     import memopt_bptt as mb
-    from memopt_bptt.cli import _demo
-    assert _demo._planner_cached()
+    from memopt_bptt._plans import planner_cached
+    assert planner_cached()
     model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=8), output_size=1, loss="mse")
     s = mb.plan(120, budget=0.2, model=model, batch=4, dtype="float32", policy="msm")
     assert s.forward_steps > 120

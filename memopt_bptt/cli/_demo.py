@@ -30,6 +30,7 @@ import numpy as np
 
 import memopt_bptt as mb
 
+from .._plans import planner_cached
 from ._args import PROG, CliError
 from ._target import Target, least_text
 
@@ -63,15 +64,6 @@ mb.plan(int(T), budget=float(budget) if "." in budget else int(budget), model=mo
 """
 
 
-def _planner_cached() -> bool:
-    """Whether Numba's cache holds the planner (its emitter, which every policy runs) for this source."""
-    try:
-        from memopt_bptt._planner._emit import _emit
-        return bool(_emit._cache._cache_file._load_index())   # Numba's own index check (private: guarded)
-    except Exception:  # noqa: BLE001 - any doubt counts as not cached: the aside only saves time
-        return False
-
-
 def _plan_aside(args: argparse.Namespace) -> subprocess.Popen | None:
     """On a machine's first run, plan the demo's schedules in a child process.
 
@@ -83,7 +75,7 @@ def _plan_aside(args: argparse.Namespace) -> subprocess.Popen | None:
     Nothing is taken from the child but the cache: if it fails or is slow,
     this process compiles the planner itself, as without it."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2 or _planner_cached():
+    if cpus < 2 or planner_cached():
         return None
     argv = [str(args.steps), str(args.batch), args.dtype, str(args.hidden), repr(args.budget), args.policy]
     try:
