@@ -26,6 +26,7 @@ import sys
 import textwrap
 
 import pytest
+from _compile_events import LISTENER
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "memopt_bptt"
 # compiled into a sweep's namespace by _executor/_compile.py, without a decorator of their own
@@ -129,21 +130,8 @@ def test_no_python_code_calls_an_inner_function():
     assert not found, "Python calls a function compiled without a Python wrapper (it would crash): " + ", ".join(found)
 
 
-_CHILD = textwrap.dedent("""
+_CHILD = LISTENER + textwrap.dedent("""
     import json, sys
-    from numba.core import event
-    compiled = []
-
-    class Listener(event.Listener):
-        def on_start(self, e):
-            pass
-
-        def on_end(self, e):
-            d = e.data["dispatcher"]
-            f = getattr(d, "py_func", d)
-            compiled.append([f"{getattr(f, '__module__', '')}.{f.__qualname__}", [str(a) for a in e.data["args"]]])
-
-    event.register("numba:compile", Listener())
     import memopt_bptt as mb
     model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=32), output_size=1, loss="mse")
     params = model.init_params(seed=0, dtype="float32")

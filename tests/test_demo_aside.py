@@ -17,6 +17,7 @@ import textwrap
 import time
 
 import pytest
+from _compile_events import LISTENER
 from _signals import default_sigint
 
 pytestmark = [pytest.mark.slow,
@@ -34,23 +35,14 @@ _START_ASIDE = textwrap.dedent("""
     sys.exit(child.wait(timeout=300))
 """)
 
-_PLAN_AFTER = textwrap.dedent("""
-    from numba.core import event
-    compiled = []
-    class Listener(event.Listener):
-        def on_start(self, e):
-            pass
-        def on_end(self, e):
-            d = e.data["dispatcher"]
-            compiled.append(getattr(getattr(d, "py_func", d), "__module__", ""))
-    event.register("numba:compile", Listener())
+_PLAN_AFTER = LISTENER + textwrap.dedent("""
     import memopt_bptt as mb
     from memopt_bptt._plans import planner_cached
     assert planner_cached()
     model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=8), output_size=1, loss="mse")
     s = mb.plan(120, budget=0.2, model=model, batch=4, dtype="float32", policy="msm")
     assert s.forward_steps > 120
-    planner = [m for m in compiled if m.startswith("memopt_bptt._planner")]
+    planner = [name for name, _ in compiled if name.startswith("memopt_bptt._planner")]
     assert not planner, planner
     print("ok")
 """)
