@@ -38,7 +38,7 @@ class Report(NamedTuple):
     planned_bytes: int          # schedule.peak_bytes
     allocated_bytes: int        # bytes of the buffers allocated for the sweep
     measured_peak_bytes: int    # tracemalloc peak during the call, gradients excluded; includes
-                                # 4-11 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
+                                # 4-13 KB of Python objects (_model.PYTHON_OVERHEAD_BYTES) besides the buffers
     predicted_time_ratio: float
     plan_seconds: float | None = None      # planning in this call (None: the schedule was cached or given)
     plan_peak_bytes: int | None = None     # what planning held at its peak (tables and schedule), apart

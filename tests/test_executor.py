@@ -339,8 +339,8 @@ MEMORY_CASES = [(kind, frac, policy) for kind in ("lstm", "gru", "elman_tanh", "
                                      (0.3, "sqrt"), (1.0, "msm"))]
 # Budgets cover the sweep's data (checkpoints and working buffers); tracemalloc
 # also sees the call's Python objects (array headers, argument tuples), a
-# constant 4-11 KB whatever T and the sizes (_model.PYTHON_OVERHEAD_BYTES).
-OVERHEAD_BYTES = 12 * 1024
+# constant 4-13 KB whatever T and the sizes (_model.PYTHON_OVERHEAD_BYTES).
+OVERHEAD_BYTES = mb._model.PYTHON_OVERHEAD_BYTES
 
 
 @pytest.mark.parametrize("kind,frac,policy", MEMORY_CASES)
