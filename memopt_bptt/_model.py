@@ -28,7 +28,7 @@ argument tuples, the layers' offset table, the lengths and stop flag, small
 input copies, the worker thread's objects), a constant 4-13 KB under
 tracemalloc whatever T and the sizes (it grows with the number of buffers
 and layers: a single LSTM measured 9.2-9.8 KB, a 3-layer LSTM stack with an
-embedding 10.4-10.8 KB, an Elman 3 -> 64 at batch 8 on two lanes 12.2-13.0
+embedding 10.4-10.8 KB, an Elman 3 -> 64 at batch 8, one sweep, 12.2-13.0
 KB, 2026-11-30). The budget covers the data the sweep keeps (checkpoints and
 working buffers), as the contract says."""
 
