@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 import tracemalloc
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ._budget import parse_budget
 from ._planner import plan
 from ._planner._emit import _emit
 from ._schedule import Schedule
 
-__all__ = ["PLAN_CACHE_SIZE", "PlanStats", "cached_plan", "measured_plan", "planner_cached", "resolve_policy"]
+__all__ = ["PLAN_CACHE_SIZE", "PlanStats", "cached_plan", "measured", "measured_plan", "planner_cached", "resolve_policy"]
 
 PLAN_CACHE_SIZE = 16
 _PLANS: OrderedDict = OrderedDict()
@@ -42,8 +42,8 @@ def resolve_policy(budget: Any, policy: str | None, *, where: str) -> tuple[Any,
 class PlanStats(NamedTuple):
     """What planning one schedule cost: seconds, and the peak bytes it held
     (tracemalloc: the planner's tables and the schedule, beyond the sweep's
-    budget); None when another trace was running, or on the process's first
-    plan that runs the planner's jitted code (see ``measured_plan``)."""
+    budget); None when another trace was running, or when planning compiled
+    the planner (see ``measured``)."""
 
     seconds: float
     peak_bytes: int | None
@@ -63,28 +63,32 @@ def _planner_loaded() -> bool:
     return bool(_emit.signatures)
 
 
-def measured_plan(T: int, **kwargs: Any) -> tuple[Schedule, PlanStats]:
-    """``mb.plan(T, **kwargs)`` and what it cost (:class:`PlanStats`).
+def measured(planning: Callable[[], Schedule], policy: str | None) -> tuple[Schedule, PlanStats]:
+    """``planning()`` (a plan) and what it cost (:class:`PlanStats`).
 
-    The first plan of a process that runs the planner's jitted code compiles
-    it (a machine's first run) or loads it, untraced: under tracemalloc,
-    Numba's compiler ran 2.6x slower (a first budgeted gradient took 17 s
-    instead of 7) and its allocations would count as the planner's. Plain
-    BPTT's plan (NumPy) is always traced."""
-    tracing = tracemalloc.is_tracing()
-    trace = not tracing and (kwargs.get("policy") == "full" or _planner_loaded())
+    Planning that compiles the planner (a machine's first run) is not traced:
+    under tracemalloc, Numba's compiler ran 2.6x slower (a first budgeted
+    gradient took 17 s instead of 7) and its allocations would count as the
+    planner's; its peak is None. Plain BPTT's plan (NumPy) compiles nothing
+    and is always traced."""
+    trace = not tracemalloc.is_tracing() and (policy == "full" or _planner_loaded() or planner_cached())
     if trace:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
     try:
-        schedule = plan(T, **kwargs)
+        schedule = planning()
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1] - base if trace else None
     finally:
         if trace:
             tracemalloc.stop()
     return schedule, PlanStats(seconds, peak)
+
+
+def measured_plan(T: int, **kwargs: Any) -> tuple[Schedule, PlanStats]:
+    """``mb.plan(T, **kwargs)`` and what it cost (see :func:`measured`)."""
+    return measured(lambda: plan(T, **kwargs), kwargs.get("policy"))
 
 
 def cached_plan(T: int, *, budget: Any, policy: str, model: Any, batch: int, dtype: Any

@@ -566,6 +566,7 @@ def test_a_first_plan_is_not_traced_while_the_planner_compiles(monkeypatch):
     plain BPTT's plan is NumPy and always traced."""
     from memopt_bptt import _plans
     monkeypatch.setattr(_plans, "_planner_loaded", lambda: False)
+    monkeypatch.setattr(_plans, "planner_cached", lambda: False)
     model = mb.Sequence(mb.LSTM(3, 8), output_size=2, lanes=1)
     _, stats = _plans.measured_plan(300, budget=0.1, model=model, batch=2, dtype="float64", policy="msm")
     assert stats.seconds > 0 and stats.peak_bytes is None

@@ -35,10 +35,11 @@ from typing import Any
 __all__ = ["MODES", "sweep_for", "is_cached"]
 
 MODES = ("rows", "units")
-_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sweep.py")
-_UNITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_units.py")
-_KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernels")
-_JIT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_jit.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCE_FILE = os.path.join(_HERE, "_sweep.py")
+_UNITS_FILE = os.path.join(_HERE, "_units.py")
+_KERNELS_DIR = os.path.join(os.path.dirname(_HERE), "_kernels")
+_JIT_FILE = os.path.join(os.path.dirname(_HERE), "_jit.py")
 _PACKAGE = __name__.rsplit(".", 2)[0]  # memopt_bptt
 _BUILT: dict = {}
 _LOCK = threading.Lock()

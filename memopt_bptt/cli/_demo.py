@@ -20,7 +20,6 @@ so the two compiles overlap (``_plan_aside``).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 
 import memopt_bptt as mb
 
+from .._executor._runner import usable_cpus
 from .._plans import planner_cached
 from ._args import PROG, CliError
 from ._target import Target, least_text
@@ -56,12 +56,16 @@ ASIDE_WAIT = 60.0
 _PLAN_ASIDE = """
 import sys
 import memopt_bptt as mb
+from memopt_bptt.cli._demo import demo_model
 T, B, dtype, hidden, budget, policy = sys.argv[1:]
-model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=int(hidden)), output_size=1, loss="mse")
-mb.plan(int(T), budget=1.0, model=model, batch=int(B), dtype=dtype, policy="full")
-mb.plan(int(T), budget=float(budget) if "." in budget else int(budget), model=model, batch=int(B), dtype=dtype,
-        policy=policy)
+mb.plan(int(T), budget=float(budget) if "." in budget else int(budget), model=demo_model(int(hidden)),
+        batch=int(B), dtype=dtype, policy=policy)
 """
+
+
+def demo_model(hidden: int) -> mb.Sequence:
+    """The demo's model: an LSTM from the adding problem's two inputs to one output, mse."""
+    return mb.Sequence(mb.LSTM(input_size=2, hidden_size=hidden), output_size=1, loss="mse")
 
 
 def _plan_aside(args: argparse.Namespace) -> subprocess.Popen | None:
@@ -74,8 +78,7 @@ def _plan_aside(args: argparse.Namespace) -> subprocess.Popen | None:
     sweep; this process's own planning then loads the planner from the cache.
     Nothing is taken from the child but the cache: if it fails or is slow,
     this process compiles the planner itself, as without it."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2 or planner_cached():
+    if usable_cpus() < 2 or planner_cached():
         return None
     argv = [str(args.steps), str(args.batch), args.dtype, str(args.hidden), repr(args.budget), args.policy]
     try:
@@ -104,7 +107,7 @@ def run_demo(args: argparse.Namespace, out: Any) -> DemoResult:
 
 def _run_demo(args: argparse.Namespace, out: Any, t_start: float, aside: subprocess.Popen | None) -> DemoResult:
     T, B, dtype = args.steps, args.batch, args.dtype
-    model = mb.Sequence(mb.LSTM(input_size=2, hidden_size=args.hidden), output_size=1, loss="mse")
+    model = demo_model(args.hidden)
     params = model.init_params(seed=args.seed, dtype=dtype)
     if aside is not None:  # compile the sweep meanwhile (one plain step), then plan from the child's cache
         xs, ys = mb.adding_problem(T, B, seed=args.seed, dtype=dtype)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
-import time
-import tracemalloc
 from typing import Any, Sequence as Seq
 
 import memopt_bptt as mb
 
-from .._plans import planner_cached
+from .._plans import measured
 from ._args import BUDGET_HELP, TIMELINE_MAX_T, CliError
 from ._target import Target, build_target, least_budget, least_text, plan_for
 from ._timeline import ascii_timeline, check_plot_path, code_chunks, plot_compare, plot_schedule
@@ -46,23 +44,14 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
     elif args.budget is None:
         raise CliError("--budget is required with a cell: give " + BUDGET_HELP)
     target = build_target(args, T, alpha=args.alpha, abstract=abstract)
-    # A machine's first run compiles the planner: not under tracemalloc, which made Numba's
-    # compiler 2.6x slower and would count its memory as the planner's.
-    traced = args.policy == "full" or planner_cached()
-    if traced:
-        tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        schedule = plan_for(target, T, args.policy, budget=args.budget, slots=args.slots)
-        planning = (time.perf_counter() - t0, tracemalloc.get_traced_memory()[1] if traced else None)
+    try:  # traced unless it compiles the planner (a machine's first run): then the peak is None
+        schedule, planning = measured(lambda: plan_for(target, T, args.policy, budget=args.budget,
+                                                       slots=args.slots), args.policy)
     except mb.MemoryBudgetError as exc:
         what = f"--slots {args.slots:g}" if args.slots is not None else "--budget"
         least, fix = least_text(exc, target, T, args.policy)
         raise CliError(f"{what} is below the least that works for T={T} with --policy {args.policy}: "
                        f"{least}; use {fix} or more") from None
-    finally:
-        if traced:
-            tracemalloc.stop()
     if args.format == "json":
         schedule.write_json(out)
         print(file=out)
@@ -71,9 +60,11 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
             out.write("".join(f"{mb.OPS[op]} {step} {slot}\n" for op, step, slot in rows))
     else:
         print("\n".join(plan_text(schedule, target)), file=out)
-        peak = (f"{mb.format_bytes(planning[1])} at its peak (tables and schedule" if planning[1] is not None
+        peak = (f"{mb.format_bytes(planning.peak_bytes)} at its peak (tables and schedule"
+                if planning.peak_bytes is not None
                 else "peak not measured (this machine's first run: it included compiling the planner")
-        print(f"planning         {planning[0]:.3f} s, {peak}; outside the budget, which covers the sweep)", file=out)
+        print(f"planning         {planning.seconds:.3f} s, {peak}; outside the budget, which covers the sweep)",
+              file=out)
     if args.plot:
         plot_schedule(schedule, args.plot,
                        f"{args.policy} schedule, T={T}, {target.describe()}: {schedule.forward_steps} forward "
