@@ -14,8 +14,8 @@ import pytest
 
 import memopt_bptt as mb
 from memopt_bptt._actions import Op
-from memopt_bptt._executor import Data, Run
-from memopt_bptt._kernels.sync import SLOT
+from memopt_bptt._executor import Data, Run, _runner
+from memopt_bptt._kernels.sync import SLOT, SWITCH
 
 
 def expected_barriers(codes: np.ndarray, n_layers: int) -> int:
@@ -57,11 +57,12 @@ def sweep_counts(model, params, xs, ys, schedule):
     jobs = run.allocate(schedule.pool_quanta, checked.h0, grads, np.zeros(0))
     run.run(schedule.codes, jobs)
     flags = jobs[0][0].flags
-    return [int(flags[k * SLOT]) for k in range(len(jobs))], grads
+    return [int(flags[k * SLOT]) for k in range(len(jobs))], int(flags[-SLOT + SWITCH]), grads
 
 
 @pytest.mark.parametrize("hidden", [(9,), (9, 6)])
-def test_barriers_per_sweep_are_the_documented_count(hidden):
+def test_barriers_per_sweep_are_the_documented_count(hidden, monkeypatch):
+    monkeypatch.setattr(_runner, "crowded", lambda threads: False)  # a thread per share, even on a busy machine
     T, batch = 23, 4
     sizes = [3, *hidden]
     cells = [mb.LSTM(sizes[k], h) for k, h in enumerate(hidden)]
@@ -70,12 +71,15 @@ def test_barriers_per_sweep_are_the_documented_count(hidden):
     rng = np.random.default_rng(3)
     xs, ys = rng.normal(size=(T, batch, 3)), rng.normal(size=(T, batch, 3))
     plain = mb.plan(T, budget=1.0, model=model, batch=batch, policy="full")
-    _, reference = sweep_counts(model, params, xs, ys, plain)
+    *_, reference = sweep_counts(model, params, xs, ys, plain)
     for policy, budget in (("full", 1.0), ("msm", 0.4), ("revolve", 0.4), ("sqrt", 0.6)):
         schedule = mb.plan(T, budget=budget, model=model, batch=batch, policy=policy)
-        counts, grads = sweep_counts(model, params, xs, ys, schedule)
+        counts, switch, grads = sweep_counts(model, params, xs, ys, schedule)
         want = expected_barriers(schedule.codes, len(hidden))
-        assert counts == [want, want], (policy, counts, want)
+        if switch:  # the threads stalled (a crowded machine) and thread 0 went on alone after that barrier
+            assert counts == [switch, switch] and switch <= want, (policy, counts, want)
+        else:
+            assert counts == [want, want], (policy, counts, want)
         for g, r in zip(grads, reference):
             assert np.array_equal(g, r), policy
     if len(hidden) > 1:  # plain BPTT: one per forward step and two per reversed step (was 2 and 3.5)

@@ -186,11 +186,15 @@ def _rows_source(model: Any) -> str:
 
 def _units_source(model: Any) -> str:
     """forward_units, rebuild_units and backward_units for the model's stack: every
-    layer's unit kernels on this thread's units, with the barriers ``_units.py``
-    describes (layer k's input is layer k-1's h_t, a transposed view of its block)."""
+    layer's unit kernels on the units of this thread's shares, with the barriers
+    ``_units.py`` describes (layer k's input is layer k-1's h_t, a transposed view of
+    its block). Between two barriers the thread runs each of its shares' part in
+    share order; the shares it runs are read after every barrier (one thread may
+    take them all, see _units.py)."""
     n = len(model.layers.cells)
     head = ("    lay = bufs.layout\n    units = bufs.units\n    rows = spec.rows\n    work = bufs.work\n"
-            "    w_out, b_out = params[P_W_OUT], params[P_B_OUT]\n")
+            "    w_out, b_out = params[P_W_OUT], params[P_B_OUT]\n    st = own(bufs, spec)\n")
+    shares = "for sh in range(st[S0], st[S1]):"
 
     def blk(buf: str, k: int, which: str) -> str:
         o, ln = (0, 1) if which == "state" else (2, 3)
@@ -198,7 +202,7 @@ def _units_source(model: Any) -> str:
 
     def call(k: int, kernel: str, *args: str) -> str:
         p = ", ".join(f"params[{4 * k + i}]" for i in range(4))
-        return f"L{k}_{kernel}({p}, w_out, b_out, {', '.join(args)}, units[{k}, U0], units[{k}, U1])"
+        return f"L{k}_{kernel}({p}, w_out, b_out, {', '.join(args)}, units[sh, {k}, U0], units[sh, {k}, U1])"
 
     def x(k: int, state: str) -> str:
         return "data.xs[t]" if k == 0 else f"layer_h({state}, lay, {k - 1}, rows).T"
@@ -206,8 +210,11 @@ def _units_source(model: Any) -> str:
     def flush(k: int) -> list:
         g = ", ".join(f"grads[{4 * k + i}]" for i in range(4))
         block = f"kept_inputs(bufs, lay, {k}, rows, w)" if k else "first_inputs(data, bufs, lay, spec, t, w)"
-        return ["if j == 0:", "    w = min(c, data.xs.shape[0] - t)",
-                "    " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out")]
+        return ["    if j == 0:", "        w = min(c, data.xs.shape[0] - t)",
+                "        " + call(k, "unit_flush", block, "chunk", "w", g, "g_w_out", "g_b_out")]
+
+    def body(lines: list) -> list:
+        return [f"    {line}\n" for line in lines]
 
     forward = ["@inner\ndef forward_units(params, data, bufs, spec, t, cur, nxt, internal, nb):\n", head,
                "    if internal.ctypes.data != bufs.work_int.ctypes.data:  # into a pool slot\n",
@@ -215,57 +222,59 @@ def _units_source(model: Any) -> str:
     for k in range(n):
         if k:
             forward.append("    cross(bufs, spec)  # the next layer reads all of this one's h_t\n    nb += 1\n")
-        forward.append("    " + call(k, "unit_forward", x(k, "nxt"), blk("cur", k, "state"), blk("nxt", k, "state"),
-                                     blk("internal", k, "internal"), "work") + "\n")
+        forward += body([shares, "    " + call(k, "unit_forward", x(k, "nxt"), blk("cur", k, "state"),
+                                                 blk("nxt", k, "state"), blk("internal", k, "internal"), "work")])
     if n > 1:  # the dispatch's SYNC after this step is deferred (STATE, in _units.py)
-        forward.append("    owe(bufs, FRESH)\n")
+        forward.append("    owe(bufs, spec, FRESH)\n")
     forward.append("    return nb\n")
     rebuild = ["@inner\ndef rebuild_units(params, data, bufs, spec, t, internal, out, nb):\n", head,
                "    pay(bufs, spec, STATE)  # a forward step may still read the state buffers\n"]
-    for k in range(n):
-        rebuild.append("    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
-                                     blk("out", k, "state"), "work") + "\n")
+    rebuild += body([shares] + ["    " + call(k, "unit_rebuild", x(k, "out"), blk("internal", k, "internal"),
+                                                blk("out", k, "state"), "work") for k in range(n)])
     rebuild.append("    return nb\n")
-    lines = ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]", "me = spec.thread"]
+    lines = ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]"]
     for k in range(n - 1, -1, -1):
         lines += [f"# layer {k}", f"c = lay[{k}, 10]", "j = t % c",
                   f"chunk = bufs.chunk[lay[{k}, 6]: lay[{k}, 6] + lay[{k}, 7]]",
-                  f"hp = unit_parts(bufs, t, units[{k}, HP_OFF], rows * lay[{k}, 9])"]
+                  f"hp = unit_parts(bufs, t, units[0, {k}, HP_OFF], rows * lay[{k}, 9])"]
         if k:
             lines += [f"below = layer_h(state, lay, {k - 1}, rows)",
-                      f"keep_units(below, kept_input(bufs, lay, {k}, rows, j), units[{k - 1}, U0], units[{k - 1}, U1])",
-                      f"xp = unit_parts(bufs, t, units[{k}, XP_OFF], rows * lay[{k}, 8])"]
+                      f"xp = unit_parts(bufs, t, units[0, {k}, XP_OFF], rows * lay[{k}, 8])"]
         xk = "below.T" if k else "data.xs[t]"
-        lines.append(call(k, "unit_backward_local", xk, blk("internal", k, "internal"), blk("ds", k, "state"),
-                          blk("ds_prev", k, "state"), "work", "chunk", "j", "hp[me]"))
+        lines.append(shares)
         if k:
-            lines.append(call(k, "unit_input_grad", xk, "work", "xp[me]"))
+            lines.append(f"    keep_units(below, kept_input(bufs, lay, {k}, rows, j), units[sh, {k - 1}, U0], "
+                         f"units[sh, {k - 1}, U1])")
+        lines.append("    " + call(k, "unit_backward_local", xk, blk("internal", k, "internal"),
+                                    blk("ds", k, "state"), blk("ds_prev", k, "state"), "work", "chunk", "j", "hp[sh]"))
+        if k:
+            lines.append("    " + call(k, "unit_input_grad", xk, "work", "xp[sh]"))
         if k == 0 and n > 1:  # the first layer's shared part waits for the next readout (finish_units)
             lines += ["if t == 0:  # no next step: finish here",
                       "    cross(bufs, spec)",
                       "    nb += 1",
                       "    finish_units(params, data, bufs, grads, spec, t, ds_prev)",
                       "else:  # this local part read the internal state after the step's last barrier",
-                      "    owe(bufs, POOL)"]
+                      "    owe(bufs, spec, POOL)"]
             continue
-        lines += ["cross(bufs, spec)", "nb += 1",
-                  call(k, "unit_backward_shared", xk, blk("ds_prev", k, "state"), "hp")]
+        lines += ["cross(bufs, spec)", "nb += 1", shares,
+                  "    " + call(k, "unit_backward_shared", xk, blk("ds_prev", k, "state"), "hp")]
         if k:
-            lines.append(f"add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[{k - 1}, U0], units[{k - 1}, U1])")
+            lines.append(f"    add_parts(xp, layer_h(ds, lay, {k - 1}, rows), units[sh, {k - 1}, U0], "
+                         f"units[sh, {k - 1}, U1])")
         lines += flush(k)
     lines.append("return nb")
     backward = ["@inner\ndef backward_units(params, data, bufs, grads, spec, t, internal, state, ds, ds_prev, nb):\n",
-                head] + [f"    {line}\n" for line in lines]
+                head] + body(lines)
     # The first layer's shared part and flush of step t, run by the next step's readout (or at t = 0 by
     # backward_units): every part they read was written before a barrier (see _units.py).
     finish = ["@inner\ndef finish_units(params, data, bufs, grads, spec, t, ds_prev):\n", head]
     if n > 1:
-        finish += [f"    {line}\n" for line in ["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]",
-                                                   "c = lay[0, 10]", "j = t % c",
-                                                   "chunk = bufs.chunk[lay[0, 6]: lay[0, 6] + lay[0, 7]]",
-                                                   "hp = unit_parts(bufs, t, units[0, HP_OFF], rows * lay[0, 9])",
-                                                   call(0, "unit_backward_shared", "data.xs[t]",
-                                                        blk("ds_prev", 0, "state"), "hp"), *flush(0)]]
+        finish += body(["g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]", "c = lay[0, 10]", "j = t % c",
+                        "chunk = bufs.chunk[lay[0, 6]: lay[0, 6] + lay[0, 7]]",
+                        "hp = unit_parts(bufs, t, units[0, 0, HP_OFF], rows * lay[0, 9])", shares,
+                        "    " + call(0, "unit_backward_shared", "data.xs[t]", blk("ds_prev", 0, "state"), "hp"),
+                        *flush(0)])
     else:
         finish.append("    return\n")
     return "\n\n".join("".join(f) for f in (forward, rebuild, backward, finish))

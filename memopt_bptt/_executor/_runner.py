@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._kernels.blas import blas_threads
 from .._interrupt import run_interruptibly
-from .._kernels.sync import SLOT, abort, new_flags
+from .._kernels.sync import SLOT, SWITCH, abort, new_flags
 from .._layers import S_OFF, layout
 from .._split import blas_threads_for, unit_exchange_len, unit_exchange_widths, unit_out_len
 from ._compile import sweep_for
@@ -31,7 +32,7 @@ _CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs t
 # Stand-ins for the buffers one mode does not use (allocated once, outside any traced call).
 _NO_FLAGS = new_flags(0)
 _NO_EXCHANGE = {np.dtype(t): np.zeros(1, t) for t in (np.float32, np.float64)}
-_NO_UNITS = np.zeros((0, 4), np.int64)
+_NO_UNITS = np.zeros((0, 0, 6), np.int64)
 
 
 class Data(NamedTuple):
@@ -91,8 +92,8 @@ class Buffers(NamedTuple):
     dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
     roww: np.ndarray       # float64 loss weights of this step's rows
     stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
-    units: np.ndarray      # (layers + 1, 4) int64: a unit thread's units and exchange offsets per layer and
-                           # its deferred barriers (last row), or empty
+    units: np.ndarray      # (shares, layers + 1, 6) int64, shared: each share's units and exchange offsets per
+                           # layer, and in row ``layers`` of share k thread k's own state (_units.py), or empty
 
 
 def machine_busy() -> bool:
@@ -107,6 +108,38 @@ def machine_busy() -> bool:
     except OSError:  # pragma: no cover - no load average on this platform
         return False
     return load > usable_cpus() + 0.5
+
+
+def others_running() -> int | None:
+    """Threads of other work running or waiting for a CPU right now (Linux's
+    /proc/loadavg, less this thread), the least of three looks a millisecond
+    apart; None where the platform does not say."""
+    least = None
+    for look in range(3):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0]) - 1
+        except (OSError, ValueError, IndexError):
+            return None
+        least = running if least is None else min(least, running)
+        if look < 2:
+            time.sleep(0.001)
+    return least
+
+
+def crowded(threads: int) -> bool:
+    """Whether ``threads`` unit threads would not each have a CPU: fewer usable CPUs than
+    threads, or other work running on the rest (``others_running``; the 1-minute load
+    average where that is not known). Then one thread runs every share of the split
+    (the same bits), instead of threads that wait at every barrier for one another's
+    turn on a CPU."""
+    free = usable_cpus()
+    if free < threads:
+        return True
+    others = others_running()
+    if others is None:
+        return machine_busy()
+    return others + threads > free
 
 
 def usable_cpus() -> int:
@@ -132,10 +165,12 @@ class Run:
         self.batch = data.xs.shape[1]
         self.mode = "units" if sizes.unit_threads > 1 else "rows"
         self.sweep = sweep_for(model, self.mode)
+        self.solo = False
         if self.mode == "units":
             self.parts = model.unit_split(self.batch)
-            # Spin at barriers while every thread has a CPU; else yield at once, so the threads take turns.
-            self.spin = 1 << 14 if usable_cpus() >= len(self.parts) and not machine_busy() else 0
+            self.solo = crowded(len(self.parts))
+            # Spin at barriers while every thread has a CPU; else yield at once.
+            self.spin = 1 << 14 if not self.solo and not machine_busy() else 0
         else:
             self.parts = sizes.lanes or (self.batch,)
             self.spin = 0
@@ -143,9 +178,13 @@ class Run:
         if self.blas is None and machine_busy():
             self.blas = 1
 
+    switch_at = 0
+    """Tests only: the barrier count after which unit threads leave the work to thread 0 (0: when
+    they stall, see _units.py)."""
+
     @property
     def n_workers(self) -> int:
-        return len(self.parts)
+        return 1 if self.solo else len(self.parts)
 
     def _spec(self, k: int, b0: int, rows: int, u0: int, u1: int, table: np.ndarray) -> Spec:
         model, sz = self.model, self.sizes
@@ -197,21 +236,27 @@ class Run:
             b0 += bl
         return jobs
 
-    def _unit_tables(self) -> list[np.ndarray]:
-        """Each unit thread's (layers + 1, 4) table: its units (u0, u1) of every layer and where
-        that layer's partial dL/dh_{t-1} and dL/dx_t blocks of every thread start in one
-        step's half of the exchange, then a row of its own for the barriers it defers
-        (memopt_bptt._executor._units)."""
+    def _unit_table(self) -> np.ndarray:
+        """The shares' (shares, layers + 1, 6) table, shared by the threads: row k of share s
+        holds its units (u0, u1) of layer k and where that layer's partial dL/dh_{t-1} and
+        dL/dx_t blocks of every share start in one step's half of the exchange; row
+        ``layers`` of share s is thread s's own (its debts and the shares it runs, _units.py)."""
         model, B, n = self.model, self.batch, len(self.parts)
-        splits = [model.unit_split(B, layer=k) for k in range(len(model.cells))]
+        L = len(model.cells)
+        splits = [model.unit_split(B, layer=k) for k in range(L)]
         offsets, o = [], 0
         for h, x in unit_exchange_widths(model):
             offsets.append((o, o + n * B * h))
             o += n * B * (h + x)
         assert o == n * unit_exchange_len(model, B)
-        # and a last row, the thread's own: the barriers it defers (_units.py)
-        return [np.array([(*split[k], *offs) for split, offs in zip(splits, offsets)] + [(0, 0, 0, 0)], np.int64)
-                for k in range(n)]
+        table = np.zeros((n, L + 1, 6), np.int64)
+        for s in range(n):
+            for k in range(L):
+                table[s, k, :4] = (*splits[k][s], *offsets[k])
+            table[s, L, 1:3] = (s, s + 1)  # thread s runs share s
+        if self.solo:
+            table[0, L, 1:4] = (0, n, 1)  # thread 0 alone runs every share, no barriers
+        return table
 
     def _allocate_units(self, pool_quanta, h0_flat, grads, norms):
         sz, dtype, B = self.sizes, self.arrays[0].dtype, self.batch
@@ -227,9 +272,11 @@ class Run:
         xchunk = np.empty(lay.xchunk_len, dtype)  # the layers' inputs kept for deferred gradients (above the first)
         exchange = np.empty(2 * n * unit_exchange_len(self.model, B), dtype)
         flags = new_flags(n)
+        flags[-SLOT + SWITCH] = self.switch_at
+        table = self._unit_table()
         none = chunk[:0]
         jobs = []
-        for k, ((u0, u1), table) in enumerate(zip(self.parts, self._unit_tables())):
+        for k, (u0, u1) in enumerate(self.parts[:self.n_workers]):  # share 0 is the widest (Sequence.unit_split)
             own = (np.empty(max(sz.work_len, 1), dtype), np.empty(unit_out_len(sz, u0, u1), dtype))
             bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, xchunk, exchange, flags,
                            norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64),
@@ -277,7 +324,7 @@ class Run:
             for k in range(n):
                 one(k)
 
-        if n == 1 or self.mode == "units" or usable_cpus() > 1:
+        if n == 1 or self.mode == "units" or usable_cpus() > 1:  # units: one job, or one thread each
             threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(n)]
         else:
             threads = [threading.Thread(target=in_turn, daemon=True)]

@@ -5,14 +5,16 @@ This file is not imported. ``_compile`` compiles it into the namespace of
 for the stack (``forward_units``, ``rebuild_units``, ``backward_units``: one
 call of each layer's unit kernels, ``Cell.unit_kernels``, per layer).
 
-Thread ``spec.thread`` computes units ``u0 .. u1-1`` of every layer (row k of
-``bufs.units``: layer k's u0 and u1, ``Sequence.unit_split(batch,
-layer=k)``, and where its exchange blocks start). Every buffer but ``work``,
-``outbuf``, ``norms`` and ``units`` is shared; each thread writes only its
-units' elements (its rows of the weight gradients, its columns of the
-readout's and of the kept layer inputs; thread 0 the readout bias) and its
-own partial gradients in ``exchange``. A barrier separates every write from
-another thread's read of it:
+The work is split into shares, one per thread: share s is units ``u0 ..
+u1-1`` of every layer (row k of ``bufs.units[s]``: layer k's u0 and u1,
+``Sequence.unit_split(batch, layer=k)``, and where its exchange blocks
+start), and thread s runs it (but see "One thread or several" below). Every
+buffer but ``work``, ``outbuf``, ``roww`` and ``norms`` is shared; a share
+writes only its units' elements (its rows of the weight gradients, its
+columns of the readout's and of the kept layer inputs; share 0 the readout
+bias) and its own partial gradients in ``exchange``. Below, "a thread" is
+the thread that runs a share. A barrier separates every write from another
+share's read of it:
 
 * forward of step t, layer k: reads all of layer k's h_{t-1} and of layer
   k-1's h_t (its input), so a barrier follows every layer's forward but the
@@ -54,8 +56,8 @@ may still read or write an element for the slot's previous use: every
 action that reads or writes the pool ends at a barrier (the dispatch's
 SYNC, after a saved state too), but for the two debts below.
 
-Deferred barriers (stacks). Each thread keeps a word of debts in the last
-row of its ``bufs.units`` (after the layers' rows); every barrier
+Deferred barriers (stacks). Each thread keeps a word of debts in its own
+row of ``bufs.units`` (see "One thread or several"); every barrier
 (:func:`cross`) counts from the thread's own counter and clears them, so
 the dispatch's ``nb`` is carried but not relied on.
 
@@ -90,50 +92,107 @@ crossed step t - 1's barriers, so no part is overwritten while another
 thread reads it.
 
 Every thread computes the readout and loss of all outputs (it needs dL/dout
-for its own units); thread 0's loss is kept. Nothing here allocates.
+for its own units); share 0's loss is kept. Nothing here allocates.
+
+One thread or several. Between two barriers no share reads what another
+writes, so the shares' parts of that stretch can run in any order, on any
+thread, and give the same bits; only each share's own parts keep their
+order. So one thread may run every share: between two barriers it runs each
+share's part in share order, with its own ``work`` and ``outbuf`` (no
+scratch outlives a kernel call but ``work`` between a local part and its
+input gradient, which stay together), and crosses no barrier. The shares a
+thread runs are in its own row of the table (``bufs.units[thread,
+layers]``: ``S0 .. S1-1``, with its debts), read after every barrier.
+
+* A sweep starts with one thread for every share when ``Run`` finds the
+  machine crowded (``_runner.crowded``: fewer free CPUs than threads), and
+  with a thread per share otherwise.
+* Threads that stall go on with one: a thread that waited at a barrier
+  longer than a time slice (``STALL_CYCLES``) had a partner without a CPU,
+  and at the ``STALLS_TO_SOLO``-th such wait within ``STALL_WINDOW``
+  barriers it asks (``sync.ask_solo``) that thread 0 run every share after
+  the next barrier; every thread turns there, the others with no share,
+  and run the rest of the dispatch without work or barriers.
+
+Either way each share computes the same values, and the threads' sums
+(norms, partial gradients) are added in share order, so the bits are those
+of a thread per share.
 """
 
 from memopt_bptt._jit import inner
 from memopt_bptt._kernels.activations import copy_into
 from memopt_bptt._kernels.mm import product
-from memopt_bptt._kernels.sync import SLOT, barrier
+from memopt_bptt._kernels.sync import SLOT, ask_solo, barrier, cycles, solo_after
 
-U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of bufs.units (see _runner.Run._unit_tables)
-FRESH, STATE, POOL = 1, 2, 4  # debts in bufs.units[layers, 0]: a forward step just ran, and the two above
+U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of a share's rows of bufs.units (see _runner.Run._unit_tables)
+DEBTS, S0, S1, SOLO, STALLS, SINCE = 0, 1, 2, 3, 4, 5  # columns of a thread's own row (its share's last)
+FRESH, STATE, POOL = 1, 2, 4  # debts: a forward step just ran, and the two above
+STALL_CYCLES = 1 << 22
+"""A wait at a barrier this long (cycles: about 1-4 ms) means another thread had no CPU."""
+STALLS_TO_SOLO = 8
+"""Stalls within ``STALL_WINDOW`` barriers after which the threads agree to leave the work to thread 0."""
+STALL_WINDOW = 64
+
+
+@inner
+def own(bufs, spec):
+    """This thread's own row of ``bufs.units``: its debts, the shares it runs and its stalls."""
+    return bufs.units[spec.thread, bufs.layout.shape[0]]
 
 
 @inner
 def cross(bufs, spec):
     """A barrier: this thread's next count (its own counter, which only it writes, plus one);
-    every debt is paid."""
-    me = spec.thread
-    barrier(bufs.flags, me, bufs.flags[me * SLOT] + 1, spec.spin)
-    bufs.units[bufs.layout.shape[0], 0] = 0
+    every debt is paid. Working alone, no barrier (see "One thread or several" above)."""
+    st = own(bufs, spec)
+    st[DEBTS] = 0
+    if st[SOLO]:
+        return
+    me, flags = spec.thread, bufs.flags
+    count = flags[me * SLOT] + 1
+    start = cycles()
+    barrier(flags, me, count, spec.spin)
+    waited = cycles() - start
+    switch = solo_after(flags)
+    if switch != 0 and count >= switch:  # every thread turns here, after the same barrier
+        st[SOLO] = 1
+        st[S0] = 0
+        st[S1] = bufs.units.shape[0] if me == 0 else 0
+    elif waited > STALL_CYCLES and switch == 0:
+        if count - st[SINCE] > STALL_WINDOW:
+            st[SINCE] = count
+            st[STALLS] = 0
+        st[STALLS] += 1
+        if st[STALLS] >= STALLS_TO_SOLO:
+            ask_solo(flags, count)
 
 
 @inner
 def pay(bufs, spec, debts):
     """Cross a barrier if one of ``debts`` is owed."""
-    if bufs.units[bufs.layout.shape[0], 0] & debts:
+    if own(bufs, spec)[DEBTS] & debts:
         cross(bufs, spec)
 
 
 @inner
-def owe(bufs, debt):
-    bufs.units[bufs.layout.shape[0], 0] |= debt
+def owe(bufs, spec, debt):
+    st = own(bufs, spec)
+    st[DEBTS] |= debt
 
 
 @inner
 def copy_units(dst, src, bufs, spec):
-    """dst = src on this thread's units of every layer's hidden-wide blocks (the
-    pool's copy of a unit is only ever read back by its own thread)."""
+    """dst = src on the units of every layer's hidden-wide blocks that this thread's shares
+    own (the pool's copy of a unit is only ever read back by its own share)."""
     lay, units, rows = bufs.layout, bufs.units, spec.rows
-    for k in range(lay.shape[0]):
-        n = rows * lay[k, 9]
-        a, z = units[k, U0] * rows, units[k, U1] * rows
-        for q in range(lay[k, 1] // n):
-            o = lay[k, 0] + q * n
-            copy_into(src[o + a: o + z], dst[o + a: o + z])
+    st = own(bufs, spec)
+    for sh in range(st[S0], st[S1]):
+        for k in range(lay.shape[0]):
+            n = rows * lay[k, 9]
+            a, z = units[sh, k, U0] * rows, units[sh, k, U1] * rows
+            for q in range(lay[k, 1] // n):
+                o = lay[k, 0] + q * n
+                copy_into(src[o + a: o + z], dst[o + a: o + z])
 
 
 @inner
@@ -154,9 +213,9 @@ def load_units(dst, src, bufs, spec):
 def sync_units(bufs, spec, nb):
     """The dispatch's SYNC after every action: a barrier, but after a stack's forward step only
     the debt ``STATE`` (see the module docstring). Returns the barriers crossed, counted on."""
-    row = bufs.layout.shape[0]
-    if bufs.units[row, 0] & FRESH:
-        bufs.units[row, 0] = (bufs.units[row, 0] & ~FRESH) | STATE
+    st = own(bufs, spec)
+    if st[DEBTS] & FRESH:
+        st[DEBTS] = (st[DEBTS] & ~FRESH) | STATE
         return nb
     cross(bufs, spec)
     return nb + 1
@@ -171,8 +230,8 @@ def layer_h(state, lay, k, rows):
 
 @inner
 def unit_parts(bufs, t, off, width):
-    """Every thread's partial-gradient block at ``off`` of step t's half of the exchange, (threads, width)."""
-    n = bufs.flags.shape[0] // SLOT - 1
+    """Every share's partial-gradient block at ``off`` of step t's half of the exchange, (shares, width)."""
+    n = bufs.units.shape[0]
     o = (t % 2) * (bufs.exchange.shape[0] // 2) + off
     return bufs.exchange[o: o + n * width].reshape((n, width))
 
@@ -200,26 +259,28 @@ def keep_units(h, dst, u0, u1):
 
 @inner
 def readout_units(params, data, bufs, grads, spec, t, state, ds):
-    """readout_rows for one unit thread: every thread computes all outputs and
-    the loss; it adds its units' columns of the readout's weight gradient and
-    its units' dL/dh_t; thread 0 the bias gradient and the loss. The products
-    run in the tiled GEMM, with the outputs held transposed, (O, B), and this
-    thread's h_t transposed, (B, units), both in ``outbuf`` after the outputs.
-    First the first layer's shared part of step t + 1 (``finish_units``; not
-    after the last step, which runs no backward before this readout)."""
+    """readout_rows for one unit thread: it computes all outputs and the loss
+    (each thread does); for each of its shares it adds the share's units'
+    columns of the readout's weight gradient and their dL/dh_t; share 0 adds
+    the bias gradient and keeps the loss (returned, else 0). The products run
+    in the tiled GEMM, with the outputs held transposed, (O, B), and a share's
+    h_t transposed, (B, units), both in ``outbuf`` after the outputs. First the
+    first layer's shared part of step t + 1 (``finish_units``; not after the
+    last step, which runs no backward before this readout)."""
     if t + 1 < data.xs.shape[0]:
         finish_units(params, data, bufs, grads, spec, t + 1, ds)  # noqa: F821 - generated by _compile
-    if not row_weights(data, spec, t, bufs.roww):  # noqa: F821 - _sweep.py's
+    st = own(bufs, spec)
+    if st[S0] == st[S1] or not row_weights(data, spec, t, bufs.roww):  # noqa: F821 - _sweep.py's
         return 0.0
     ty = 0 if spec.loss_mode == LAST else t  # noqa: F821
     w_out, b_out = params[P_W_OUT], params[P_B_OUT]  # noqa: F821 - bound by _compile
     g_w_out, g_b_out = grads[P_W_OUT], grads[P_B_OUT]  # noqa: F821
-    B, hidden, u0, u1, a = spec.rows, spec.hidden, spec.u0, spec.u1, spec.h_off
+    B, hidden, a = spec.rows, spec.hidden, spec.h_off
+    top = bufs.layout.shape[0] - 1
     O = w_out.shape[0]
     outbuf = bufs.outbuf
     out2 = outbuf[: B * O].reshape((B, O))
     out_t = outbuf[B * O: 2 * B * O].reshape((O, B))
-    h_t = outbuf[2 * B * O: 2 * B * O + B * (u1 - u0)].reshape((B, u1 - u0))
     for o in range(O):
         for b in range(B):
             out_t[o, b] = b_out[o]
@@ -232,24 +293,32 @@ def readout_units(params, data, bufs, grads, spec, t, state, ds):
     for b in range(B):
         for o in range(O):
             out_t[o, b] = out2[b, o]
-    if spec.thread == 0:
+    if st[S0] == 0:
         for b in range(B):
             for o in range(O):
                 g_b_out[o] += out2[b, o]
-    for r in range(u1 - u0):
-        for b in range(B):
-            h_t[b, r] = h[u0 + r, b]
-    product(out_t, h_t, g_w_out[:, u0: u1], True)
-    product(w_out[:, u0: u1].T, out_t, ds[a + u0 * B: a + u1 * B].reshape((u1 - u0, B)), True)
-    return step_loss if spec.thread == 0 else 0.0
+    for sh in range(st[S0], st[S1]):
+        u0, u1 = bufs.units[sh, top, U0], bufs.units[sh, top, U1]
+        h_t = outbuf[2 * B * O: 2 * B * O + B * (u1 - u0)].reshape((B, u1 - u0))
+        for r in range(u1 - u0):
+            for b in range(B):
+                h_t[b, r] = h[u0 + r, b]
+        product(out_t, h_t, g_w_out[:, u0: u1], True)
+        product(w_out[:, u0: u1].T, out_t, ds[a + u0 * B: a + u1 * B].reshape((u1 - u0, B)), True)
+    return step_loss if st[S0] == 0 else 0.0
 
 
 @inner
 def norm_units(ds, bufs, spec):
-    """This thread's part of ||dL/dh_t||^2: its units of every layer's h part of ``ds``."""
+    """This thread's part of ||dL/dh_t||^2: its shares' units of every layer's h part of
+    ``ds``, each share's sum added in share order (as the threads' parts are added)."""
     lay, units, rows = bufs.layout, bufs.units, spec.rows
-    acc = 0.0
-    for k in range(lay.shape[0]):
-        for p in range(lay[k, 0] + units[k, U0] * rows, lay[k, 0] + units[k, U1] * rows):
-            acc += float(ds[p]) * float(ds[p])
-    return acc
+    st = own(bufs, spec)
+    total = 0.0
+    for sh in range(st[S0], st[S1]):
+        acc = 0.0
+        for k in range(lay.shape[0]):
+            for p in range(lay[k, 0] + units[sh, k, U0] * rows, lay[k, 0] + units[sh, k, U1] * rows):
+                acc += float(ds[p]) * float(ds[p])
+        total = acc if sh == st[S0] else total + acc
+    return total

@@ -14,7 +14,10 @@ A waiting thread spins (``pause``) for ``spin`` rounds, then yields its CPU
 one CPU still make progress, and on a machine busy with other processes a
 waiting thread gives its CPU up instead of competing for it. The last
 slot of ``flags`` is an abort flag: when set (a thread failed before or
-during its sweep), waits return at once, so no thread is left waiting.
+during its sweep), waits return at once, so no thread is left waiting. The slot after it, on the
+next cache line (``SWITCH``), is where unit threads agree to go on with one
+thread (memopt_bptt._executor._units): 0, or the barrier count after which
+thread 0 does every thread's share, set once by compare-and-swap.
 """
 
 from __future__ import annotations
@@ -26,15 +29,19 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["new_flags", "barrier", "abort", "stopped", "SLOT"]
+__all__ = ["new_flags", "barrier", "abort", "stopped", "solo_after", "ask_solo", "cycles", "SLOT", "SWITCH"]
 
 SLOT = 16
 """int64 slots between two threads' counters (128 bytes: two cache lines, as
 adjacent-line prefetch pairs them)."""
 
 
+SWITCH = 8
+"""Offset of the solo switch in the last slot (after the abort flag, on its own 64-byte line)."""
+
+
 def new_flags(n_threads: int) -> np.ndarray:
-    """Zeroed counters for ``n_threads`` threads and the abort flag (last slot)."""
+    """Zeroed counters for ``n_threads`` threads, the abort flag and the solo switch (last slot)."""
     return np.zeros((n_threads + 1) * SLOT, np.int64)
 
 
@@ -72,6 +79,38 @@ def _store_release(typingctx, arr, index, value):
         return context.get_dummy_value()
 
     return types.void(arr, index, value), codegen
+
+
+@intrinsic
+def _compare_and_swap(typingctx, arr, index, expected, value):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(context, builder, signature.args[0], args[0], args[1])
+        old = context.cast(builder, args[2], signature.args[2], types.int64)
+        new = context.cast(builder, args[3], signature.args[3], types.int64)
+        pair = builder.cmpxchg(ptr, old, new, "acq_rel", "acquire")
+        return builder.extract_value(pair, 0)
+
+    return types.int64(arr, index, expected, value), codegen
+
+
+@intrinsic
+def _cycle_counter(typingctx):
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@njit(cache=True, nogil=True)
+def cycles():
+    """The processor's cycle counter (the TSC on x86; 0 where there is none): for
+    telling a wait of microseconds from one of a time slice, not for timing."""
+    return _cycle_counter()
 
 
 _X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
@@ -140,6 +179,23 @@ def barrier(flags, k, count, spin):
 
 
 @njit(cache=True, nogil=True)
+def ask_solo(flags, count):
+    """Ask every thread to leave the work to thread 0 after barrier ``count`` + 1 (called
+    between barriers ``count`` and ``count`` + 1: every other thread crosses ``count`` + 1
+    only after this thread's release of it, so every thread sees the request in time).
+    The first request stands; later ones change nothing."""
+    n = flags.shape[0] // SLOT - 1
+    _compare_and_swap(flags, n * SLOT + SWITCH, 0, count + 1)
+
+
+@njit(cache=True, nogil=True)
+def solo_after(flags):
+    """The barrier count after which thread 0 works alone, or 0."""
+    n = flags.shape[0] // SLOT - 1
+    return _load_acquire(flags, n * SLOT + SWITCH)
+
+
+@njit(cache=True, nogil=True)
 def stopped(stop):
     """Whether another thread asked this sweep to stop (``stop[0] != 0``, an acquire load
     that the compiler cannot hoist out of the sweep's loop)."""
@@ -150,3 +206,13 @@ if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_
     def stopped(stop):  # noqa: F811 - intrinsics do not run in pure Python
         """The stop flag without Numba: a plain read."""
         return stop[0] != 0
+
+    def solo_after(flags):  # noqa: F811
+        return flags[-SLOT + SWITCH]
+
+    def ask_solo(flags, count):  # noqa: F811
+        if flags[-SLOT + SWITCH] == 0:
+            flags[-SLOT + SWITCH] = count + 1
+
+    def cycles():  # noqa: F811
+        return 0
