@@ -146,9 +146,18 @@ def test_one_thread_runs_the_sweep_on_a_crowded_machine(monkeypatch):
 ])
 def test_crowded_counts_cpus_against_threads(monkeypatch, free, others, busy, threads, want):
     monkeypatch.setattr(runner, "usable_cpus", lambda: free)
-    monkeypatch.setattr(runner, "others_running", lambda: others)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: free)
+    monkeypatch.setattr(runner, "others_running", lambda enough=1: others)
     monkeypatch.setattr(runner, "machine_busy", lambda: busy)
     assert runner.crowded(threads) is want
+
+
+def test_a_process_held_to_some_cpus_does_not_read_the_whole_machines_run_queue(monkeypatch):
+    monkeypatch.setattr(runner, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(runner, "others_running", lambda enough=1: 40)
+    assert runner.crowded(2) is False   # the 40 may run on the other 62 CPUs
+    assert runner.crowded(3) is True    # fewer CPUs than threads
 
 
 HOG = "import sys\nwhile True:\n    pass\n"

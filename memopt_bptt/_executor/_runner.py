@@ -110,10 +110,11 @@ def machine_busy() -> bool:
     return load > usable_cpus() + 0.5
 
 
-def others_running() -> int | None:
+def others_running(enough: int = 1) -> int | None:
     """Threads of other work running or waiting for a CPU right now (Linux's
-    /proc/loadavg, less this thread), the least of three looks a millisecond
-    apart; None where the platform does not say."""
+    /proc/loadavg, less this thread); None where the platform does not say. A
+    count of ``enough`` or more is looked at twice more, a millisecond apart, and
+    the least kept: a process passing through does not count."""
     least = None
     for look in range(3):
         try:
@@ -122,6 +123,8 @@ def others_running() -> int | None:
         except (OSError, ValueError, IndexError):
             return None
         least = running if least is None else min(least, running)
+        if least < enough:
+            break
         if look < 2:
             time.sleep(0.001)
     return least
@@ -132,11 +135,15 @@ def crowded(threads: int) -> bool:
     threads, or other work running on the rest (``others_running``; the 1-minute load
     average where that is not known). Then one thread runs every share of the split
     (the same bits), instead of threads that wait at every barrier for one another's
-    turn on a CPU."""
+    turn on a CPU. The run queue counts the whole machine's threads, so a process
+    held to some of its CPUs (``os.sched_setaffinity``, ``taskset``) counts only
+    its own; threads that stall still hand their work to one (_units.py)."""
     free = usable_cpus()
     if free < threads:
         return True
-    others = others_running()
+    if free < (os.cpu_count() or free):
+        return False
+    others = others_running(enough=free - threads + 1)
     if others is None:
         return machine_busy()
     return others + threads > free
@@ -175,8 +182,8 @@ class Run:
             self.parts = sizes.lanes or (self.batch,)
             self.spin = 0
         self.blas = blas_threads_for(model, sizes)
-        if self.blas is None and machine_busy():
-            self.blas = 1
+        if self.blas is None and (machine_busy() or crowded(usable_cpus())):
+            self.blas = 1  # BLAS's own threads would wait for CPUs other work has (the same bits)
 
     switch_at = 0
     """Tests only: the barrier count after which unit threads leave the work to thread 0 (0: when
