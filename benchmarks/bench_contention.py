@@ -5,7 +5,8 @@ at 5% of plain BPTT's memory (issue 15's case). Every configuration runs in
 a fresh process, beside ``--hogs`` busy-looping processes started by this
 script (0: a quiet machine) and stopped after it:
 
-(a) Time of one gradient (median of 3 after a warm-up): the default path
+(a) Time of one gradient (median of 3 after a warm-up, and how the workers
+    ran in an untimed call after them, ``Report.workers``): the default path
     (unit threads here), ``unit_threads=1`` (BLAS threads), and
     ``unit_threads=1`` pinned to one CPU (``os.sched_setaffinity``), with 0,
     1 and 2 hogs; each over the best single-CPU time (pinned, no hog). The
@@ -70,7 +71,9 @@ def worker_time(spec: dict) -> dict:
         t0 = time.perf_counter()
         mb.value_and_grad(model, params, xs, ys, schedule=schedule)
         times.append(time.perf_counter() - t0)
-    return {"times": times, "median": statistics.median(times), "split": model.describe_split(B)}
+    *_, report = mb.value_and_grad(model, params, xs, ys, schedule=schedule, return_report=True)  # untimed
+    return {"times": times, "median": statistics.median(times), "split": model.describe_split(B),
+            "workers": report.workers}
 
 
 def worker_soak(spec: dict) -> dict:
@@ -112,8 +115,8 @@ def main(args) -> None:
                 rec = run_worker(script, ["time", json.dumps(spec)], timeout=1800)
                 result["a"][f"{name}, {hogs} hogs"] = rec
                 save()
-                print(f"  {hogs} hogs  {name:>24}: {rec['median']:7.2f} s  {[round(t, 2) for t in rec['times']]}",
-                      flush=True)
+                print(f"  {hogs} hogs  {name:>24}: {rec['median']:7.2f} s  {[round(t, 2) for t in rec['times']]}"
+                      f"  ({rec['workers']}, an untimed call after)", flush=True)
             if args.soak:
                 for name, spec in SOAK.items():
                     rec = run_worker(script, ["soak", json.dumps(spec)], timeout=3600)

@@ -43,6 +43,8 @@ class Report(NamedTuple):
     plan_seconds: float | None = None      # planning in this call (None: the schedule was cached or given)
     plan_peak_bytes: int | None = None     # what planning held at its peak (tables and schedule), apart
                                            # from the budget, which covers the sweep
+    workers: str = ""                      # how the sweep ran: lanes, unit threads, or one thread for
+                                           # every unit share when other work had the CPUs (same bits)
 
     def __str__(self) -> str:
         return "\n".join(self.schedule.summary_lines() + [
@@ -53,7 +55,7 @@ class Report(NamedTuple):
             f"measured peak   {self.measured_peak_bytes} bytes (tracemalloc, gradients excluded)",
             "planning        " + ("none (the schedule was cached or given)" if self.plan_seconds is None else
                                   f"{self.plan_seconds:.4f} s, peak {self.plan_peak_bytes} bytes (outside the budget)"),
-        ])
+        ] + ([f"workers         {self.workers}"] if self.workers else []))
 
 
 def _given_schedule(schedule: Any, budget: Any, policy: Any, T: int, sizes: Any) -> Schedule:
@@ -179,7 +181,7 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
         result.append(Report(schedule, int(results[0][1]), wall, int(schedule.peak_bytes), int(allocated),
                              int(measured), schedule.time_ratio,
                              None if plan_stats is None else plan_stats.seconds,
-                             None if plan_stats is None else plan_stats.peak_bytes))
+                             None if plan_stats is None else plan_stats.peak_bytes, run.how(jobs)))
     return tuple(result)
 
 

@@ -221,3 +221,23 @@ def test_threads_that_stall_beside_busy_processes_go_on_with_one(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok" in out.stdout
+
+
+def test_the_report_says_how_the_shares_ran(monkeypatch):
+    model = model_of([6], 2, "mse")
+    params = model.init_params(seed=2)
+    rng = np.random.default_rng(2)
+    xs, ys = rng.normal(size=(9, 3, I)), rng.normal(size=(9, 3, O))
+    said = {}
+    for case, crowded, switch_at in (("threads", False, 0), ("one", True, 0), ("handed", False, 4)):
+        monkeypatch.setattr(runner, "crowded", lambda threads, c=crowded: c)
+        monkeypatch.setattr(runner.Run, "switch_at", switch_at)
+        *_, report = mb.value_and_grad(model, params, xs, ys, budget=None, return_report=True)
+        said[case] = report.workers
+        assert f"workers         {report.workers}" in str(report)
+    assert said["threads"] == "2 unit threads"
+    assert said["one"].startswith("one thread ran all 2 unit shares")
+    assert said["handed"].startswith("2 unit threads;") and "after barrier 4" in said["handed"]
+    lanes = mb.Sequence(mb.LSTM(I, 6), output_size=O, lanes=2, unit_threads=1)
+    *_, report = mb.value_and_grad(lanes, lanes.init_params(seed=2), xs, ys, return_report=True)
+    assert report.workers == "2 lanes of [2, 1] batch rows"

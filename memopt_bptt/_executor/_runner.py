@@ -347,6 +347,20 @@ class Run:
                 raise r
         return results
 
+    def how(self, jobs: list) -> str:
+        """How the last run of ``jobs`` went: its workers, and whether unit threads left
+        their shares to one thread (Report.workers)."""
+        n = len(self.parts)
+        if self.mode == "rows":
+            return "one sweep over the whole batch" if n == 1 else f"{n} lanes of {list(self.parts)} batch rows"
+        if self.solo:
+            return f"one thread ran all {n} unit shares: other work had the CPUs (the bits of {n} threads)"
+        switch = int(jobs[0][0].flags[-SLOT + SWITCH])
+        if switch:
+            return (f"{n} unit threads; they stalled waiting for CPUs, and thread 0 ran all shares after "
+                    f"barrier {switch} (the same bits)")
+        return f"{n} unit threads"
+
     def loss_sum(self, results: list) -> float:
         """The loss summed over lanes (each lane's rows), or thread 0's (every thread computes all of it)."""
         if self.mode == "units":
