@@ -176,6 +176,33 @@ def test_others_running_sees_busy_processes():
             h.wait()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="no /proc/self/task on this platform")
+def test_this_processs_own_busy_threads_are_not_other_work():
+    """A BLAS pool spinning after a product, or any thread of this process, is this process's
+    work: the run queue's count less this process's running threads."""
+    import threading
+
+    done = threading.Event()
+
+    def busy():  # numpy's loops release the GIL: the thread stays running
+        a = np.ones(1 << 20)
+        while not done.is_set():
+            np.sqrt(a, out=a)
+
+    th = threading.Thread(target=busy, daemon=True)
+    th.start()
+    try:
+        import time
+        seen = 0
+        for _ in range(50):  # the thread is running most of the time, not every look
+            seen = max(seen, runner._own_running())
+            time.sleep(0.002)
+        assert seen >= 2  # this thread and the busy one
+    finally:
+        done.set()
+        th.join()
+
+
 @pytest.mark.slow  # a units sweep beside two busy processes on the same two CPUs: seconds
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs to pin to")

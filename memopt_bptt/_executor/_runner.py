@@ -110,11 +110,30 @@ def machine_busy() -> bool:
     return load > usable_cpus() + 0.5
 
 
+def _own_running() -> int:
+    """Threads of this process running or runnable now (this one among them): BLAS's or
+    another library's pool spinning after its last call is this process's, not other work."""
+    n = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        if stat[stat.rindex(")") + 2: stat.rindex(")") + 3] == "R":
+            n += 1
+    return max(n, 1)
+
+
 def others_running(enough: int = 1) -> int | None:
-    """Threads of other work running or waiting for a CPU right now (Linux's
-    /proc/loadavg, less this thread); None where the platform does not say. A
-    count of ``enough`` or more is looked at twice more, a millisecond apart, and
-    the least kept: a process passing through does not count."""
+    """Threads of other processes running or waiting for a CPU right now (Linux's
+    /proc/loadavg, less this process's running threads); None where the platform
+    does not say. A count of ``enough`` or more is looked at twice more, a
+    millisecond apart, and the least kept: a process passing through does not count."""
     least = None
     for look in range(3):
         try:
@@ -122,6 +141,8 @@ def others_running(enough: int = 1) -> int | None:
                 running = int(f.read().split()[3].split("/")[0]) - 1
         except (OSError, ValueError, IndexError):
             return None
+        if running >= enough:
+            running = max(running + 1 - _own_running(), 0)
         least = running if least is None else min(least, running)
         if least < enough:
             break
