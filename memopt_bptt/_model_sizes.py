@@ -125,8 +125,9 @@ class _SplitQueries:
         least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop, wide batches aside) and
         every layer at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else one
         thread, ``((0, hidden),)``. Like lanes, the split depends only on the
-        model and the batch, never on the machine: where fewer CPUs are
-        usable the threads take turns, with the same bits.
+        model and the batch, never on the machine: where the threads would not
+        each have a CPU, one thread runs every share of the split in turn, with
+        the same bits (memopt_bptt._executor._units, "One thread or several").
 
         Example::
 
