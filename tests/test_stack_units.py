@@ -343,9 +343,10 @@ def _codes(rows):
 
 
 @pytest.mark.parametrize("what", ["forward", "reverse"])
-def test_the_stop_flag_stops_every_thread_inside_the_barriers(what):
+def test_the_stop_flag_stops_every_thread_inside_the_barriers(what, monkeypatch):
     """What Ctrl-C does (memopt_bptt._interrupt): the caller sets the stop flag, which in
     units mode is the barriers' abort slot; every thread leaves its sweep within a step."""
+    monkeypatch.setattr(runner, "crowded", lambda threads: False)  # two threads, even on a busy machine
     model = stack((7, 5), threads=2, input_size=1)
     T = 1_500_000 if what == "forward" else 2
     n = 1_000_000  # reversals of one kept step
