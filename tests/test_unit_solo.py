@@ -160,6 +160,19 @@ def test_a_process_held_to_some_cpus_does_not_read_the_whole_machines_run_queue(
     assert runner.crowded(3) is True    # fewer CPUs than threads
 
 
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="the stall clock is x86's time-stamp counter")
+def test_the_stall_clock_counts_a_sleep_of_a_time_slice_as_a_stall():
+    import time
+
+    from memopt_bptt._kernels.sync import cycles
+
+    start = cycles()
+    time.sleep(0.02)  # longer than any time slice
+    waited = cycles() - start
+    assert waited > 1 << 22  # _units.STALL_CYCLES: a 20 ms wait is a stall at any clock above 0.2 GHz
+
+
 HOG = "import sys\nwhile True:\n    pass\n"
 
 

@@ -112,7 +112,9 @@ layers]``: ``S0 .. S1-1``, with its debts), read after every barrier.
   and at the ``STALLS_TO_SOLO``-th such wait within ``STALL_WINDOW``
   barriers it asks (``sync.ask_solo``) that thread 0 run every share after
   the next barrier; every thread turns there, the others with no share,
-  and run the rest of the dispatch without work or barriers.
+  and run the rest of the dispatch without work or barriers. (The wait is
+  read from x86's time-stamp counter, ``sync.cycles``; elsewhere only the
+  start of a sweep decides.)
 
 Either way each share computes the same values, and the threads' sums
 (norms, partial gradients) are added in share order, so the bits are those

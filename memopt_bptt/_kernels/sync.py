@@ -96,9 +96,14 @@ def _compare_and_swap(typingctx, arr, index, expected, value):
     return types.int64(arr, index, expected, value), codegen
 
 
+_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
 @intrinsic
 def _cycle_counter(typingctx):
     def codegen(context, builder, signature, args):
+        if not _X86:  # elsewhere LLVM may read a counter user code is not allowed to (AArch64's PMCCNTR)
+            return ir.Constant(ir.IntType(64), 0)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
                                             "llvm.readcyclecounter")
         return builder.call(fn, [])
@@ -108,12 +113,9 @@ def _cycle_counter(typingctx):
 
 @njit(cache=True, nogil=True)
 def cycles():
-    """The processor's cycle counter (the TSC on x86; 0 where there is none): for
-    telling a wait of microseconds from one of a time slice, not for timing."""
+    """The processor's time-stamp counter on x86 (0 elsewhere, where no wait then counts as
+    a stall): for telling a wait of microseconds from one of a time slice, not for timing."""
     return _cycle_counter()
-
-
-_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 
 @intrinsic
