@@ -172,8 +172,9 @@ def layout(layers: Layers, rows: int, *, lane: bool) -> LayerBuffers:
     s = i = x = xc = ch = 0
     for k, (c, n_in) in enumerate(zip(layers.cells, layers.input_sizes())):
         sl, il = rows * int(c.state_width(out)), rows * int(c.internal_width(out))
-        chunk = c.grad_chunk or 1
-        cl = int(c.grad_chunk * c.chunk_width(rows, out)) if c.grad_chunk else 0
+        steps = c.chunk_steps(rows)  # deferred weight-gradient steps per flush (0: none)
+        chunk = steps or 1
+        cl = int(steps * c.chunk_width(rows, out)) if steps else 0
         built = layers.built_input(k)
         table[k] = (s, sl, i, il, x if built else -1, xc if c.grad_chunk and (built or lane) else -1,
                     ch, cl, n_in, c.hidden_size, chunk)

@@ -30,7 +30,8 @@ the same order)::
     state_from_internal(*P, x, internal, s_out, work)         # s_out = s_t, bit-exact
 
 A cell may defer its weight gradients to sum several steps in one GEMM
-(``grad_chunk = c > 0``; the built-in LSTM does, c = 2 by default). Its
+(``grad_chunk = c > 0``; the built-in LSTM does, c = 2 by default, more at
+batches under 4 rows: ``chunk_rows``, :meth:`Cell.chunk_steps`). Its
 backward then takes two more arguments and a third kernel flushes::
 
     backward_step(*P, x, internal, ds, ds_prev, *G, work, chunk, j)
@@ -151,6 +152,9 @@ class Cell:
         grad_chunk, chunk_width, flush_grads: deferred weight gradients (see
             the module docstring); 0 / None for a cell that adds its weight
             gradients in ``backward_step``.
+        chunk_rows: with deferred gradients, the least batch rows (steps x
+            rows) a flush's GEMM sums over: a sweep of fewer rows defers more
+            steps (:meth:`chunk_steps`); 0: always ``grad_chunk`` steps.
         unit_kernels: optional (forward, rebuild, backward_local,
             backward_shared, flush), the step split by hidden units for
             threads that share it (see the module docstring); needs
@@ -182,6 +186,7 @@ class Cell:
     backward_forward_ratio: float = 2.0
     feature_major: bool = False
     grad_chunk: int = 0
+    chunk_rows: int = 0
     chunk_width: Callable[[int, int], int] | None = None
     flush_grads: Callable[..., None] | None = None
     unit_kernels: tuple | None = None
@@ -232,6 +237,15 @@ class Cell:
             "readout.weight": (output_size, self.hidden_size),
             "readout.bias": (output_size,),
         }
+
+    def chunk_steps(self, rows: int) -> int:
+        """Steps of weight gradients a sweep over ``rows`` batch rows defers into one GEMM:
+        ``grad_chunk``, or more where that many steps of these rows are fewer than
+        ``chunk_rows`` (0 without deferred gradients). Depends only on the cell and the
+        rows, so every schedule of a sweep uses the same and gives the same bits."""
+        if not self.grad_chunk:
+            return 0
+        return max(self.grad_chunk, -(-self.chunk_rows // rows)) if self.chunk_rows else self.grad_chunk
 
     def alpha(self, output_size: int) -> float:
         """Internal-state size over hidden-state size (the planner's alpha)."""
