@@ -32,7 +32,7 @@ _CACHE_LINE = 128  # bytes; two 64-byte lines, as adjacent-line prefetch pairs t
 # Stand-ins for the buffers one mode does not use (allocated once, outside any traced call).
 _NO_FLAGS = new_flags(0)
 _NO_EXCHANGE = {np.dtype(t): np.zeros(1, t) for t in (np.float32, np.float64)}
-_NO_UNITS = np.zeros((0, 0, 6), np.int64)
+_NO_UNITS = np.zeros((0, 0, 8), np.int64)
 
 
 class Data(NamedTuple):
@@ -92,7 +92,7 @@ class Buffers(NamedTuple):
     dx: np.ndarray         # dL/dx_t of the first layer under an embedding, (dim * rows)
     roww: np.ndarray       # float64 loss weights of this step's rows
     stop: np.ndarray       # int64, nonzero when the caller was interrupted: every worker stops (shared)
-    units: np.ndarray      # (shares, layers + 1, 6) int64, shared: each share's units and exchange offsets per
+    units: np.ndarray      # (shares, layers + 1, 8) int64, shared: each share's units and exchange offsets per
                            # layer, and in row ``layers`` of share k thread k's own state (_units.py), or empty
 
 
@@ -153,21 +153,23 @@ def others_running(enough: int = 1) -> int | None:
 
 def crowded(threads: int) -> bool:
     """Whether ``threads`` unit threads would not each have a CPU: fewer usable CPUs than
-    threads, or other work running on the rest (``others_running``; the 1-minute load
-    average where that is not known). Then one thread runs every share of the split
-    (the same bits), instead of threads that wait at every barrier for one another's
-    turn on a CPU. The run queue counts the whole machine's threads, so a process
-    held to some of its CPUs (``os.sched_setaffinity``, ``taskset``) counts only
-    its own; threads that stall still hand their work to one (_units.py)."""
+    threads, or a machine kept busy (the 1-minute load average, ``machine_busy``) with
+    other work running on the CPUs now (``others_running``). Then one thread runs
+    every share of the split (the same bits), instead of threads that wait at every
+    barrier for one another's turn on a CPU. Both looks are needed: the run queue
+    alone also counts another program's threads spinning for a moment after their
+    work (PyTorch's, a third of a second after a call, measured), the load average
+    alone is a minute late. Threads that stall at barriers hand their work to one
+    either way (_units.py). The run queue counts the whole machine's threads, so a
+    process held to some of its CPUs (``os.sched_setaffinity``, ``taskset``) goes by
+    its usable CPUs and the stalls."""
     free = usable_cpus()
     if free < threads:
         return True
-    if free < (os.cpu_count() or free):
+    if free < (os.cpu_count() or free) or not machine_busy():
         return False
     others = others_running(enough=free - threads + 1)
-    if others is None:
-        return machine_busy()
-    return others + threads > free
+    return others is None or others + threads > free
 
 
 def usable_cpus() -> int:
@@ -203,8 +205,8 @@ class Run:
             self.parts = sizes.lanes or (self.batch,)
             self.spin = 0
         self.blas = blas_threads_for(model, sizes)
-        if self.blas is None and (machine_busy() or crowded(usable_cpus())):
-            self.blas = 1  # BLAS's own threads would wait for CPUs other work has (the same bits)
+        if self.blas is None and machine_busy():
+            self.blas = 1
 
     switch_at = 0
     """Tests only: the barrier count after which unit threads leave the work to thread 0 (0: when
@@ -265,7 +267,7 @@ class Run:
         return jobs
 
     def _unit_table(self) -> np.ndarray:
-        """The shares' (shares, layers + 1, 6) table, shared by the threads: row k of share s
+        """The shares' (shares, layers + 1, 8) table, shared by the threads: row k of share s
         holds its units (u0, u1) of layer k and where that layer's partial dL/dh_{t-1} and
         dL/dx_t blocks of every share start in one step's half of the exchange; row
         ``layers`` of share s is thread s's own (its debts and the shares it runs, _units.py)."""
@@ -277,7 +279,7 @@ class Run:
             offsets.append((o, o + n * B * h))
             o += n * B * (h + x)
         assert o == n * unit_exchange_len(model, B)
-        table = np.zeros((n, L + 1, 6), np.int64)
+        table = np.zeros((n, L + 1, 8), np.int64)
         for s in range(n):
             for k in range(L):
                 table[s, k, :4] = (*splits[k][s], *offsets[k])

@@ -107,11 +107,13 @@ layers]``: ``S0 .. S1-1``, with its debts), read after every barrier.
 * A sweep starts with one thread for every share when ``Run`` finds the
   machine crowded (``_runner.crowded``: fewer free CPUs than threads), and
   with a thread per share otherwise.
-* Threads that stall go on with one: a thread that waited at a barrier
-  longer than a time slice (``STALL_CYCLES``) had a partner without a CPU,
-  and at the ``STALLS_TO_SOLO``-th such wait within ``STALL_WINDOW``
-  barriers it asks (``sync.ask_solo``) that thread 0 run every share after
-  the next barrier; every thread turns there, the others with no share,
+* Threads that stall go on with one: a thread adds up its waits at
+  barriers over windows of ``STALL_WINDOW`` barriers, and one that waited
+  more than half the time of ``STALL_STREAK`` windows in a row (a partner
+  that keeps losing its CPU; on a quiet machine a thread waits a few percent
+  of a window, and a virtual machine's pause of a few milliseconds fills one
+  window, not three) asks (``sync.ask_solo``) that thread 0 run every share
+  after the next barrier; every thread turns there, the others with no share,
   and run the rest of the dispatch without work or barriers. (The wait is
   read from x86's time-stamp counter, ``sync.cycles``; elsewhere only the
   start of a sweep decides.)
@@ -127,13 +129,14 @@ from memopt_bptt._kernels.mm import product
 from memopt_bptt._kernels.sync import SLOT, ask_solo, barrier, cycles, solo_after
 
 U0, U1, HP_OFF, XP_OFF = 0, 1, 2, 3  # columns of a share's rows of bufs.units (see _runner.Run._unit_tables)
-DEBTS, S0, S1, SOLO, STALLS, SINCE = 0, 1, 2, 3, 4, 5  # columns of a thread's own row (its share's last)
+DEBTS, S0, S1, SOLO, WAITED, SINCE, START, STREAK = 0, 1, 2, 3, 4, 5, 6, 7  # a thread's own row (its share's last)
 FRESH, STATE, POOL = 1, 2, 4  # debts: a forward step just ran, and the two above
-STALL_CYCLES = 1 << 22
-"""A wait at a barrier this long (cycles: about 1-4 ms) means another thread had no CPU."""
-STALLS_TO_SOLO = 8
-"""Stalls within ``STALL_WINDOW`` barriers after which the threads agree to leave the work to thread 0."""
-STALL_WINDOW = 64
+STALL_WINDOW = 128
+"""Barriers over which a thread adds up its waits (see "One thread or several")."""
+STALL_SHARE = 2
+"""A thread that waited more than 1 / ``STALL_SHARE`` of the time of ``STALL_STREAK`` windows in a row
+asks to go on with one."""
+STALL_STREAK = 3
 
 
 @inner
@@ -160,13 +163,19 @@ def cross(bufs, spec):
         st[SOLO] = 1
         st[S0] = 0
         st[S1] = bufs.units.shape[0] if me == 0 else 0
-    elif waited > STALL_CYCLES and switch == 0:
-        if count - st[SINCE] > STALL_WINDOW:
+    elif switch == 0:  # add up this window's waits; half of its time waiting: a partner without a CPU
+        if st[START] == 0:  # the sweep's first barrier opens the first window
+            st[START] = start
+            st[SINCE] = count - 1
+        st[WAITED] += waited
+        if count - st[SINCE] >= STALL_WINDOW:
+            now = cycles()
+            st[STREAK] = st[STREAK] + 1 if STALL_SHARE * st[WAITED] > now - st[START] else 0
+            if st[STREAK] >= STALL_STREAK:  # not one pause of this machine: a partner that keeps losing its CPU
+                ask_solo(flags, count)
             st[SINCE] = count
-            st[STALLS] = 0
-        st[STALLS] += 1
-        if st[STALLS] >= STALLS_TO_SOLO:
-            ask_solo(flags, count)
+            st[START] = now
+            st[WAITED] = 0
 
 
 @inner
