@@ -157,9 +157,8 @@ def crowded(threads: int) -> bool:
     other work running on the CPUs now (``others_running``). Then one thread runs
     every share of the split (the same bits), instead of threads that wait at every
     barrier for one another's turn on a CPU. Both looks are needed: the run queue
-    alone also counts another program's threads spinning for a moment after their
-    work (PyTorch's, a third of a second after a call, measured), the load average
-    alone is a minute late. Threads that stall at barriers hand their work to one
+    alone is a moment's (it sent a sweep to one thread right after a PyTorch call in
+    another process, 1 call of 8), the load average alone a minute late. Threads that stall at barriers hand their work to one
     either way (_units.py). The run queue counts the whole machine's threads, so a
     process held to some of its CPUs (``os.sched_setaffinity``, ``taskset``) goes by
     its usable CPUs and the stalls."""
