@@ -22,9 +22,9 @@ def run_interruptibly(threads: list, stop: Callable[[], None], *, grace: float =
     """Start ``threads`` and wait for them in short joins, so Ctrl-C reaches the
     caller; on any exception here (KeyboardInterrupt), call ``stop()``, give the
     threads ``grace`` seconds to finish, and re-raise."""
-    for th in threads:
-        th.start()
     try:
+        for th in threads:  # inside the try: Ctrl-C while a thread starts stops the ones started
+            th.start()
         for th in threads:
             while th.is_alive():
                 th.join(0.05)
@@ -32,7 +32,8 @@ def run_interruptibly(threads: list, stop: Callable[[], None], *, grace: float =
         stop()
         deadline = time.monotonic() + grace
         for th in threads:
-            th.join(max(0.0, deadline - time.monotonic()))
+            if th.ident is not None:  # started
+                th.join(max(0.0, deadline - time.monotonic()))
         raise
 
 

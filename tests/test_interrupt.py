@@ -109,3 +109,27 @@ def test_cli_interrupted_prints_one_line_and_exits_130():
     assert waited < 5.0, waited
     lines = [line for line in err.splitlines() if line.strip()]  # no progress bar: stderr is not a terminal
     assert lines == ["memopt-bptt: interrupted"], err
+
+
+def test_ctrl_c_while_threads_start_stops_the_started_ones():
+    """A SIGINT can land while run_interruptibly starts its threads (Thread.start waits for the
+    thread to run): the threads already started are asked to stop and joined, none left running."""
+    import threading
+
+    from memopt_bptt._interrupt import run_interruptibly
+
+    stop_flag = threading.Event()
+
+    def work():  # a worker that polls its stop flag, as the sweeps do
+        while not stop_flag.wait(0.01):
+            pass
+
+    class Interrupted(threading.Thread):
+        def start(self):
+            raise KeyboardInterrupt
+
+    first = threading.Thread(target=work, daemon=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptibly([first, Interrupted(target=work, daemon=True)], stop_flag.set)
+    assert stop_flag.is_set()
+    assert not first.is_alive()
