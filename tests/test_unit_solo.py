@@ -222,7 +222,7 @@ def test_this_processs_own_busy_threads_are_not_other_work():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs to pin to")
 def test_threads_that_stall_beside_busy_processes_go_on_with_one(tmp_path):
-    """Two unit threads and two busy processes on the same two CPUs, the sweep told the machine
+    """Two unit threads and four busy processes on the same two CPUs, the sweep told the machine
     is free: the threads stall at barriers, hand the work to thread 0, and give the bits of the
     same sweep on a quiet machine."""
     script = textwrap.dedent(f"""
@@ -244,9 +244,9 @@ def test_threads_that_stall_beside_busy_processes_go_on_with_one(tmp_path):
         model = mb.Sequence(mb.LSTM(16, 128, grad_chunk=2), output_size=4, unit_threads=2, lanes=1)
         params = model.init_params(seed=0)
         rng = np.random.default_rng(0)
-        xs, ys = rng.normal(size=(1500, 8, 16)), rng.normal(size=(1500, 8, 4))
+        xs, ys = rng.normal(size=(3000, 8, 16)), rng.normal(size=(3000, 8, 4))
         quiet = mb.value_and_grad(model, params, xs, ys, budget=0.1)
-        hogs = [subprocess.Popen([sys.executable, "-c", {HOG!r}]) for _ in cpus]
+        hogs = [subprocess.Popen([sys.executable, "-c", {HOG!r}]) for _ in cpus * 2]  # two per CPU
         for h in hogs:
             os.sched_setaffinity(h.pid, cpus)
         try:
