@@ -56,9 +56,7 @@ class Spec(NamedTuple):
 
     b0: int             # first batch row (a lane's offset; 0 otherwise)
     rows: int           # batch rows of this sweep
-    thread: int         # lane or unit-thread index
-    u0: int             # the top layer's hidden units u0 .. u1-1 (units mode; 0 .. hidden otherwise)
-    u1: int
+    thread: int         # lane or unit-thread index (a unit share's units are in Buffers.units)
     state_len: int      # elements of a state of these rows
     internal_len: int   # elements of an internal state of these rows
     quantum: int        # elements of one pool slot
@@ -158,8 +156,8 @@ def crowded(threads: int) -> bool:
     every share of the split (the same bits), instead of threads that wait at every
     barrier for one another's turn on a CPU. Both looks are needed: the run queue
     alone is a moment's (it sent a sweep to one thread right after a PyTorch call in
-    another process, 1 call of 8), the load average alone a minute late. Threads that stall at barriers hand their work to one
-    either way (_units.py). The run queue counts the whole machine's threads, so a
+    another process, 1 call of 8), the load average alone a minute late. Threads
+    that stall at barriers hand their work to one either way (_units.py). The run queue counts the whole machine's threads, so a
     process held to some of its CPUs (``os.sched_setaffinity``, ``taskset``) goes by
     its usable CPUs and the stalls."""
     free = usable_cpus()
@@ -215,10 +213,10 @@ class Run:
     def n_workers(self) -> int:
         return 1 if self.solo else len(self.parts)
 
-    def _spec(self, k: int, b0: int, rows: int, u0: int, u1: int, table: np.ndarray) -> Spec:
+    def _spec(self, k: int, b0: int, rows: int, table: np.ndarray) -> Spec:
         model, sz = self.model, self.sizes
         top = model.cells[-1]
-        return Spec(b0, rows, k, u0, u1, rows * sz.state_width, rows * sz.internal_width, sz.quantum[0] * rows,
+        return Spec(b0, rows, k, rows * sz.state_width, rows * sz.internal_width, sz.quantum[0] * rows,
                     top.hidden_size, model.output_size, self.loss_kind, self.spin,
                     self.scale, int(table[-1, S_OFF]), self.loss_mode)
 
@@ -261,7 +259,7 @@ class Run:
             bufs = Buffers(pool, *views[:9], exchange, _NO_FLAGS, lane_norms, lay.table, views[9], views[10],
                            np.empty(bl, np.float64), stop, _NO_UNITS)
             jobs.append((bufs, grads if k == 0 else tuple(views[11:]),
-                         self._spec(k, b0, bl, 0, model.hidden_size, lay.table)))
+                         self._spec(k, b0, bl, lay.table)))
             b0 += bl
         return jobs
 
@@ -310,7 +308,7 @@ class Run:
             bufs = Buffers(pool, cur, nxt, ds, ds_prev, work_int, *own, chunk, xchunk, exchange, flags,
                            norms if k == 0 else np.zeros_like(norms), lay.table, none, none, np.empty(B, np.float64),
                            flags[-SLOT:], table)  # flags[-SLOT:]: the barriers' abort flag, stopping releases every wait
-            jobs.append((bufs, grads, self._spec(k, 0, B, u0, u1, lay.table)))
+            jobs.append((bufs, grads, self._spec(k, 0, B, lay.table)))
         return jobs
 
     @staticmethod

@@ -157,7 +157,8 @@ def cross(bufs, spec):
     count = flags[me * SLOT] + 1
     start = cycles()
     barrier(flags, me, count, spec.spin)
-    waited = cycles() - start
+    end = cycles()
+    waited = end - start
     switch = solo_after(flags)
     if switch != 0 and count >= switch:  # every thread turns here, after the same barrier
         st[SOLO] = 1
@@ -169,12 +170,11 @@ def cross(bufs, spec):
             st[SINCE] = count - 1
         st[WAITED] += waited
         if count - st[SINCE] >= STALL_WINDOW:
-            now = cycles()
-            st[STREAK] = st[STREAK] + 1 if STALL_SHARE * st[WAITED] > now - st[START] else 0
+            st[STREAK] = st[STREAK] + 1 if STALL_SHARE * st[WAITED] > end - st[START] else 0
             if st[STREAK] >= STALL_STREAK:  # not one pause of this machine: a partner that keeps losing its CPU
                 ask_solo(flags, count)
             st[SINCE] = count
-            st[START] = now
+            st[START] = end
             st[WAITED] = 0
 
 
