@@ -240,6 +240,28 @@ def test_a_small_machine_refuses_what_it_cannot_hold(monkeypatch):
     mb.plan(100, budget=0.2, **GRU_SIZES).validate()
 
 
+def test_an_msm_table_whose_splits_outgrow_the_memory_left_is_refused(monkeypatch):
+    """The MSM table keeps its splits as runs, whose count is known only as they are made: with
+    room for the table's rows and the schedule but not the runs, planning stops with a MemoryError
+    saying so (the table's rows were allowed); with enough room the same plan succeeds."""
+    import memopt_bptt._planner._choose as planner  # plan_quanta reads its settings here
+    from memopt_bptt._planner._emit import emit_bytes
+
+    model = mb.Sequence([mb.LSTM(8, 32)], output_size=4)
+    T = 3000
+    rows = 16 * (2 * 8 + 6) * (T + 1) + 4 * (T + 1) + 32 * 400  # _msm_buffers, a row of splits, offsets
+    monkeypatch.setattr(planner, "available_bytes", lambda: emit_bytes(T) + rows + 20_000)
+    with pytest.raises(MemoryError, match=r"needs more than .*the MSM table's splits and the schedule"):
+        mb.plan(T, budget=0.02, model=model, batch=4, dtype="float32")
+    monkeypatch.setattr(planner, "available_bytes", lambda: emit_bytes(T) + rows + 10 ** 7)
+    s = mb.plan(T, budget=0.02, model=model, batch=4, dtype="float32", policy="msm")
+    assert s.validate() is s and s.forward_steps < plan_forwards(T, model, "ism")
+
+
+def plan_forwards(T, model, policy):
+    return mb.plan(T, budget=0.02, model=model, batch=4, dtype="float32", policy=policy).forward_steps
+
+
 def test_rows_per_step_stay_under_the_emit_bound():
     """EMIT_BYTES_PER_STEP assumes fewer than 6T + 1 rows; the densest schedules come close to 5T."""
     from memopt_bptt._planner._emit import MAX_ACTIONS_PER_STEP

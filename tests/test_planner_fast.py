@@ -59,11 +59,14 @@ def test_parallel_row_pairs_give_the_serial_table(T, hq, kq):
     tau = _lb_taus(M, hq, kq, T)
     choice_serial = np.zeros((2, M + 1, T + 1), np.int32)
     choice_pair = np.zeros((2, M + 1, T + 1), np.int32)
-    serial, evals_serial = _msm_fast_table(T, M, hq, kq, M + 1, choice_serial, tau)
-    pair, evals_pair = _msm_fast_table_pair(T, M, hq, kq, M + 1, choice_pair, tau)
-    np.testing.assert_array_equal(pair, serial)
+    big = 2 * (M + 1) * (T + 1)
+    serial = _msm_fast_table(T, M, hq, kq, M + 1, choice_serial, tau, big)
+    pair = _msm_fast_table_pair(T, M, hq, kq, M + 1, choice_pair, tau, big)
+    np.testing.assert_array_equal(pair[0], serial[0])
     np.testing.assert_array_equal(choice_pair, choice_serial)
-    assert evals_pair == evals_serial
+    assert pair[1] == serial[1]
+    for a, b in zip(pair[3:], serial[3:]):  # the runs
+        np.testing.assert_array_equal(a, b)
 
 
 def test_plan_quanta_is_the_same_with_either_table(monkeypatch):
@@ -100,7 +103,7 @@ def test_fast_msm_table_equals_naive_in_every_cell(T, hq, kq):
     naive, _ = _dp_table(T, M, hq, kq, True, True)
     choice = np.zeros((2, M + 1, T + 1), np.int32)
     tau = _lb_taus(M, hq, kq, T)
-    fast, _ = _msm_fast_table(T, M, hq, kq, M + 1, choice, tau)
+    fast = _msm_fast_table(T, M, hq, kq, M + 1, choice, tau, 2 * (M + 1) * (T + 1))[0]
     np.testing.assert_array_equal(fast.transpose(0, 2, 1), naive)
     # the recorded choices (or _lb_choice's, where t <= tau) achieve the cost they are recorded for
     rng = np.random.default_rng(0)
@@ -125,13 +128,49 @@ def test_fast_msm_ring_equals_full_table():
 
     T, M, hq, kq = 200, 500, 2, 7
     tau = _lb_taus(M, hq, kq, T)
-    full, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), tau)
-    ring, _ = _msm_fast_table(T, M, hq, kq, kq + 1, np.zeros((2, M + 1, T + 1), np.int16), tau)
+    big = 2 * (M + 1) * (T + 1)
+    full = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), tau, big)[0]
+    ring = _msm_fast_table(T, M, hq, kq, kq + 1, np.zeros((2, M + 1, T + 1), np.int16), tau, big)[0]
     # and with no cell given in closed form
-    bare, _ = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), 0 * tau)
+    bare = _msm_fast_table(T, M, hq, kq, M + 1, np.zeros((2, M + 1, T + 1), np.int32), 0 * tau, big)[0]
     np.testing.assert_array_equal(bare, full)
     for m in range(M - kq, M + 1):
         np.testing.assert_array_equal(ring[:, m % (kq + 1)], full[:, m])
+
+
+@pytest.mark.parametrize("T,M,hq,kq", [(300, 60, 2, 7), (300, 299 * 7, 2, 7), (160, 40, 1, 3), (200, 30, 3, 5)])
+def test_runs_give_back_every_recorded_choice(T, M, hq, kq):
+    """The planner keeps a row of choices at a time, as runs: decoding them (the emitter's
+    lookup, through a jitted probe) gives the dense table's choice in every cell past tau."""
+    from numba import njit
+
+    from memopt_bptt._planner._msm import _msm_fast_table
+    from memopt_bptt._planner._runs import _run_choice
+    from memopt_bptt._planner._tables import _lb_taus
+
+    @njit
+    def decode(off, starts, vals, tau, T, M):
+        out = np.zeros((2, M + 1, T + 1), np.int64)
+        for m in range(M + 1):
+            for own in range(2):
+                for t in range(tau[own, m] + 1, T + 1):
+                    if t >= 1:
+                        out[own, m, t] = _run_choice(off, starts, vals, own, m, t)
+        return out
+
+    tau = _lb_taus(M, hq, kq, T)
+    dense = np.zeros((2, M + 1, T + 1), np.int16)
+    big = 2 * (M + 1) * (T + 1)
+    _, _, n, off, starts, vals = _msm_fast_table(T, M, hq, kq, kq + 1, dense, tau, big)
+    one_row = np.zeros((2, 1, T + 1), np.int16)
+    _, _, n1, off1, starts1, vals1 = _msm_fast_table(T, M, hq, kq, kq + 1, one_row, tau, big)
+    assert n == n1 == len(starts1) and np.array_equal(off, off1) and np.array_equal(starts, starts1)
+    got = decode(off1, starts1, vals1, tau, T, M)
+    past = np.arange(T + 1)[None, None, :] > tau[:, :, None]
+    np.testing.assert_array_equal(np.where(past, got, 0), np.where(past, dense, 0))
+    assert n < past.sum()  # fewer runs than cells: the reason to keep them
+    # too few runs allowed: -1, nothing past the limit kept
+    assert _msm_fast_table(T, M, hq, kq, kq + 1, one_row, tau, n - 1)[2] == -1
 
 
 @pytest.mark.parametrize("hq,kq", [(2, 7), (1, 1), (1, 2)])
@@ -230,8 +269,8 @@ def test_msm_plans_equal_the_full_table_across_tau():
 
     T, hq, kq = 2000, 2, 7
     Mmax = 560
-    bare, _ = _msm_fast_table(T, Mmax, hq, kq, Mmax + 1, np.zeros((2, Mmax + 1, T + 1), np.int16),
-                              np.zeros((2, Mmax + 1), np.int64))
+    bare = _msm_fast_table(T, Mmax, hq, kq, Mmax + 1, np.zeros((2, Mmax + 1, T + 1), np.int16),
+                           np.zeros((2, Mmax + 1), np.int64), 2 * (Mmax + 1) * (T + 1))[0]
     tau = _lb_taus(Mmax, hq, kq, T)
     Ms = [m for m in range(0, Mmax + 1, 7)] + [Mmax - 1, Mmax]
     assert any(T <= tau[0, m] for m in Ms) and any(T > tau[0, m] for m in Ms)
@@ -253,7 +292,8 @@ def test_plain_schedule_in_numpy_equals_the_emitters_full_mode():
     for hq, kq in [(1, 1), (2, 7), (3, 2), (5, 5), (4, 1)]:
         for T in [*range(1, 40), 97, 256, 1000]:
             M = max(T - 1, 0) * (hq + kq)
-            want = _emit(T, M, hq, kq, _MODE_FULL, np.zeros((2, 1, 1), np.int16), 1, np.zeros((2, 1), np.int64))
+            none = (np.zeros(3, np.int64), np.zeros(1, np.int16), np.zeros(1, np.int16))
+            want = _emit(T, M, hq, kq, _MODE_FULL, *none, 1, np.zeros((2, 1), np.int64))
             codes, forwards, pool = _plain(T, hq, kq)
             assert codes.dtype == np.int64 and codes.flags.c_contiguous
             assert np.array_equal(codes, want[0]), (T, hq, kq)

@@ -54,8 +54,8 @@ no table, and its forward count is checked to equal the bound (so it is
 optimal). For the LSTM (hq=2, kq=7) tau(m) is about m^2/90 for large m, so
 this covers 5% and 20% of plain BPTT's memory at T = 10^4 and 1% to 20% at
 T = 10^5. Otherwise ``_msm_fast_table`` runs the same recurrence row by row
-in m (kq + 1 rows of costs kept, plus a 2-byte choice per cell while
-T < 2^15): cells with t <= tau(m) in closed form, the rest with a first
+in m (kq + 1 rows of costs kept; each row's choices kept as runs along t,
+``_runs``, 22 cells a run on average for the LSTM at T = 2*10^4): cells with t <= tau(m) in closed form, the rest with a first
 probe at the previous split and split scans that end on proven bounds of
 the cost's slopes (see its docstring); the two start kinds of a row are a
 two-iteration parallel loop, which plan_quanta runs on one thread (two were
@@ -84,7 +84,8 @@ One idea each: ``_closed`` (beta, numforw, hsm_cost and Revolve's split;
 the fixed policies' pools), ``_tables`` (the full-scan table ``_dp_table``,
 ISM's ``_ism_table``, and the lower bound: ``_lb_of``, ``_lb_taus``,
 ``_lb_choice``), ``_msm`` (the pruned exact MSM table ``_msm_fast_table``
-and its proofs), ``_emit`` (walking the splits into action codes),
+and its proofs), ``_runs`` (a table's choices as runs, and their lookup),
+``_emit`` (walking the splits into action codes),
 ``_choose`` (``plan_quanta``: which table or closed form a policy and
 budget take, and refusing a plan this process cannot hold) and ``_plan``
 (``plan``: a budget in bytes, a fraction or slots turned into quanta, and

@@ -14,6 +14,7 @@ import numpy as np
 from ._closed import _fixed_pool, _plain, _sqrt_segment
 from ._emit import _MODE_ISM, _MODE_REVOLVE, _MODE_SQRT, _MODE_TABLE, _emit, emit_bytes
 from ._msm import PAIR_MIN_CELLS, _msm_fast_table, _msm_fast_table_pair
+from ._runs import _runs_of
 from ._tables import _dp_table, _ism_table, _lb_of, _lb_taus
 
 __all__ = ["HSM_TABLE_MAX_WORK", "MSM_EXACT_MAX_WORK", "POLICIES", "available_bytes", "msm_table_work",
@@ -59,9 +60,10 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     # and capping it keeps the jitted arithmetic in int64 for any slots= a caller gives.
     M = min(max(int(free_quanta), 0), max(T - 1, 0) * (hq + kq))
     sqrt_k = _sqrt_segment(T)
-    # Every mode hands _emit its choices the same way, [own, m, t], C-ordered, of one dtype for a T
+    # Every mode hands _emit its choices the same way, as runs (_runs) of one dtype for a T
     # (each other array type would compile _emit again, ~4 s on a machine's first plan).
-    dummy = np.zeros((2, 1, 1), _choice_dtype(T))
+    dtype = _choice_dtype(T)
+    none = (np.zeros(3, np.int64), np.zeros(1, dtype), np.zeros(1, dtype))
     no_tau = np.zeros((2, 1), np.int64)
     if policy in ("full", "sqrt"):
         need = _fixed_pool(T, hq, kq, policy, sqrt_k)
@@ -70,20 +72,22 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         _reserve(T, 0, "")
         if policy == "full":
             return _plain(T, hq, kq)  # _emit's full mode, without compiling it
-        return _emit(T, M, hq, kq, _MODE_SQRT, dummy, sqrt_k, no_tau)
+        return _emit(T, M, hq, kq, _MODE_SQRT, *none, sqrt_k, no_tau)
     if policy == "revolve":
         _reserve(T, 0, "")
-        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, *none, sqrt_k, no_tau)
     if policy == "ism":
         n_slots = min(M // kq, max(T - 1, 0))
-        _reserve(T, (T + 1) * (n_slots + 1) * (12 + np.dtype(_choice_dtype(T)).itemsize), "ISM's table")
+        # the table, its choices in the dtype, and their runs (at most two values a cell)
+        _reserve(T, (T + 1) * (n_slots + 1) * (12 + 3 * np.dtype(dtype).itemsize), "ISM's table")
         _, choice = _ism_table(T, n_slots)
-        ism_choice = np.ascontiguousarray(choice.T, dtype=_choice_dtype(T))[None]  # [0, n, t]
-        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, ism_choice, sqrt_k, no_tau)
+        runs = _runs_of(np.ascontiguousarray(choice.T, dtype=dtype)[None], T)  # rows 2 n
+        del choice
+        return _emit(T, n_slots * kq, hq, kq, _MODE_ISM, *runs, sqrt_k, no_tau)
     if policy == "hsm" and float(T) * T * min(M, max(T - 1, 0) * hq) > HSM_TABLE_MAX_WORK:
         # the table equals the closed form (tests prove it for T <= 500, m <= 20): use it
         _reserve(T, 0, "")
-        return _emit(T, M, hq, kq, _MODE_REVOLVE, dummy, sqrt_k, no_tau)
+        return _emit(T, M, hq, kq, _MODE_REVOLVE, *none, sqrt_k, no_tau)
     # msm_table_work's lower-bound table (kq >= hq) or its per-step sums (kq < hq)
     _reserve(T, 16 * (min(M, max(T - 1, 0) * kq) + 1) if kq >= hq else 24 * T, "the lower-bound table")
     work = msm_table_work(T, M, hq, kq)
@@ -93,7 +97,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         tau = _lb_taus(cap, hq, kq, T)
         if T <= tau[0, cap]:
             # R(T, cap) is its lower bound, reached by _lb_choice's splits alone: no table
-            res = _emit(T, cap, hq, kq, _MODE_TABLE, dummy, sqrt_k, tau)
+            res = _emit(T, cap, hq, kq, _MODE_TABLE, *none, sqrt_k, tau)
             if res[1] == _lb_of(T, cap, 0, hq, kq):
                 return res
             work = 2.0 * (cap + 1) * (T + 1)  # not expected (see _lb_taus): the table decides
@@ -117,26 +121,35 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
     cap = min(M, max(T - 1, 0) * kq if use_i else max(T - 1, 0) * hq)
     cells = 2 * (cap + 1) * (T + 1)
     if policy == "msm" and kq >= hq:
-        # the choices, and _msm_buffers' two cost tables of kq + 1 rows and six of 3 rows
-        _reserve(T, cells * np.dtype(_choice_dtype(T)).itemsize + 16 * (2 * (kq + 1) + 6) * (T + 1)
-                 + 16 * (cap + 1), "the MSM table")
-        choice = np.zeros((2, cap + 1, T + 1), _choice_dtype(T))
+        # _msm_buffers' two cost tables of kq + 1 rows and six of 3 rows, a row of choices, the
+        # runs' offsets; then the runs, as many as the memory left holds (with room to grow by half)
+        fixed = 16 * (2 * (kq + 1) + 6) * (T + 1) + 4 * (T + 1) + 32 * (cap + 1)
+        _reserve(T, fixed, "the MSM table")
+        avail = available_bytes()
+        run_bytes = 2 * np.dtype(dtype).itemsize
+        max_runs = cells if avail is None else min(cells, (avail - emit_bytes(T) - fixed) * 2 // (5 * run_bytes))
+        choice = np.zeros((2, 1, T + 1), dtype)  # one row, kept as runs after each m
         # One thread: the two-kind parallel rows measured slower on two (T=10^4 at 1%:
         # 2.45 s against 1.65 s), their synchronisation per row outweighing the split.
         if kq > hq and (cap + 1) * (T + 1) >= PAIR_MIN_CELLS:
             threads = numba.get_num_threads()
             numba.set_num_threads(1)
             try:
-                _msm_fast_table_pair(T, cap, hq, kq, kq + 1, choice, tau)
+                table = _msm_fast_table_pair(T, cap, hq, kq, kq + 1, choice, tau, max_runs)
             finally:
                 numba.set_num_threads(threads)
         else:
-            _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau)
-        return _emit(T, cap, hq, kq, _MODE_TABLE, choice, sqrt_k, tau)
-    _reserve(T, cells * (12 + np.dtype(_choice_dtype(T)).itemsize), "the full-scan table")
+            table = _msm_fast_table(T, cap, hq, kq, kq + 1, choice, tau, max_runs)
+        kept, runs = table[2], table[3:]
+        del table
+        if kept < 0:
+            raise _TooLarge(None, avail, "the MSM table's splits")
+        return _emit(T, cap, hq, kq, _MODE_TABLE, *runs, sqrt_k, tau)
+    _reserve(T, cells * (12 + 3 * np.dtype(dtype).itemsize), "the full-scan table")
     _, choice = _dp_table(T, cap, hq, kq, use_h, use_i)  # a [own, t, m] view of [own, m, t]
-    return _emit(T, cap, hq, kq, _MODE_TABLE, choice.transpose(0, 2, 1).astype(_choice_dtype(T)), sqrt_k,
-                 no_tau)
+    runs = _runs_of(choice.transpose(0, 2, 1).astype(dtype), T)
+    del choice
+    return _emit(T, cap, hq, kq, _MODE_TABLE, *runs, sqrt_k, no_tau)
 
 
 class _TooSmall(Exception):
@@ -145,9 +158,10 @@ class _TooSmall(Exception):
 
 
 class _TooLarge(Exception):
-    """Planning would need more memory than this process can get: refused before allocating."""
+    """Planning would need more memory than this process can get: refused before allocating
+    (need known), or once the MSM table's runs outgrow what is left (need None)."""
 
-    def __init__(self, need: int, available: int, table: str):
+    def __init__(self, need: int | None, available: int, table: str):
         self.need, self.available, self.table = need, available, table
 
 

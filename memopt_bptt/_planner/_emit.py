@@ -16,6 +16,7 @@ from numba import njit
 from .._jit import inner
 from .._actions import WORKING, Op
 from ._closed import _hsm_split
+from ._runs import _run_choice
 from ._tables import _LB_FAIL, _lb_choice
 
 # where a segment's split comes from
@@ -83,18 +84,19 @@ def _push(tasks, sp, kind, a, t, m, src, top, own):
 
 
 @inner(cache=True)
-def _split(mode, t, m, own, hq, kq, choice, cap, sqrt_k, tau):
+def _split(mode, t, m, own, hq, kq, off, starts, vals, cap, sqrt_k, tau):
     """The split of a segment (0 = W, y > 0 = H at y, -y = I at y), or _LB_FAIL.
 
     In table mode a cell with t <= tau[own, m] takes _lb_choice's split
-    instead of the table's (tau of shape (2, 1) with zeros: never).
+    instead of the table's (tau of shape (2, 1) with zeros: never); the
+    table's splits are runs (``_runs``).
     """
     if mode == _MODE_TABLE:
         if m < tau.shape[1] and t <= tau[own, m]:
             return _lb_choice(t, m, own, hq, kq, tau)
-        return choice[own, min(m, cap), t]
+        return _run_choice(off, starts, vals, own, min(m, cap), t)
     if mode == _MODE_ISM:
-        return choice[0, min(m // kq, cap), t]
+        return _run_choice(off, starts, vals, 0, min(m // kq, cap), t)
     if mode == _MODE_REVOLVE:
         return _hsm_split(t, m // hq + 1)
     if mode == _MODE_SQRT and t > sqrt_k:
@@ -103,8 +105,11 @@ def _split(mode, t, m, own, hq, kq, choice, cap, sqrt_k, tau):
 
 
 @njit(cache=True)
-def _emit(T, M, hq, kq, mode, choice, sqrt_k, tau):
+def _emit(T, M, hq, kq, mode, off, starts, vals, sqrt_k, tau):
     """Walk the chosen splits and write the actions as (op, step, slot) rows.
+
+    A table's splits come as runs (off, starts, vals; ``_runs``), rows
+    2 m + own for m <= cap; other modes pass empty ones.
 
     Returns (codes, forwards, pool_quanta); forwards = -1 if _lb_choice
     found no split (not expected: see _lb_taus).
@@ -116,7 +121,7 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k, tau):
     forwards = 0
     peak = hq
     sp = _push(tasks, 0, _TASK_SEGMENT, 0, T, M, 0, hq, 0)
-    cap = choice.shape[1] - 1  # choice is [own, m, t]
+    cap = (off.shape[0] - 1) // 2 - 1  # rows 2 m + own, m <= cap
     while sp > 0:
         sp -= 1
         kind = tasks[sp, 0]
@@ -139,7 +144,7 @@ def _emit(T, M, hq, kq, mode, choice, sqrt_k, tau):
             restore = Op.RESTORE_INTERNAL if src >= _INTERNAL else Op.RESTORE
             n = _put(out, n, restore, a, src % _INTERNAL)
             cur = a
-        ch = _split(mode, t, m, own, hq, kq, choice, cap, sqrt_k, tau)
+        ch = _split(mode, t, m, own, hq, kq, off, starts, vals, cap, sqrt_k, tau)
         if ch == _LB_FAIL:
             return out[:0].copy(), -1, peak
         if ch == 0:

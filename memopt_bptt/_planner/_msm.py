@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._jit import inner
+from ._runs import RUNS_START, _keep_runs
 
 
 @inner(cache=True)
@@ -128,15 +129,17 @@ def _msm_scan(cost, pmx, stk, stkv, ssz, sa, oa, ra, sb, ob, rb, t, off, ylo, gu
 
 
 @njit(cache=True)
-def _msm_fast_table(T, M, hq, kq, R, choice, tau):
+def _msm_fast_table(T, M, hq, kq, R, choice, tau, max_runs):
     """The MSM table of _dp_table (use_h = use_i = True), same costs, in
     O((M+1) (T+1)) cells with short split scans and R rows of costs kept.
 
     Rows are computed in order of m (row m reads rows m-hq, m-kq and
     m-kq+hq, so needs kq >= hq; R = kq + 1 keeps a ring, R = M + 1 the whole
-    table). Writes choice[own, m, t] (0 = W, y = H at y, -y = I at y) for
-    t > tau[own, m] and returns (cost [own, R, T+1] as kept, split
-    evaluations). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
+    table). Writes choice[own, m % rows, t] (0 = W, y = H at y, -y = I at
+    y) for t > tau[own, m], where choice has every row (tests) or one (the
+    planner), and keeps each row as runs (``_runs``) of at most max_runs.
+    Returns (cost [own, R, T+1] as kept, split evaluations, runs kept, or -1
+    once they would exceed max_runs, and the runs: off, starts, vals). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
     their lower bound, proven below; their splits come from _lb_choice. The
     two start kinds of a row read only lower rows when kq > hq: then
     _msm_fast_table_pair computes them as one parallel loop (_msm_row_pair),
@@ -190,12 +193,24 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau):
     cost is the same (tests/test_planner_fast.py checks every cell).
     """
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
+    off, starts, vals = _runs_buffers(M, choice)
+    n = 0
     evals = 0
     for m in range(M + 1):
         for own in range(2):  # row m of own = 1 reads row m of own = 0
             evals += _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk[own], stkv[own], ssz[own],
                               upto[own])
-    return cost, evals
+        n, starts, vals = _keep_runs(choice, m, tau, T, off, starts, vals, n, max_runs)
+        if n < 0:
+            break
+    return cost, evals, n, off, starts[:max(n, 0)], vals[:max(n, 0)]
+
+
+@inner(cache=True)
+def _runs_buffers(M, choice):
+    """The runs' row offsets (2 (M + 1) + 1) and their first buffers of starts and values."""
+    return (np.zeros(2 * (M + 1) + 1, np.int64), np.empty(RUNS_START, choice.dtype),
+            np.empty(RUNS_START, choice.dtype))
 
 
 @inner(cache=True)
@@ -216,13 +231,18 @@ on a machine (Numba's parfors), which a table of this size repays (T = 10^4 at
 
 
 @njit(cache=True)
-def _msm_fast_table_pair(T, M, hq, kq, R, choice, tau):
-    """_msm_fast_table with both start kinds of each row in _msm_row_pair (needs kq > hq)."""
+def _msm_fast_table_pair(T, M, hq, kq, R, choice, tau, max_runs):
+    """_msm_fast_table with both start kinds of each row in _msm_row_pair (needs kq > hq); the same returns."""
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
+    off, starts, vals = _runs_buffers(M, choice)
+    n = 0
     evals = 0
     for m in range(M + 1):
         evals += _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
-    return cost, evals
+        n, starts, vals = _keep_runs(choice, m, tau, T, off, starts, vals, n, max_runs)
+        if n < 0:
+            break
+    return cost, evals, n, off, starts[:max(n, 0)], vals[:max(n, 0)]
 
 
 @njit(cache=True, parallel=True)
@@ -257,7 +277,8 @@ def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
     evals = 0
     cost[own, r, 0] = 0
     pmx[own, r, 0] = 0
-    choice[own, m, 0] = 0
+    rc = m % choice.shape[1]  # choice keeps every row, or one row that _keep_runs reads after each m
+    choice[own, rc, 0] = 0
     n_own = (m + own * hq) // kq
     m1 = m - kq + (hq if own == 1 else 0)
     r1 = m1 % R
@@ -319,5 +340,5 @@ def _msm_row(T, m, own, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)
                         ch = -y
         cost[own, r, t] = best
         pmx[own, r, t] = max(pmx[own, r, t - 1], best - cost[own, r, t - 1])
-        choice[own, m, t] = ch
+        choice[own, rc, t] = ch
     return evals

@@ -22,8 +22,10 @@ __all__ = ["plan"]
 
 def _too_large_error(T: int, exc: _TooLarge) -> MemoryError:
     what = f"{exc.table} and the schedule" if exc.table else "the schedule"
+    need = (f"more than {format_bytes(exc.available)} ({what})" if exc.need is None
+            else f"up to {format_bytes(exc.need)} ({exc.need} bytes; {what})")
     return MemoryError(
-        f"plan: T={T} needs up to {format_bytes(exc.need)} ({exc.need} bytes; {what}) to plan, but this "
+        f"plan: T={T} needs {need} to plan, but this "
         f"process can get {format_bytes(exc.available)}; plan fewer steps (train on windows with truncate=, or "
         "run a long sequence in pieces with final_state) or with a smaller budget")
 
