@@ -66,7 +66,7 @@ def test_the_tiled_kernel_is_chosen_only_where_it_measured_faster():
 _PRODUCTS = """
 import json, sys
 import numpy as np
-from memopt_bptt._kernels.mm import matmul, vector_bytes
+from memopt_bptt._kernels.mm import column, matmul, vector_bytes
 out = {"vector_bytes": vector_bytes(), "c": []}
 for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64), (np.float32, 9, 5, 32),
                        (np.float32, 21, 6, 8), (np.float64, 11, 9, 16)):
@@ -75,6 +75,13 @@ for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64), (np.fl
     b = rng.standard_normal((K, N)).astype(dtype)
     c = rng.standard_normal((M, N)).astype(dtype)
     matmul(a, b, c, True)
+    out["c"].append(c.astype(np.float64).tolist())
+for dtype, M, K in ((np.float32, 37, 50), (np.float64, 12, 21)):   # one-column products
+    rng = np.random.default_rng(M + K)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, 1)).astype(dtype)
+    c = rng.standard_normal((M, 1)).astype(dtype)
+    assert column(a, b, c, True)
     out["c"].append(c.astype(np.float64).tolist())
 print(json.dumps(out))
 """
@@ -90,7 +97,8 @@ def _products(env_extra: dict) -> dict:
 @pytest.mark.slow
 def test_avx2_build_gives_the_same_bits_as_the_host_build():
     """The GEMM compiled for haswell (AVX2 tiles of 6 rows x 2 registers) in one process and for this
-    host in another: equal bit for bit, and equal to numpy's float64 products to rounding."""
+    host in another: equal bit for bit, and equal to numpy's float64 products to rounding; and so
+    the one-column dot products (one 64-byte line of lanes: one register, or two with AVX2)."""
     host = _products({})
     avx2 = _products({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""})
     assert avx2["vector_bytes"] == 32

@@ -28,6 +28,11 @@ no result: each element is the same chain of fused multiply-adds. With
 AVX2, ``product`` hands products wider than two lines to BLAS
 (:func:`tiled_max_lines`), where OpenBLAS's own kernels measured faster.
 
+:func:`column` computes a one-column product (batch 1) with a dot product per
+row of a weight as stored (a line of lanes, summed in a fixed order) or, for a
+transposed view, the tiles' one-row form; :func:`blas_or_column` is the cells'
+entry point (BLAS otherwise).
+
 ``matmul(a, b, c, accumulate)`` computes ``c = a @ b`` (or ``c += a @ b``) for
 2-D arrays of one float dtype where b's and c's rows are contiguous and the
 column count is a multiple of the vector width; :func:`fits` says whether it
@@ -44,7 +49,7 @@ from numba.extending import intrinsic
 
 from .blas import gemm
 
-__all__ = ["matmul", "fits", "product", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
+__all__ = ["matmul", "fits", "product", "column", "blas_or_column", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
 
 LINE_BYTES = 64
 """Bytes of one vector of the tile (16 float32 or 8 float64)."""
@@ -163,6 +168,123 @@ def _make_tile(R: int, V: int, half: bool = False):
     return tile
 
 
+def _make_dot(R: int):
+    @intrinsic
+    def dot(typingctx, a, b, c, m0, accumulate):
+        """c[m0:m0+R, 0] (+)= a[m0:m0+R, :] @ b[:, 0], a's rows and b's column contiguous.
+
+        Each row's sum is the same chain whatever R: one line of W lanes, lane j
+        adding a[m, k] b[k] for k = j mod W in order by fused multiply-adds,
+        then the lanes halved pairwise (j + j + W/2 ...) to one, then the
+        K mod W last products by fused multiply-adds in order, then c's value
+        added (with ``accumulate``)."""
+        if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
+                and a.dtype in (types.float32, types.float64)):
+            return None
+        sig = types.void(a, b, c, m0, accumulate)
+
+        def codegen(context, builder, signature, args):
+            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            b_arr = context.make_array(signature.args[1])(context, builder, args[1])
+            c_arr = context.make_array(signature.args[2])(context, builder, args[2])
+            m0_v = context.cast(builder, args[3], signature.args[3], types.int64)
+            acc_flag = context.cast(builder, args[4], signature.args[4], types.boolean)
+            flt = context.get_value_type(signature.args[0].dtype)
+            size = 4 if signature.args[0].dtype == types.float32 else 8
+            W = LINE_BYTES // size
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(flt, W)
+            itemsize = ir.Constant(i64, size)
+            K = cgutils.unpack_tuple(builder, a_arr.shape, 2)[1]
+            sm = builder.sdiv(cgutils.unpack_tuple(builder, a_arr.strides, 2)[0], itemsize)
+            ldc = builder.sdiv(cgutils.unpack_tuple(builder, c_arr.strides, 2)[0], itemsize)
+            suffix = "f32" if size == 4 else "f64"
+            vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                  f"llvm.fma.v{W}{suffix}")
+            sfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(flt, [flt] * 3),
+                                                  f"llvm.fma.{suffix}")
+
+            def vptr(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+            rows = [builder.mul(builder.add(m0_v, ir.Constant(i64, r)), sm) for r in range(R)]
+            accs = [cgutils.alloca_once(builder, vec) for _ in range(R)]
+            for r in range(R):
+                builder.store(ir.Constant(vec, [0.0] * W), accs[r])
+            blocks = builder.sdiv(K, ir.Constant(i64, W))
+            with cgutils.for_range(builder, blocks) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(i64, W))
+                bv = builder.load(vptr(b_arr.data, k0), align=size)
+                for r in range(R):
+                    av = builder.load(vptr(a_arr.data, builder.add(rows[r], k0)), align=size)
+                    builder.store(builder.call(vfma, [av, bv, builder.load(accs[r])]), accs[r])
+            sums = []
+            for r in range(R):
+                v, w = builder.load(accs[r]), W
+                while w > 1:
+                    w //= 2
+                    undef = ir.Constant(v.type, ir.Undefined)
+                    lo = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+                    hi = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(i32, w), list(range(w, 2 * w))))
+                    v = builder.fadd(lo, hi)
+                slot = cgutils.alloca_once(builder, flt)
+                builder.store(builder.extract_element(v, ir.Constant(i32, 0)), slot)
+                sums.append(slot)
+            with cgutils.for_range(builder, builder.sub(K, builder.mul(blocks, ir.Constant(i64, W)))) as loop:
+                k = builder.add(builder.mul(blocks, ir.Constant(i64, W)), loop.index)
+                bk = builder.load(builder.gep(b_arr.data, [k]))
+                for r in range(R):
+                    ak = builder.load(builder.gep(a_arr.data, [builder.add(rows[r], k)]))
+                    builder.store(builder.call(sfma, [ak, bk, builder.load(sums[r])]), sums[r])
+            for r in range(R):
+                cp = builder.gep(c_arr.data, [builder.mul(builder.add(m0_v, ir.Constant(i64, r)), ldc)])
+                with builder.if_then(acc_flag):
+                    builder.store(builder.fadd(builder.load(cp), builder.load(sums[r])), sums[r])
+                builder.store(builder.load(sums[r]), cp)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot
+
+
+_DOT_ROWS = 4
+_dR, _d1 = _make_dot(_DOT_ROWS), _make_dot(1)
+
+
+@njit(cache=True)
+def column(a, b, c, accumulate):
+    """``c (+)= a @ b`` for a one-column c by this module's kernels; False (nothing done) where
+    they do not apply, for the caller's BLAS. OpenBLAS runs one-column products through its
+    GEMM. Measured one thread, float32 (bench_gemm_kernels.py, the batch-1 products of an LSTM):
+    at hidden 256 these take 0.95-1.07x the time of OpenBLAS's SkylakeX kernels and 0.23-0.34x
+    of its Haswell ones (AVX2 code, --avx2); at hidden 1024 0.50-0.82x and 0.37-0.49x.
+
+    a's rows contiguous (a weight as stored): a dot product per row, ``_make_dot``; a
+    transposed view of such a weight: ``c^T = b^T @ a^T``, the tile kernel's one-row tiles
+    (needs c's length a multiple of half a line). Each element's arithmetic does not depend
+    on which rows of c a call computes."""
+    if c.shape[1] != 1 or c.shape[0] == 0:
+        return False
+    size = c.itemsize
+    if a.strides[1] == size and b.strides[0] == size:
+        M = c.shape[0]
+        m0 = 0
+        while m0 + _DOT_ROWS <= M:
+            _dR(a, b, c, m0, accumulate)
+            m0 += _DOT_ROWS
+        while m0 < M:
+            _d1(a, b, c, m0, accumulate)
+            m0 += 1
+        return True
+    # c^T's columns in half lines run at half width: slower than OpenBLAS's SkylakeX kernels
+    # there (M = 1000: 27.9 against 12.7 us), not than its Haswell ones (25.8 against 42.0 us)
+    if a.strides[0] == size and fits(a.T, c.T) and (c.shape[0] % _width(c) == 0 or _VBYTES < LINE_BYTES):
+        matmul(b.T, a.T, c.T, accumulate)
+        return True
+    return False
+
+
 def tiled_max_lines(vbytes: int) -> int:
     """Widest C (in 64-byte lines of columns) for which ``product`` takes the tiled kernel rather than
     BLAS, for vector registers of ``vbytes`` bytes; 0: no limit. Measured one thread, float32
@@ -243,9 +365,23 @@ def matmul(a, b, c, accumulate):
 
 
 @njit(cache=True)
+def blas_or_column(a, b, c, accumulate):
+    """``c (+)= a @ b`` with BLAS, or :func:`column`'s kernels for a one-column c (one batch row);
+    a a weight as stored (rows contiguous) or a transposed view of one."""
+    if c.shape[1] == 1 and column(a, b, c, accumulate):
+        return
+    if a.strides[1] == a.itemsize:
+        gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)
+    else:
+        gemm(True, False, 1.0, a.T, b, 1.0 if accumulate else 0.0, c)
+
+
+@njit(cache=True)
 def product(a, b, c, accumulate):
     """matmul where it fits and pays (:func:`tiled_max_lines`), else BLAS: ``c (+)= a @ b``; b's and
     c's rows contiguous, and a's rows or (a transposed view) its columns."""
+    if c.shape[1] == 1 and column(a, b, c, accumulate):
+        return
     if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c)):
         matmul(a, b, c, accumulate)
     elif a.strides[1] == a.itemsize:
