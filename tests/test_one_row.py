@@ -20,7 +20,7 @@ import pytest
 from numba import njit
 
 import memopt_bptt as mb
-from memopt_bptt._kernels.mm import LINE_BYTES, blas_or_column, column, vector_bytes
+from memopt_bptt._kernels.mm import LINE_BYTES, column, gemm_n, gemm_t, vector_bytes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,11 @@ def _column(a, b, c, accumulate):
 
 @njit
 def _blas_or_column(a, b, c, accumulate):
-    blas_or_column(a, b, c, accumulate)
+    """The cells' entry points: gemm_n for a weight as stored, gemm_t for a transposed view."""
+    if a.strides[1] == a.itemsize:
+        gemm_n(a, b, c, accumulate)
+    else:
+        gemm_t(a.T, b, c, accumulate)
 
 
 SHAPES = [(1024, 256), (256, 1024), (40, 64), (37, 19), (8, 3), (1, 17), (5, 1), (16, 32)]
@@ -115,3 +119,40 @@ def test_batch_one_gradients_equal_a_doubled_batch_on_blas(kind, hidden):
             assert loss_b == loss1
             for name in grads1:
                 np.testing.assert_array_equal(grads_b[name], grads1[name])
+
+
+_NO_JIT = """
+import json
+import numpy as np
+import memopt_bptt as mb
+out = {}
+for kind, cell in (("lstm", mb.LSTM(8, 16)), ("gru", mb.GRU(8, 16)), ("elman", mb.Elman(8, 16))):
+    model = mb.Sequence(cell, output_size=3)
+    params = model.init_params(seed=0)
+    xs = np.random.default_rng(0).normal(size=(6, 1, 8))
+    ys = np.random.default_rng(1).normal(size=(6, 1, 3))
+    loss, grads = mb.value_and_grad(model, params, xs, ys)
+    out[kind] = [loss, {k: v.tolist() for k, v in grads.items()}]
+print(json.dumps(out))
+"""
+
+
+def test_without_numba_batch_one_runs_on_numpy_and_agrees():
+    """Under NUMBA_DISABLE_JIT the kernels' intrinsics cannot run as Python: the one-column
+    products fall back to numpy, and give the jitted build's gradients to rounding."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-c", _NO_JIT], capture_output=True, text=True, env=env,
+                          timeout=600, check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind, cell in (("lstm", mb.LSTM(8, 16)), ("gru", mb.GRU(8, 16)), ("elman", mb.Elman(8, 16))):
+        model = mb.Sequence(cell, output_size=3)
+        params = model.init_params(seed=0)
+        xs = np.random.default_rng(0).normal(size=(6, 1, 8))
+        ys = np.random.default_rng(1).normal(size=(6, 1, 3))
+        loss, grads = mb.value_and_grad(model, params, xs, ys)
+        assert abs(got[kind][0] - loss) <= 1e-12 * abs(loss), kind
+        for name, g in grads.items():
+            assert max_relative_error(np.array(got[kind][1][name]), g) < 1e-10, (kind, name)

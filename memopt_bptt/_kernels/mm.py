@@ -30,8 +30,8 @@ AVX2, ``product`` hands products wider than two lines to BLAS
 
 :func:`column` computes a one-column product (batch 1) with a dot product per
 row of a weight as stored (a line of lanes, summed in a fixed order) or, for a
-transposed view, the tiles' one-row form; :func:`blas_or_column` is the cells'
-entry point (BLAS otherwise).
+transposed view, the tiles' one-row form; :func:`gemm_n` and :func:`gemm_t`
+(``w @ b`` and ``w.T @ b``) are the cells' entry points (BLAS otherwise).
 
 ``matmul(a, b, c, accumulate)`` computes ``c = a @ b`` (or ``c += a @ b``) for
 2-D arrays of one float dtype where b's and c's rows are contiguous and the
@@ -42,14 +42,16 @@ and callers fall back to BLAS otherwise.
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .._jit import inner
 from .blas import gemm
 
-__all__ = ["matmul", "fits", "product", "column", "blas_or_column", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
+__all__ = ["matmul", "fits", "product", "column", "gemm_n", "gemm_t", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
 
 LINE_BYTES = 64
 """Bytes of one vector of the tile (16 float32 or 8 float64)."""
@@ -98,22 +100,30 @@ def tile_rows(vbytes: int) -> tuple[int, int, int, int]:
     return 3, 1, 1, 6
 
 
+def _float_arrays(a, b, c) -> bool:
+    """Whether an intrinsic's a, b, c are arrays of one float dtype (float32 or float64)."""
+    return (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
+            and a.dtype in (types.float32, types.float64))
+
+
+def _operands(context, builder, signature, args):
+    """An intrinsic's (a, b, c) as array structs, its integer offsets as int64, and its last
+    argument (accumulate) as a boolean."""
+    arrays = tuple(context.make_array(signature.args[i])(context, builder, args[i]) for i in range(3))
+    offsets = tuple(context.cast(builder, args[i], signature.args[i], types.int64) for i in range(3, len(args) - 1))
+    return arrays, offsets, context.cast(builder, args[-1], signature.args[-1], types.boolean)
+
+
 def _make_tile(R: int, V: int, half: bool = False):
     @intrinsic
     def tile(typingctx, a, b, c, m0, n0, accumulate):
         """c[m0:m0+R, n0:n0+V*W] (+)= a[m0:m0+R, :] @ b[:, n0:n0+V*W] (W halved with ``half``)."""
-        if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
-                and a.dtype in (types.float32, types.float64)):
+        if not _float_arrays(a, b, c):
             return None
         sig = types.void(a, b, c, m0, n0, accumulate)
 
         def codegen(context, builder, signature, args):
-            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            b_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            c_arr = context.make_array(signature.args[2])(context, builder, args[2])
-            m0_v = context.cast(builder, args[3], signature.args[3], types.int64)
-            n0_v = context.cast(builder, args[4], signature.args[4], types.int64)
-            acc_flag = context.cast(builder, args[5], signature.args[5], types.boolean)
+            (a_arr, b_arr, c_arr), (m0_v, n0_v), acc_flag = _operands(context, builder, signature, args)
             flt = context.get_value_type(signature.args[0].dtype)
             size = 4 if signature.args[0].dtype == types.float32 else 8
             W = LINE_BYTES // size // (2 if half else 1)
@@ -178,17 +188,12 @@ def _make_dot(R: int):
         then the lanes halved pairwise (j + j + W/2 ...) to one, then the
         K mod W last products by fused multiply-adds in order, then c's value
         added (with ``accumulate``)."""
-        if not (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
-                and a.dtype in (types.float32, types.float64)):
+        if not _float_arrays(a, b, c):
             return None
         sig = types.void(a, b, c, m0, accumulate)
 
         def codegen(context, builder, signature, args):
-            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            b_arr = context.make_array(signature.args[1])(context, builder, args[1])
-            c_arr = context.make_array(signature.args[2])(context, builder, args[2])
-            m0_v = context.cast(builder, args[3], signature.args[3], types.int64)
-            acc_flag = context.cast(builder, args[4], signature.args[4], types.boolean)
+            (a_arr, b_arr, c_arr), (m0_v,), acc_flag = _operands(context, builder, signature, args)
             flt = context.get_value_type(signature.args[0].dtype)
             size = 4 if signature.args[0].dtype == types.float32 else 8
             W = LINE_BYTES // size
@@ -252,7 +257,7 @@ _DOT_ROWS = 4
 _dR, _d1 = _make_dot(_DOT_ROWS), _make_dot(1)
 
 
-@njit(cache=True)
+@inner(cache=True)
 def column(a, b, c, accumulate):
     """``c (+)= a @ b`` for a one-column c by this module's kernels; False (nothing done) where
     they do not apply, for the caller's BLAS. OpenBLAS runs one-column products through its
@@ -264,25 +269,61 @@ def column(a, b, c, accumulate):
     transposed view of such a weight: ``c^T = b^T @ a^T``, the tile kernel's one-row tiles
     (needs c's length a multiple of half a line). Each element's arithmetic does not depend
     on which rows of c a call computes."""
-    if c.shape[1] != 1 or c.shape[0] == 0:
-        return False
+    if a.strides[1] == a.itemsize:
+        return _column_rows(a, b, c, accumulate)
+    return _column_t(a.T, b, c, accumulate)
+
+
+@inner(cache=True)
+def _column_rows(w, b, c, accumulate):
+    """column for a weight w as stored: c (+)= w @ b by a dot product per row."""
     size = c.itemsize
-    if a.strides[1] == size and b.strides[0] == size:
-        M = c.shape[0]
-        m0 = 0
-        while m0 + _DOT_ROWS <= M:
-            _dR(a, b, c, m0, accumulate)
-            m0 += _DOT_ROWS
-        while m0 < M:
-            _d1(a, b, c, m0, accumulate)
-            m0 += 1
-        return True
-    # c^T's columns in half lines run at half width: slower than OpenBLAS's SkylakeX kernels
-    # there (M = 1000: 27.9 against 12.7 us), not than its Haswell ones (25.8 against 42.0 us)
-    if a.strides[0] == size and fits(a.T, c.T) and (c.shape[0] % _width(c) == 0 or _VBYTES < LINE_BYTES):
-        matmul(b.T, a.T, c.T, accumulate)
+    if c.shape[1] != 1 or c.shape[0] == 0 or w.strides[1] != size or b.strides[0] != size:
+        return False
+    M = c.shape[0]
+    m0 = 0
+    while m0 + _DOT_ROWS <= M:
+        _dR(w, b, c, m0, accumulate)
+        m0 += _DOT_ROWS
+    while m0 < M:
+        _d1(w, b, c, m0, accumulate)
+        m0 += 1
+    return True
+
+
+@inner(cache=True)
+def _column_t(w, b, c, accumulate):
+    """column for a transposed weight: c (+)= w.T @ b, w as stored, as c^T = b^T @ w in one-row tiles.
+
+    c^T's columns in half lines run at half width: slower than OpenBLAS's SkylakeX kernels
+    there (M = 1000: 27.9 against 12.7 us), not than its Haswell ones (25.8 against 42.0 us)."""
+    if c.shape[1] != 1 or c.shape[0] == 0 or w.strides[1] != c.itemsize:
+        return False
+    if fits(w, c.T) and (c.shape[0] % _width(c) == 0 or _VBYTES < LINE_BYTES):
+        _one_row(b.T, w, c.T, accumulate)
         return True
     return False
+
+
+@inner(cache=True)
+def _one_row(a, b, c, accumulate):
+    """matmul for a one-row c: the same tiles (so the same bits), and only the four one-row
+    ones compiled (matmul's nine, compiled again for column's transposed views, had added
+    about 10 s to a cell's first batch-1 sweep)."""
+    N = c.shape[1]
+    w = _width(c)
+    if _R4 > 1 and N % (4 * w) == 0:
+        for n0 in range(0, N, 4 * w):
+            _t1x4(a, b, c, 0, n0, accumulate)
+    elif N % (2 * w) == 0:
+        for n0 in range(0, N, 2 * w):
+            _t1x2(a, b, c, 0, n0, accumulate)
+    elif N % w != 0:
+        for n0 in range(0, N, w // 2):
+            _h1x1(a, b, c, 0, n0, accumulate)
+    else:
+        for n0 in range(0, N, w):
+            _t1x1(a, b, c, 0, n0, accumulate)
 
 
 def tiled_max_lines(vbytes: int) -> int:
@@ -364,23 +405,30 @@ def matmul(a, b, c, accumulate):
                 m0 += 1
 
 
-@njit(cache=True)
-def blas_or_column(a, b, c, accumulate):
-    """``c (+)= a @ b`` with BLAS, or :func:`column`'s kernels for a one-column c (one batch row);
-    a a weight as stored (rows contiguous) or a transposed view of one."""
-    if c.shape[1] == 1 and column(a, b, c, accumulate):
-        return
-    if a.strides[1] == a.itemsize:
-        gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)
-    else:
-        gemm(True, False, 1.0, a.T, b, 1.0 if accumulate else 0.0, c)
+@inner(cache=True)
+def gemm_n(w, b, c, accumulate):
+    """``c (+)= w @ b``, w a weight as stored: BLAS, or :func:`column`'s dot products for a
+    one-column c (one batch row). The cells' products; each call site compiles only its form."""
+    if not _column_rows(w, b, c, accumulate):
+        gemm(False, False, 1.0, w, b, 1.0 if accumulate else 0.0, c)
+
+
+@inner(cache=True)
+def gemm_t(w, b, c, accumulate):
+    """``c (+)= w.T @ b``, w a weight as stored: BLAS, or :func:`column`'s one-row tiles for a
+    one-column c."""
+    if not _column_t(w, b, c, accumulate):
+        gemm(True, False, 1.0, w, b, 1.0 if accumulate else 0.0, c)
 
 
 @njit(cache=True)
 def product(a, b, c, accumulate):
     """matmul where it fits and pays (:func:`tiled_max_lines`), else BLAS: ``c (+)= a @ b``; b's and
     c's rows contiguous, and a's rows or (a transposed view) its columns."""
-    if c.shape[1] == 1 and column(a, b, c, accumulate):
+    # one column (batch 1): the dot products for a weight's rows; a transposed view's one column
+    # (only the unit threads' readout) stays with BLAS, which saves compiling the one-row tiles
+    # for every signature of product
+    if c.shape[1] == 1 and a.strides[1] == a.itemsize and _column_rows(a, b, c, accumulate):
         return
     if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c)):
         matmul(a, b, c, accumulate)
@@ -388,3 +436,20 @@ def product(a, b, c, accumulate):
         gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)
     else:
         gemm(True, False, 1.0, a.T, b, 1.0 if accumulate else 0.0, c)
+
+
+if numba.config.DISABLE_JIT:  # pragma: no cover - exercised in a NUMBA_DISABLE_JIT subprocess test
+    # The intrinsics cannot run as Python: without Numba the products are numpy's.
+    def column(a, b, c, accumulate):  # noqa: F811 - pure-numpy stand-in
+        """Without Numba: False, so callers take BLAS's pure-numpy stand-in."""
+        return False
+
+    _column_rows = _column_t = column
+
+    def matmul(a, b, c, accumulate):  # noqa: F811 - pure-numpy stand-in
+        """Without Numba: ``c = a @ b`` or ``c += a @ b`` in numpy."""
+        prod = a @ b
+        if accumulate:
+            c += prod
+        else:
+            c[...] = prod
