@@ -121,19 +121,24 @@ def test_batch_one_gradients_equal_a_doubled_batch_on_blas(kind, hidden):
                 np.testing.assert_array_equal(grads_b[name], grads1[name])
 
 
+def batch_one_runs() -> dict:
+    """kind -> (loss, grads) of a small batch-1 problem per cell (also run without Numba, below)."""
+    out = {}
+    for kind, cell in (("lstm", mb.LSTM(8, 16)), ("gru", mb.GRU(8, 16)), ("elman", mb.Elman(8, 16))):
+        model = mb.Sequence(cell, output_size=3)
+        params = model.init_params(seed=0)
+        xs = np.random.default_rng(0).normal(size=(6, 1, 8))
+        ys = np.random.default_rng(1).normal(size=(6, 1, 3))
+        out[kind] = mb.value_and_grad(model, params, xs, ys)
+    return out
+
+
 _NO_JIT = """
-import json
-import numpy as np
-import memopt_bptt as mb
-out = {}
-for kind, cell in (("lstm", mb.LSTM(8, 16)), ("gru", mb.GRU(8, 16)), ("elman", mb.Elman(8, 16))):
-    model = mb.Sequence(cell, output_size=3)
-    params = model.init_params(seed=0)
-    xs = np.random.default_rng(0).normal(size=(6, 1, 8))
-    ys = np.random.default_rng(1).normal(size=(6, 1, 3))
-    loss, grads = mb.value_and_grad(model, params, xs, ys)
-    out[kind] = [loss, {k: v.tolist() for k, v in grads.items()}]
-print(json.dumps(out))
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_one_row
+print(json.dumps({kind: [loss, {k: v.tolist() for k, v in grads.items()}]
+                  for kind, (loss, grads) in test_one_row.batch_one_runs().items()}))
 """
 
 
@@ -144,15 +149,10 @@ def test_without_numba_batch_one_runs_on_numpy_and_agrees():
     import subprocess
 
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    proc = subprocess.run([sys.executable, "-c", _NO_JIT], capture_output=True, text=True, env=env,
-                          timeout=600, check=True)
+    proc = subprocess.run([sys.executable, "-c", _NO_JIT, os.path.dirname(os.path.abspath(__file__))],
+                          capture_output=True, text=True, env=env, timeout=600, check=True)
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    for kind, cell in (("lstm", mb.LSTM(8, 16)), ("gru", mb.GRU(8, 16)), ("elman", mb.Elman(8, 16))):
-        model = mb.Sequence(cell, output_size=3)
-        params = model.init_params(seed=0)
-        xs = np.random.default_rng(0).normal(size=(6, 1, 8))
-        ys = np.random.default_rng(1).normal(size=(6, 1, 3))
-        loss, grads = mb.value_and_grad(model, params, xs, ys)
+    for kind, (loss, grads) in batch_one_runs().items():
         assert abs(got[kind][0] - loss) <= 1e-12 * abs(loss), kind
         for name, g in grads.items():
             assert max_relative_error(np.array(got[kind][1][name]), g) < 1e-10, (kind, name)
