@@ -36,9 +36,9 @@ def _column(a, b, c, accumulate):
 def _blas_or_column(a, b, c, accumulate):
     """The cells' entry points: gemm_n for a weight as stored, gemm_t for a transposed view."""
     if a.strides[1] == a.itemsize:
-        gemm_n(a, b, c, accumulate)
+        gemm_n(a, b, c, 1.0 if accumulate else 0.0)
     else:
-        gemm_t(a.T, b, c, accumulate)
+        gemm_t(a.T, b, c, 1.0 if accumulate else 0.0)
 
 
 SHAPES = [(1024, 256), (256, 1024), (40, 64), (37, 19), (8, 3), (1, 17), (5, 1), (16, 32)]

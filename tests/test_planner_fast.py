@@ -155,7 +155,7 @@ def test_runs_give_back_every_recorded_choice(T, M, hq, kq):
             for own in range(2):
                 for t in range(tau[own, m] + 1, T + 1):
                     if t >= 1:
-                        out[own, m, t] = _run_choice(off, starts, vals, own, m, t)
+                        out[own, m, t] = _run_choice(off, starts, vals, 2 * m + own, t)
         return out
 
     tau = _lb_taus(M, hq, kq, T)

@@ -50,11 +50,10 @@ from numba.extending import intrinsic
 
 from .._jit import inner
 from .blas import gemm
+from .dot import LINE_BYTES, _float_arrays, _make_dot, _operands
 
 __all__ = ["matmul", "fits", "product", "column", "gemm_n", "gemm_t", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
 
-LINE_BYTES = 64
-"""Bytes of one vector of the tile (16 float32 or 8 float64)."""
 
 _AVX512_CPUS = frozenset({
     "knl", "knm", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
@@ -98,20 +97,6 @@ def tile_rows(vbytes: int) -> tuple[int, int, int, int]:
     if vbytes == 32:
         return 6, 3, 1, 12
     return 3, 1, 1, 6
-
-
-def _float_arrays(a, b, c) -> bool:
-    """Whether an intrinsic's a, b, c are arrays of one float dtype (float32 or float64)."""
-    return (isinstance(a, types.Array) and a.dtype == b.dtype == c.dtype
-            and a.dtype in (types.float32, types.float64))
-
-
-def _operands(context, builder, signature, args):
-    """An intrinsic's (a, b, c) as array structs, its integer offsets as int64, and its last
-    argument (accumulate) as a boolean."""
-    arrays = tuple(context.make_array(signature.args[i])(context, builder, args[i]) for i in range(3))
-    offsets = tuple(context.cast(builder, args[i], signature.args[i], types.int64) for i in range(3, len(args) - 1))
-    return arrays, offsets, context.cast(builder, args[-1], signature.args[-1], types.boolean)
 
 
 def _make_tile(R: int, V: int, half: bool = False):
@@ -178,81 +163,6 @@ def _make_tile(R: int, V: int, half: bool = False):
     return tile
 
 
-def _make_dot(R: int):
-    @intrinsic
-    def dot(typingctx, a, b, c, m0, accumulate):
-        """c[m0:m0+R, 0] (+)= a[m0:m0+R, :] @ b[:, 0], a's rows and b's column contiguous.
-
-        Each row's sum is the same chain whatever R: one line of W lanes, lane j
-        adding a[m, k] b[k] for k = j mod W in order by fused multiply-adds,
-        then the lanes halved pairwise (j + j + W/2 ...) to one, then the
-        K mod W last products by fused multiply-adds in order, then c's value
-        added (with ``accumulate``)."""
-        if not _float_arrays(a, b, c):
-            return None
-        sig = types.void(a, b, c, m0, accumulate)
-
-        def codegen(context, builder, signature, args):
-            (a_arr, b_arr, c_arr), (m0_v,), acc_flag = _operands(context, builder, signature, args)
-            flt = context.get_value_type(signature.args[0].dtype)
-            size = 4 if signature.args[0].dtype == types.float32 else 8
-            W = LINE_BYTES // size
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vec = ir.VectorType(flt, W)
-            itemsize = ir.Constant(i64, size)
-            K = cgutils.unpack_tuple(builder, a_arr.shape, 2)[1]
-            sm = builder.sdiv(cgutils.unpack_tuple(builder, a_arr.strides, 2)[0], itemsize)
-            ldc = builder.sdiv(cgutils.unpack_tuple(builder, c_arr.strides, 2)[0], itemsize)
-            suffix = "f32" if size == 4 else "f64"
-            vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                  f"llvm.fma.v{W}{suffix}")
-            sfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(flt, [flt] * 3),
-                                                  f"llvm.fma.{suffix}")
-
-            def vptr(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
-
-            rows = [builder.mul(builder.add(m0_v, ir.Constant(i64, r)), sm) for r in range(R)]
-            accs = [cgutils.alloca_once(builder, vec) for _ in range(R)]
-            for r in range(R):
-                builder.store(ir.Constant(vec, [0.0] * W), accs[r])
-            blocks = builder.sdiv(K, ir.Constant(i64, W))
-            with cgutils.for_range(builder, blocks) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(i64, W))
-                bv = builder.load(vptr(b_arr.data, k0), align=size)
-                for r in range(R):
-                    av = builder.load(vptr(a_arr.data, builder.add(rows[r], k0)), align=size)
-                    builder.store(builder.call(vfma, [av, bv, builder.load(accs[r])]), accs[r])
-            sums = []
-            for r in range(R):
-                v, w = builder.load(accs[r]), W
-                while w > 1:
-                    w //= 2
-                    undef = ir.Constant(v.type, ir.Undefined)
-                    lo = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(i32, w), list(range(w))))
-                    hi = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(i32, w), list(range(w, 2 * w))))
-                    v = builder.fadd(lo, hi)
-                slot = cgutils.alloca_once(builder, flt)
-                builder.store(builder.extract_element(v, ir.Constant(i32, 0)), slot)
-                sums.append(slot)
-            with cgutils.for_range(builder, builder.sub(K, builder.mul(blocks, ir.Constant(i64, W)))) as loop:
-                k = builder.add(builder.mul(blocks, ir.Constant(i64, W)), loop.index)
-                bk = builder.load(builder.gep(b_arr.data, [k]))
-                for r in range(R):
-                    ak = builder.load(builder.gep(a_arr.data, [builder.add(rows[r], k)]))
-                    builder.store(builder.call(sfma, [ak, bk, builder.load(sums[r])]), sums[r])
-            for r in range(R):
-                cp = builder.gep(c_arr.data, [builder.mul(builder.add(m0_v, ir.Constant(i64, r)), ldc)])
-                with builder.if_then(acc_flag):
-                    builder.store(builder.fadd(builder.load(cp), builder.load(sums[r])), sums[r])
-                builder.store(builder.load(sums[r]), cp)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return dot
-
-
 _DOT_ROWS = 4
 _dR, _d1 = _make_dot(_DOT_ROWS), _make_dot(1)
 
@@ -270,13 +180,17 @@ def column(a, b, c, accumulate):
     (needs c's length a multiple of half a line). Each element's arithmetic does not depend
     on which rows of c a call computes."""
     if a.strides[1] == a.itemsize:
-        return _column_rows(a, b, c, accumulate)
-    return _column_t(a.T, b, c, accumulate)
+        return _column_rows(a, b, c, 1.0 if accumulate else 0.0)
+    return _column_t(a.T, b, c, 1.0 if accumulate else 0.0)
 
 
 @inner(cache=True)
-def _column_rows(w, b, c, accumulate):
-    """column for a weight w as stored: c (+)= w @ b by a dot product per row."""
+def _column_rows(w, b, c, beta):
+    """column for a weight w as stored: c = w @ b + beta c (beta 0 or 1) by a dot product per row.
+
+    beta is a float, never a literal bool: a jitted callee is compiled once per literal
+    argument, and the callers' True and False would compile this twice."""
+    accumulate = beta != 0.0
     size = c.itemsize
     if c.shape[1] != 1 or c.shape[0] == 0 or w.strides[1] != size or b.strides[0] != size:
         return False
@@ -292,11 +206,13 @@ def _column_rows(w, b, c, accumulate):
 
 
 @inner(cache=True)
-def _column_t(w, b, c, accumulate):
-    """column for a transposed weight: c (+)= w.T @ b, w as stored, as c^T = b^T @ w in one-row tiles.
+def _column_t(w, b, c, beta):
+    """column for a transposed weight: c = w.T @ b + beta c, w as stored, as c^T = b^T @ w in
+    one-row tiles (beta a float, as in _column_rows).
 
     c^T's columns in half lines run at half width: slower than OpenBLAS's SkylakeX kernels
     there (M = 1000: 27.9 against 12.7 us), not than its Haswell ones (25.8 against 42.0 us)."""
+    accumulate = beta != 0.0
     if c.shape[1] != 1 or c.shape[0] == 0 or w.strides[1] != c.itemsize:
         return False
     if fits(w, c.T) and (c.shape[0] % _width(c) == 0 or _VBYTES < LINE_BYTES):
@@ -406,19 +322,20 @@ def matmul(a, b, c, accumulate):
 
 
 @inner(cache=True)
-def gemm_n(w, b, c, accumulate):
-    """``c (+)= w @ b``, w a weight as stored: BLAS, or :func:`column`'s dot products for a
-    one-column c (one batch row). The cells' products; each call site compiles only its form."""
-    if not _column_rows(w, b, c, accumulate):
-        gemm(False, False, 1.0, w, b, 1.0 if accumulate else 0.0, c)
+def gemm_n(w, b, c, beta):
+    """``c = w @ b + beta c`` (beta 0.0 or 1.0, a float as BLAS's), w a weight as stored: BLAS, or
+    :func:`column`'s dot products for a one-column c (one batch row). The cells' products; each
+    call site compiles only its form."""
+    if not _column_rows(w, b, c, beta):
+        gemm(False, False, 1.0, w, b, beta, c)
 
 
 @inner(cache=True)
-def gemm_t(w, b, c, accumulate):
-    """``c (+)= w.T @ b``, w a weight as stored: BLAS, or :func:`column`'s one-row tiles for a
-    one-column c."""
-    if not _column_t(w, b, c, accumulate):
-        gemm(True, False, 1.0, w, b, 1.0 if accumulate else 0.0, c)
+def gemm_t(w, b, c, beta):
+    """``c = w.T @ b + beta c``, w a weight as stored: BLAS, or :func:`column`'s one-row tiles for
+    a one-column c."""
+    if not _column_t(w, b, c, beta):
+        gemm(True, False, 1.0, w, b, beta, c)
 
 
 @njit(cache=True)
@@ -428,7 +345,7 @@ def product(a, b, c, accumulate):
     # one column (batch 1): the dot products for a weight's rows; a transposed view's one column
     # (only the unit threads' readout) stays with BLAS, which saves compiling the one-row tiles
     # for every signature of product
-    if c.shape[1] == 1 and a.strides[1] == a.itemsize and _column_rows(a, b, c, accumulate):
+    if c.shape[1] == 1 and a.strides[1] == a.itemsize and _column_rows(a, b, c, 1.0 if accumulate else 0.0):
         return
     if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c)):
         matmul(a, b, c, accumulate)

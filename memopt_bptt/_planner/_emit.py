@@ -94,9 +94,9 @@ def _split(mode, t, m, own, hq, kq, off, starts, vals, cap, sqrt_k, tau):
     if mode == _MODE_TABLE:
         if m < tau.shape[1] and t <= tau[own, m]:
             return _lb_choice(t, m, own, hq, kq, tau)
-        return _run_choice(off, starts, vals, own, min(m, cap), t)
+        return _run_choice(off, starts, vals, 2 * min(m, cap) + own, t)
     if mode == _MODE_ISM:
-        return _run_choice(off, starts, vals, 0, min(m // kq, cap), t)
+        return _run_choice(off, starts, vals, 2 * min(m // kq, cap), t)
     if mode == _MODE_REVOLVE:
         return _hsm_split(t, m // hq + 1)
     if mode == _MODE_SQRT and t > sqrt_k:

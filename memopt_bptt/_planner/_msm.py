@@ -194,7 +194,7 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau, max_runs):
     """
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
     off, starts, vals = _runs_buffers(M, choice)
-    n = 0
+    n = np.int64(0)  # never a literal (see _msm_row)
     evals = 0
     for m in range(M + 1):
         for own in range(2):  # row m of own = 1 reads row m of own = 0
@@ -235,7 +235,7 @@ def _msm_fast_table_pair(T, M, hq, kq, R, choice, tau, max_runs):
     """_msm_fast_table with both start kinds of each row in _msm_row_pair (needs kq > hq); the same returns."""
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
     off, starts, vals = _runs_buffers(M, choice)
-    n = 0
+    n = np.int64(0)  # never a literal (see _msm_row)
     evals = 0
     for m in range(M + 1):
         evals += _msm_row_pair(T, m, hq, kq, R, cost, pmx, choice, tau, stk, stkv, ssz, upto)

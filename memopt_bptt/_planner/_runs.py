@@ -81,7 +81,7 @@ def _runs_of(choice, T):
     off = np.zeros(2 * rows + 1, np.int64)
     starts = np.empty(RUNS_START, choice.dtype)
     vals = np.empty(RUNS_START, choice.dtype)
-    n = 0
+    n = np.int64(0)  # never a literal: a jitted callee is compiled once per literal argument
     no_tau = np.zeros((2, 0), np.int64)
     for m in range(rows):
         n, starts, vals = _keep_runs(choice, m, no_tau, T, off, starts, vals, n, (T + 1) * 2 * rows)
@@ -89,10 +89,10 @@ def _runs_of(choice, T):
 
 
 @inner(cache=True)
-def _run_choice(off, starts, vals, own, m, t):
-    """The split of cell (own, m, t): the value of the last run of row 2 m + own starting at or before t."""
-    lo = off[2 * m + own]
-    hi = off[2 * m + own + 1]
+def _run_choice(off, starts, vals, row, t):
+    """The split at t of row ``row`` = 2 m + own: the value of its last run starting at or before t."""
+    lo = off[row]
+    hi = off[row + 1]
     # invariant: starts[lo] <= t (a row's first run starts at its first kept cell), answer in [lo, hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2

@@ -36,8 +36,8 @@ def _elman_forward(w_ih, w_hh, b_ih, b_hh, x, s_prev, s_new, internal, work, rel
         bias = b_ih[k] + b_hh[k]
         for b in range(B):
             pre2[k, b] = bias
-    gemm_n(w_hh, s_prev[:n].reshape((H, B)), pre2, True)
-    gemm_n(w_ih, transposed_input(x, work[n:]), pre2, True)
+    gemm_n(w_hh, s_prev[:n].reshape((H, B)), pre2, 1.0)
+    gemm_n(w_ih, transposed_input(x, work[n:]), pre2, 1.0)
     copy_into(s_prev[:n], internal[:n])
     if relu:
         relu_into(pre, internal[n: 2 * n])
@@ -59,7 +59,7 @@ def _elman_backward(w_ih, w_hh, x, internal, ds, ds_prev, g_w_ih, g_w_hh, g_b_ih
     gemm(False, False, 1.0, d2, x, 1.0, g_w_ih)
     gemm(False, True, 1.0, d2, internal[:n].reshape((H, B)), 1.0, g_w_hh)
     add_row_sums(d2, g_b_ih, g_b_hh)
-    gemm_t(w_hh, d2, ds_prev[:n].reshape((H, B)), False)
+    gemm_t(w_hh, d2, ds_prev[:n].reshape((H, B)), 0.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -96,7 +96,7 @@ def elman_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
     """dx (input_size, B) += dL/dx_t^T, from the pre-activation gradients the backward left in ``work``."""
     B = x.shape[0]
     H = w_hh.shape[1]
-    gemm_t(w_ih, work[: B * H].reshape((H, B)), dx, True)
+    gemm_t(w_ih, work[: B * H].reshape((H, B)), dx, 1.0)
 
 
 _KERNELS = {

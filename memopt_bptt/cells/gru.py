@@ -53,9 +53,9 @@ def gru_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, internal
         for b in range(B):
             gates2[2 * H + k, b] = bh
             xn2[k, b] = bi
-    gemm_n(w_hh, s_prev[:n].reshape((H, B)), gates2, True)
-    gemm_n(w_ih[: 2 * H], xt, gates2[: 2 * H], True)
-    gemm_n(w_ih[2 * H:], xt, xn2, True)
+    gemm_n(w_hh, s_prev[:n].reshape((H, B)), gates2, 1.0)
+    gemm_n(w_ih[: 2 * H], xt, gates2[: 2 * H], 1.0)
+    gemm_n(w_ih[2 * H:], xt, xn2, 1.0)
     # One simple loop per quantity, so each compiles to vector code.
     sigmoid_into(gates[:n], internal[:n])
     sigmoid_into(gates[n: 2 * n], internal[n: 2 * n])
@@ -138,7 +138,7 @@ def gru_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev,
             acc_h += d_h2[2 * H + k, b]
         g_b_ih[2 * H + k] += acc_i
         g_b_hh[2 * H + k] += acc_h
-    gemm_t(w_hh, d_h2, dsp.reshape((H, B)), True)
+    gemm_t(w_hh, d_h2, dsp.reshape((H, B)), 1.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -148,8 +148,8 @@ def gru_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
     B = x.shape[0]
     H = w_hh.shape[1]
     n = B * H
-    gemm_t(w_ih[: 2 * H], work[: 2 * n].reshape((2 * H, B)), dx, True)
-    gemm_t(w_ih[2 * H:], work[3 * n: 4 * n].reshape((H, B)), dx, True)
+    gemm_t(w_ih[: 2 * H], work[: 2 * n].reshape((2 * H, B)), dx, 1.0)
+    gemm_t(w_ih[2 * H:], work[3 * n: 4 * n].reshape((H, B)), dx, 1.0)
 
 
 def GRU(input_size: int, hidden_size: int) -> Cell:

@@ -34,8 +34,8 @@ def lstm_forward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, s_prev, s_new, interna
         bias = b_ih[k] + b_hh[k]
         for b in range(B):
             gates2[k, b] = bias
-    gemm_n(w_hh, s_prev[:n].reshape((H, B)), gates2, True)
-    gemm_n(w_ih, transposed_input(x, work[4 * n:]), gates2, True)
+    gemm_n(w_hh, s_prev[:n].reshape((H, B)), gates2, 1.0)
+    gemm_n(w_ih, transposed_input(x, work[4 * n:]), gates2, 1.0)
     _activate(gates, s_prev, s_new, internal, n, 0, n)
 
 
@@ -95,7 +95,7 @@ def lstm_backward(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, internal, ds, ds_prev
     d_pre = work[: 4 * n]
     _gate_grads(internal, ds, ds_prev, d_pre, n, 0, n)
     d2 = d_pre.reshape((4 * H, B))
-    gemm_t(w_hh, d2, ds_prev[:n].reshape((H, B)), False)
+    gemm_t(w_hh, d2, ds_prev[:n].reshape((H, B)), 0.0)
     # Defer the weight gradients: this step's columns of the block.
     D, Hp = _chunk_views(chunk, H, B)
     copy2_into(d2, D[:, j * B: (j + 1) * B])
@@ -107,7 +107,7 @@ def lstm_input_grad(w_ih, w_hh, b_ih, b_hh, w_out, b_out, x, work, dx):
     """dx (input_size, B) += dL/dx_t^T, from the gate gradients lstm_backward left in ``work``."""
     B = x.shape[0]
     H = w_hh.shape[1]
-    gemm_t(w_ih, work[: 4 * B * H].reshape((4 * H, B)), dx, True)
+    gemm_t(w_ih, work[: 4 * B * H].reshape((4 * H, B)), dx, 1.0)
 
 
 @inner(cache=True, error_model="numpy")
