@@ -52,7 +52,8 @@ from .._jit import inner
 from .blas import gemm
 from .dot import LINE_BYTES, _float_arrays, _make_dot, _operands
 
-__all__ = ["matmul", "fits", "product", "column", "gemm_n", "gemm_t", "LINE_BYTES", "vector_bytes", "tile_rows", "tiled_max_lines"]
+__all__ = ["matmul", "fits", "product", "column", "gemm_n", "gemm_t", "LINE_BYTES", "vector_bytes", "tile_rows",
+           "tiled_max_lines"]
 
 
 _AVX512_CPUS = frozenset({

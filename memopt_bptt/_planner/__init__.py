@@ -55,9 +55,10 @@ optimal). For the LSTM (hq=2, kq=7) tau(m) is about m^2/90 for large m, so
 this covers 5% and 20% of plain BPTT's memory at T = 10^4 and 1% to 20% at
 T = 10^5. Otherwise ``_msm_fast_table`` runs the same recurrence row by row
 in m (kq + 1 rows of costs kept; each row's choices kept as runs along t,
-``_runs``, 22 cells a run on average for the LSTM at T = 2*10^4): cells with t <= tau(m) in closed form, the rest with a first
-probe at the previous split and split scans that end on proven bounds of
-the cost's slopes (see its docstring); the two start kinds of a row are a
+``_runs``, 22 cells a run on average for the LSTM at T = 2*10^4): cells
+with t <= tau(m) in closed form, the rest with a first probe at the
+previous split and split scans that end on proven bounds of the cost's
+slopes (see its docstring); the two start kinds of a row are a
 two-iteration parallel loop, which plan_quanta runs on one thread (two were
 measured slower). It returns the naive table's
 costs exactly (every cell checked for T <= 300 and several (hq, kq) in

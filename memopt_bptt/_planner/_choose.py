@@ -124,8 +124,7 @@ def plan_quanta(T: int, free_quanta: int, hq: int, kq: int, policy: str = "msm")
         # _msm_buffers' two cost tables of kq + 1 rows and six of 3 rows, a row of choices, the
         # runs' offsets; then the runs, as many as the memory left holds (with room to grow by half)
         fixed = 16 * (2 * (kq + 1) + 6) * (T + 1) + 4 * (T + 1) + 32 * (cap + 1)
-        _reserve(T, fixed, "the MSM table")
-        avail = available_bytes()
+        avail = _reserve(T, fixed, "the MSM table")
         run_bytes = 2 * np.dtype(dtype).itemsize
         max_runs = cells if avail is None else min(cells, (avail - emit_bytes(T) - fixed) * 2 // (5 * run_bytes))
         choice = np.zeros((2, 1, T + 1), dtype)  # one row, kept as runs after each m
@@ -193,10 +192,12 @@ def available_bytes() -> int | None:
     return avail
 
 
-def _reserve(T: int, table_bytes: int, table: str) -> None:
+def _reserve(T: int, table_bytes: int, table: str) -> int | None:
     """Refuse, before allocating, a plan whose tables and emitted schedule
-    (``emit_bytes``) need more memory than :func:`available_bytes`."""
+    (``emit_bytes``) need more memory than :func:`available_bytes`; returns
+    what that said (None: unknown)."""
     need = emit_bytes(T) + int(table_bytes)
     avail = available_bytes()
     if avail is not None and need > avail:
         raise _TooLarge(need, avail, table)
+    return avail

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._jit import inner
-from ._runs import RUNS_START, _keep_runs
+from ._runs import _keep_runs, _runs_buffers
 
 
 @inner(cache=True)
@@ -139,8 +139,9 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau, max_runs):
     y) for t > tau[own, m], where choice has every row (tests) or one (the
     planner), and keeps each row as runs (``_runs``) of at most max_runs.
     Returns (cost [own, R, T+1] as kept, split evaluations, runs kept, or -1
-    once they would exceed max_runs, and the runs: off, starts, vals). Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost
-    their lower bound, proven below; their splits come from _lb_choice. The
+    once they would exceed max_runs, and the runs: off, starts, vals).
+    Cells with t <= tau[own, m] (from _lb_taus, or zeros) cost their lower
+    bound, proven below; their splits come from _lb_choice. The
     two start kinds of a row read only lower rows when kq > hq: then
     _msm_fast_table_pair computes them as one parallel loop (_msm_row_pair),
     which plan_quanta runs on one thread for large tables (PAIR_MIN_CELLS).
@@ -193,7 +194,7 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau, max_runs):
     cost is the same (tests/test_planner_fast.py checks every cell).
     """
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
-    off, starts, vals = _runs_buffers(M, choice)
+    off, starts, vals = _runs_buffers(M + 1, choice)
     n = np.int64(0)  # never a literal (see _msm_row)
     evals = 0
     for m in range(M + 1):
@@ -204,13 +205,6 @@ def _msm_fast_table(T, M, hq, kq, R, choice, tau, max_runs):
         if n < 0:
             break
     return cost, evals, n, off, starts[:max(n, 0)], vals[:max(n, 0)]
-
-
-@inner(cache=True)
-def _runs_buffers(M, choice):
-    """The runs' row offsets (2 (M + 1) + 1) and their first buffers of starts and values."""
-    return (np.zeros(2 * (M + 1) + 1, np.int64), np.empty(RUNS_START, choice.dtype),
-            np.empty(RUNS_START, choice.dtype))
 
 
 @inner(cache=True)
@@ -234,7 +228,7 @@ on a machine (Numba's parfors), which a table of this size repays (T = 10^4 at
 def _msm_fast_table_pair(T, M, hq, kq, R, choice, tau, max_runs):
     """_msm_fast_table with both start kinds of each row in _msm_row_pair (needs kq > hq); the same returns."""
     cost, pmx, stk, stkv, ssz, upto = _msm_buffers(T, R)
-    off, starts, vals = _runs_buffers(M, choice)
+    off, starts, vals = _runs_buffers(M + 1, choice)
     n = np.int64(0)  # never a literal (see _msm_row)
     evals = 0
     for m in range(M + 1):

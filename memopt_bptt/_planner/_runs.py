@@ -73,14 +73,20 @@ def _keep_runs(choice, m, tau, T, off, starts, vals, n, max_runs):
     return n, starts, vals
 
 
+@inner(cache=True)
+def _runs_buffers(rows, choice):
+    """Row offsets for ``rows`` values of m (2 rows + 1: both start kinds) and the first buffers
+    of starts and values, in ``choice``'s dtype."""
+    return (np.zeros(2 * rows + 1, np.int64), np.empty(RUNS_START, choice.dtype),
+            np.empty(RUNS_START, choice.dtype))
+
+
 @njit(cache=True)
 def _runs_of(choice, T):
     """A dense table ``choice[own, m, t]`` (one or two start kinds) as runs:
     (off, starts, vals), every cell from t = 1 kept."""
     rows = choice.shape[1]
-    off = np.zeros(2 * rows + 1, np.int64)
-    starts = np.empty(RUNS_START, choice.dtype)
-    vals = np.empty(RUNS_START, choice.dtype)
+    off, starts, vals = _runs_buffers(rows, choice)
     n = np.int64(0)  # never a literal: a jitted callee is compiled once per literal argument
     no_tau = np.zeros((2, 0), np.int64)
     for m in range(rows):
