@@ -17,6 +17,8 @@ from ._actions import Action
 from ._actions import OPS
 from ._actions import Op
 from ._budget import MemoryBudgetError
+from ._calibrate import Calibration
+from ._calibrate import calibrate
 from ._budget import format_bytes
 from ._budget import parse_budget
 from ._executor import measure_byte_cost
@@ -62,8 +64,10 @@ __all__ = [
     "Action",
     "Adam",
     "AdamState",
+    "Calibration",
     "adding_problem",
     "beta",
+    "calibrate",
     "Cell",
     "char_lm",
     "clip_by_global_norm",

@@ -83,9 +83,10 @@ class _SplitQueries:
         Batch rows are independent through the recurrence, so the executor runs
         each lane's rows as a separate sweep of the same schedule, on its own
         core when there is one, and adds the lanes' weight gradients at the end
-        in lane order. The split depends only on the model and the batch, never
-        on the machine, so a model's gradients are the same bits everywhere
-        (and bit-identical across policies, as always); they may differ from a
+        in lane order. The split depends only on the model and the batch (and
+        on this machine's calibration, if ``mb.calibrate`` kept one for the
+        model's class), never on the budget or the policy, so gradients are
+        bit-identical across policies, as always; they may differ from a
         one-lane run's in the last bits (a sum taken in another order).
 
         ``lanes=None`` (the default) splits a model whose recurrent GEMMs have
@@ -124,8 +125,10 @@ class _SplitQueries:
         and no embedding, not split into lanes, where the largest layer's recurrent GEMM has at
         least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop, wide batches aside) and
         every layer at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else one
-        thread, ``((0, hidden),)``. Like lanes, the split depends only on the
-        model and the batch, never on the machine: where the threads would not
+        thread, ``((0, hidden),)``; a split calibrated on this machine
+        (``mb.calibrate``) for the model's class replaces the rule's where both
+        ``lanes`` and ``unit_threads`` are automatic. Like lanes, the split does
+        not depend on the machine's load: where the threads would not
         each have a CPU, one thread runs every share of the split in turn, with
         the same bits (memopt_bptt._executor._units, "One thread or several").
 

@@ -8,9 +8,10 @@ many threads BLAS gets, and what each split adds to the working buffers the
 budget pays for. ``Sequence.lane_batches``, ``Sequence.unit_split`` and
 ``Sequence.sizes`` read it; the planner only sees the resulting sizes.
 
-Every choice depends only on the model and the batch, never on the budget,
-the policy or the machine, so a model's gradients are the same bits
-everywhere (and bit-identical across policies and budgets). The rule:
+Every choice depends only on the model and the batch (and, where this
+machine was calibrated, on the calibration: below), never on the budget or
+the policy, so a model's gradients are bit-identical across policies and
+budgets, and the same bits on every machine that takes the rule. The rule:
 
 - two lanes for small recurrent GEMMs (``MIN_LANE_MACS`` up to below
   ``LANE_MAX_MACS`` multiply-adds), each lane with ``MIN_LANE_BATCH`` rows
@@ -24,12 +25,15 @@ everywhere (and bit-identical across policies and budgets). The rule:
 - else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
   number above.
 
-The machine could enter the rule (vector width, L2 size: issue 14), but in
-the interleaved measurements of benchmarks/bench_split.py the choices this
-rule makes between lanes and unit threads came out the same with AVX-512
-and with AVX2 code, so it does not, and gradients stay the same bits on
-every machine. The figures behind the thresholds are
-in benchmarks/results/bench_split*.json and bench_cells.json.
+The machine does not enter the rule: in the interleaved measurements of
+benchmarks/bench_split.py its choices between lanes and unit threads came
+out the same with AVX-512 and with AVX2 code on one host. Another machine
+(a smaller L2, another BLAS) can still disagree with it, so
+``mb.calibrate(model, batch)`` (memopt_bptt._calibrate) times the
+candidate splits there and keeps the fastest for that model class; a model
+with ``lanes`` and ``unit_threads`` both automatic takes a kept split
+instead of the rule's (:func:`rule_split`). The figures behind the
+thresholds are in benchmarks/results/bench_split*.json and bench_cells.json.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 
 from ._layers import layout
 
-__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "unit_split", "unit_exchange_widths",
+__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "rule_split", "unit_split", "unit_exchange_widths",
            "unit_exchange_len", "split_sizes", "split_note", "blas_threads_for"]
 
 MIN_LANE_BATCH = 4
@@ -132,7 +136,7 @@ def lane_batches(model: Any, batch: int) -> tuple[int, ...]:
     if model.unit_threads is not None and model.unit_threads > 1:
         n = 1
     elif model.lanes is None:
-        n = _auto_lanes(model, batch)
+        n = _automatic(model, batch)[0] if model.unit_threads is None else _auto_lanes(model, batch)
     else:
         n = min(model.lanes, batch)
     q, r = divmod(batch, n)
@@ -154,9 +158,31 @@ def n_unit_threads(model: Any, batch: int) -> int:
         return 1
     narrowest = min(c.hidden_size for c in cells)
     if model.unit_threads is None:
-        big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS and narrowest >= 2 * MIN_UNIT_HIDDEN
-        return 2 if big or _matvec_units(batch, narrowest) else 1
+        return min(_automatic(model, batch)[1], narrowest) if model.lanes is None else _auto_units(model, batch)
     return min(model.unit_threads, narrowest)
+
+
+def _auto_units(model: Any, batch: int) -> int:
+    cells = model.unit_cells
+    if cells is None:
+        return 1
+    narrowest = min(c.hidden_size for c in cells)
+    big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS and narrowest >= 2 * MIN_UNIT_HIDDEN
+    return 2 if big or _matvec_units(batch, narrowest) else 1
+
+
+def rule_split(model: Any, batch: int) -> tuple[int, int]:
+    """(lanes, unit threads) by the rule alone, for a model whose split is automatic."""
+    lanes = _auto_lanes(model, batch)
+    return (lanes, 1) if lanes > 1 else (1, _auto_units(model, batch))
+
+
+def _automatic(model: Any, batch: int) -> tuple[int, int]:
+    """(lanes, unit threads) of a model with both automatic: calibrated on this
+    machine (memopt_bptt._calibrate) if its class was, else by the rule."""
+    from ._calibrate import calibrated_split
+    found = calibrated_split(model, batch)
+    return found[:2] if found is not None else rule_split(model, batch)
 
 
 def _matvec_units(batch: int, narrowest: int) -> bool:
@@ -257,8 +283,11 @@ def explain(model: Any, sizes: Any) -> str:
     """Which path a sweep of these sizes takes (lanes, unit threads, BLAS threads) and why."""
     batch = sizes.batch
     macs = recurrent_macs(model, batch)
+    calibrated = _calibrated_why(model, batch)
     if sizes.lanes:
-        if model.lanes is not None:
+        if calibrated:
+            why = calibrated
+        elif model.lanes is not None:
             why = "asked for"
         elif macs < LANE_MAX_MACS:
             why = f"recurrent GEMMs of {macs:,} multiply-adds, from {MIN_LANE_MACS:,} to below {LANE_MAX_MACS:,}"
@@ -275,7 +304,9 @@ def explain(model: Any, sizes: Any) -> str:
     if sizes.unit_threads > 1:
         stacked = len(model.cells) > 1
         gemm = "largest layer's recurrent GEMM" if stacked else "recurrent GEMM"
-        if model.unit_threads is not None:
+        if calibrated:
+            why = calibrated
+        elif model.unit_threads is not None:
             why = "asked for"
         elif largest >= LANE_MAX_MACS:
             why = f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else "")
@@ -292,5 +323,22 @@ def explain(model: Any, sizes: Any) -> str:
                                           f"{model.kind!r} has a layer without unit kernels"))
     if narrow:
         why.append(narrow)
+    if calibrated:
+        why = why[:1] + [calibrated]
     threads = "1 thread" if blas == 1 else "its own thread count"
     return f"one sweep over the whole batch, BLAS on {threads} ({'; '.join(why)})"
+
+
+def _calibrated_why(model: Any, batch: int) -> str | None:
+    """Why a calibrated split was taken, or None where the rule or the user chose."""
+    if model.lanes is not None or model.unit_threads is not None:
+        return None
+    from ._calibrate import calibrated_split, calibration_path
+    found = calibrated_split(model, batch)
+    if found is None:
+        return None
+    e = found[2]
+    over = e.get("over_rule", {}).get(e.get("chosen"), float("nan"))
+    return (f"calibrated on this machine by mb.calibrate: {e.get('chosen')} took {over:.2f}x the time of the "
+            f"rule's {e.get('rule')} at T={e.get('T')}, batch {e.get('batch')}; kept in {calibration_path()}, "
+            "MEMOPT_BPTT_CALIBRATION=off ignores it")
