@@ -38,9 +38,12 @@ kind's vector width and OpenBLAS kernels on this host (its caches stay this host
     python benchmarks/bench_split.py --quick         # smoke test: 4 configurations, short T, 3 rounds
     python benchmarks/bench_split.py --avx2          # the same compiled for AVX2
     python benchmarks/bench_split.py --rows lstm-256,lstm-256-b64 --rounds 9
+    python benchmarks/bench_split.py --calibrate      # mb.calibrate each row first: the default is calibrated
 
 Writes benchmarks/results/bench_split.json (bench_split_avx2.json with --avx2, ..._quick.json with
---quick; --out for another).
+--quick, bench_split_calibrated*.json with --calibrate; --out for another). Without --calibrate the
+default is the rule's (MEMOPT_BPTT_CALIBRATION=off); with it, each row first runs
+mb.calibrate(model, batch) into a temporary file, and the table's default is the calibrated split.
 """
 
 from __future__ import annotations
@@ -118,6 +121,10 @@ def _args(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 3)")
     p.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / Numba threads (default 2)")
     p.add_argument("--avx2", action="store_true", help="run in a child process compiled for AVX2 (haswell)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="run mb.calibrate for each row first (into a temporary file), so the default is the "
+                        "calibrated split; the rule's choice is then the explicit path of the same split")
+    p.add_argument("--calibrate-seconds", type=float, default=3.0, help="mb.calibrate's seconds= (default 3)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_split[_avx2].json)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -141,9 +148,17 @@ def _ratio(a: list, b: list):
     return statistics.median(r) if r else None
 
 
-def run_config(name: str, cell: str, hidden: int, batch: int, T: int, rounds: int, seed: int) -> dict:
+def run_config(name: str, cell: str, hidden: int, batch: int, T: int, rounds: int, seed: int,
+               calibrate: float | None = None) -> dict:
     import numpy as np
     import memopt_bptt as mb
+    from memopt_bptt._split import rule_split
+    cal = None
+    if calibrate:  # before the models are built: the default one takes the kept split
+        model = mb.Sequence(_cell(mb, cell, hidden), output_size=OUTPUT, loss="mse")
+        c = mb.calibrate(model, batch, dtype=DTYPE, seconds=calibrate)
+        cal = {"chosen": c.chosen, "rule": c.rule, "T": c.T, "seconds": c.seconds, "over_rule": c.over_rule,
+               "calibration_seconds": c.calibration_seconds}
     rng = np.random.default_rng(1)
     xs = rng.standard_normal((T, batch, INPUT), dtype=np.float32)
     ys = rng.standard_normal((T, batch, OUTPUT), dtype=np.float32)
@@ -178,7 +193,10 @@ def run_config(name: str, cell: str, hidden: int, batch: int, T: int, rounds: in
             done[key] = time.perf_counter() - t0
         for key in pairs:
             times[key].append(done.get(key))
+    lanes, units = rule_split(models["default"], batch)
+    rule = "lanes=1,unit_threads=1" if lanes == units == 1 else "lanes=2" if lanes > 1 else "unit_threads=2"
     row = {"name": name, "cell": cell, "hidden": hidden, "batch": batch, "T": T, "paths": info,
+           "rule": rule, "calibration": cal,
            "load_per_round": loads, "busy_fraction": sum(busy) / len(busy) if busy else None, "modes": {}}
     for m in MODES:
         over_default = {p: (_ratio(times[(p, m)], times[("default", m)]) if (p, m) in live else None) for p in models}
@@ -273,7 +291,11 @@ def main(args) -> None:
     for i, n in enumerate(names):
         cell, H, B, T = CONFIGS[n]
         t0 = time.perf_counter()
-        row = run_config(n, cell, H, B, T_over or T, rounds, i)
+        row = run_config(n, cell, H, B, T_over or T, rounds, i, args.calibrate_seconds if args.calibrate else None)
+        if row["calibration"]:
+            c = row["calibration"]
+            print(f"{n:14s} calibrated {c['chosen']} (rule {c['rule']}) in {c['calibration_seconds']:.1f} s: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in c["over_rule"].items()), flush=True)
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         d = {mo: row["modes"][mo]["default"]["over_fastest"] for mo in MODES}
@@ -285,9 +307,14 @@ def main(args) -> None:
     print_table(rows)
     over = [r["modes"][mo]["default"]["over_fastest"] for r in rows for mo in MODES]
     within = sum(1 for v in over if v is not None and v <= TARGET)
+    if args.calibrate:  # the rule's choice is the explicit path of the same split
+        rule_over = [r["modes"][mo][r["rule"]]["over_fastest"] for r in rows for mo in MODES]
+        print(f"the rule's choice within {TARGET:.2f}x of the fastest: "
+              f"{sum(1 for v in rule_over if v is not None and v <= TARGET)} of {len(rule_over)}")
     print(f"default within {TARGET:.2f}x of the fastest: {within} of {len(over)} (row, mode) pairs; "
           f"load {load_start} at the start, {os.getloadavg()} at the end; {time.perf_counter() - t_start:.0f} s")
-    result = {"config": {"quick": args.quick, "rounds": rounds, "threads": args.threads, "pause_seconds": PAUSE,
+    result = {"config": {"quick": args.quick, "rounds": rounds, "calibrate": args.calibrate,
+                         "calibrate_seconds": args.calibrate_seconds if args.calibrate else None, "threads": args.threads, "pause_seconds": PAUSE,
                          "budget_fraction": BUDGET, "input": INPUT, "output": OUTPUT, "dtype": DTYPE,
                          "T_override": T_over, "numba_cpu_name": numba.config.CPU_NAME,
                          "numba_cpu_features": numba.config.CPU_FEATURES,
@@ -304,7 +331,8 @@ def main(args) -> None:
               "seconds_total": time.perf_counter() - t_start}
     if args.quick:
         result["QUICK"] = f"smoke test: {', '.join(names)} at T={T_over}, {rounds} rounds"
-    out = args.out or os.path.join(HERE, "results", f"bench_split{'_avx2' if args.avx2 else ''}"
+    out = args.out or os.path.join(HERE, "results", f"bench_split{'_calibrated' if args.calibrate else ''}"
+                                                    f"{'_avx2' if args.avx2 else ''}"
                                                     f"{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
@@ -319,4 +347,9 @@ if __name__ == "__main__":
         sys.exit(subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]],
                                 env=env).returncode)
     pin_threads(ARGS.threads)  # before numpy or numba load their pools
+    if ARGS.calibrate:  # a file of this run's own, never the user's
+        import tempfile
+        os.environ["MEMOPT_BPTT_CALIBRATION"] = os.path.join(tempfile.mkdtemp(prefix="bench_split_"), "cal.json")
+    else:  # the rule's choices, whatever this machine's calibration file holds
+        os.environ["MEMOPT_BPTT_CALIBRATION"] = "off"
     main(ARGS)

@@ -51,6 +51,11 @@ __all__ = ["calibrate", "Calibration", "calibration_path", "calibrated_split", "
 
 VERSION = 1
 """The file's format; entries of another version are ignored."""
+PAUSE = 0.15
+"""Seconds between timed calls: OpenBLAS's workers spin for a while after a
+product on several threads, and slowed a unit-thread call right after a
+one-sweep call by 1.5-2x with a 0.02 s pause (benchmarks/bench_split.py
+uses the same pause)."""
 MARGIN = 0.05
 """A candidate must measure this much faster than the rule's choice to replace it."""
 
@@ -307,7 +312,7 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
     for c in models:  # warm-up: compile or load every candidate
         call(c, T0)
     per_step = min(call(rule, T0), call(rule, T0)) / T0
-    T = int(min(2000, max(T0, seconds / (rounds * len(models) * per_step))))
+    T = int(min(2000, max(T0, seconds / (rounds * len(models) * per_step))))  # pauses not counted
     data[T] = _data(model, T, batch, dt, seed)
     order = list(models)
     times: dict[str, list[float]] = {c: [] for c in models}
@@ -316,7 +321,7 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
     for _ in range(rounds):
         shuffle.shuffle(order)
         for c in order:
-            time.sleep(0.02)  # BLAS workers of the previous call go idle
+            time.sleep(PAUSE)  # the previous call's spinning BLAS workers go to sleep
             times[c].append(call(c, T))
     over = {c: statistics.median(t / r for t, r in zip(times[c], times[rule])) for c in models}
     chosen = pick(over, rule, margin)
