@@ -56,6 +56,8 @@ PAUSE = 0.15
 product on several threads, and slowed a unit-thread call right after a
 one-sweep call by 1.5-2x with a 0.02 s pause (benchmarks/bench_split.py
 uses the same pause)."""
+DATA_BYTES = 256 << 20
+"""The timed calls' T keeps plain BPTT's internal states and the random data under this."""
 MARGIN = 0.05
 """A candidate must measure this much faster than the rule's choice to replace it."""
 
@@ -126,8 +128,9 @@ def machine_key() -> str:
         from llvmlite import binding
 
         from ._executor._runner import usable_cpus
-        name = config.CPU_NAME or binding.get_host_cpu_name()
-        features = config.CPU_FEATURES if config.CPU_NAME else binding.get_host_cpu_features().flatten()
+        named = config.CPU_NAME not in (None, "", "host")
+        name = config.CPU_NAME if named else binding.get_host_cpu_name()
+        features = config.CPU_FEATURES if named else binding.get_host_cpu_features().flatten()
         digest = hashlib.sha1((features or "").encode()).hexdigest()[:10]
         blas = os.environ.get("OPENBLAS_CORETYPE", "")
         _MACHINE = f"{name}/{digest}/{blas}/cpus={usable_cpus()}"
@@ -220,8 +223,8 @@ def _with_split(model: Any, lanes: int, units: int) -> Any:
     from ._model import Sequence
     layers = model.layers
     items = ([layers.embedding] if layers.embedding is not None else []) + list(layers.cells)
-    return Sequence(items if layers.stacked else items[0], output_size=model.output_size, loss=model.loss, loss_at=model.loss_at,
-                    lanes=lanes, unit_threads=units)
+    return Sequence(items if layers.stacked else items[0], output_size=model.output_size, loss=model.loss,
+                    loss_at=model.loss_at, lanes=lanes, unit_threads=units)
 
 
 def _data(model: Any, T: int, batch: int, dt: np.dtype, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,9 +241,10 @@ def _data(model: Any, T: int, batch: int, dt: np.dtype, seed: int) -> tuple[np.n
     return xs, ys
 
 
-def _positive(value: Any, name: str, kind: type, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        raise ValueError(f"calibrate: {name}={value!r} must be a positive {kind.__name__} ({hint})")
+def _positive(value: Any, name: str, integer: bool, hint: str) -> None:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"calibrate: {name}={value!r} must be a positive {'int' if integer else 'number'} ({hint})")
 
 
 def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float = 3.0, rounds: int = 5,
@@ -270,10 +274,10 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
     from . import _split
     if not isinstance(model, Sequence):
         raise TypeError(f"calibrate: model must be an mb.Sequence, got {type(model).__name__}")
-    _positive(batch, "batch", int, "the batch the model will train on")
-    _positive(seconds, "seconds", float if isinstance(seconds, float) else int,
-              "the time the timed calls may take, e.g. 3.0")
-    _positive(rounds, "rounds", int, "timed rounds, e.g. 5")
+    _positive(batch, "batch", True, "the batch the model will train on")
+    _positive(seconds, "seconds", False, "the time the timed calls may take, e.g. 3.0")
+    _positive(rounds, "rounds", True, "timed rounds, e.g. 5")
+    batch, rounds, seconds = int(batch), int(rounds), float(seconds)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise ValueError(f"calibrate: margin={margin!r} must be a number in [0, 1), e.g. 0.05")
     if model.lanes is not None or model.unit_threads is not None:
@@ -312,7 +316,11 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
     for c in models:  # warm-up: compile or load every candidate
         call(c, T0)
     per_step = min(call(rule, T0), call(rule, T0)) / T0
-    T = int(min(2000, max(T0, seconds / (rounds * len(models) * per_step))))  # pauses not counted
+    # pauses not counted; plain BPTT's states and the data within DATA_BYTES
+    step_bytes = (model.sizes(batch=batch, dtype=dt).internal_len * dt.itemsize
+                  + data[T0][0][0].nbytes + data[T0][1][0].nbytes)
+    T = int(min(2000, DATA_BYTES // step_bytes, max(T0, seconds / (rounds * len(models) * per_step))))
+    T = max(T, T0)
     data[T] = _data(model, T, batch, dt, seed)
     order = list(models)
     times: dict[str, list[float]] = {c: [] for c in models}

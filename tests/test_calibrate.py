@@ -113,8 +113,10 @@ def test_an_unreadable_file_warns_and_the_rule_decides(cal_file):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"batch": 0}, "batch=0 must be a positive int"),
-    ({"batch": 16, "seconds": -1.0}, "seconds=-1.0 must be a positive"),
+    ({"batch": 16, "seconds": -1.0}, "seconds=-1.0 must be a positive number"),
     ({"batch": 16, "rounds": 0}, "rounds=0 must be a positive int"),
+    ({"batch": 16, "seconds": float("inf")}, "seconds=inf must be a positive number"),
+    ({"batch": 16.0}, "batch=16.0 must be a positive int"),
     ({"batch": 16, "margin": 1.5}, r"margin=1.5 must be a number in \[0, 1\)"),
     ({"batch": 16, "dtype": "int32"}, "dtype='int32' must be float32 or float64"),
 ])
@@ -147,3 +149,30 @@ def test_another_cpu_does_not_read_this_machines_entries(cal_file):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "2"  # the rule's two unit threads: the entry is this CPU's, not haswell's
     assert len(model.unit_split(16)) == 1
+
+
+def test_the_cli_keeps_what_mb_calibrate_measures(cal_file, capsys):
+    from memopt_bptt.cli import main
+    args = ["calibrate", "--cell", "lstm", "--input", "8", "--hidden", "64", "--batch", "8", "--dtype", "float64",
+            "--seconds", "0.3", "--rounds", "3"]
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would keep" in out and "unit_threads=2" in out and "lanes=2" in out and not cal_file.exists()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    entry = json.loads(cal_file.read_text())["entries"]
+    (key, kept), = entry.items()
+    assert f"kept {kept['chosen']}" in out and str(cal_file) in out and "now: " in out
+    model = mb.Sequence(mb.LSTM(8, 64), output_size=4)
+    assert key == _calibrate.class_key(model, 8)
+    assert (len(model.lane_batches(8)), len(model.unit_split(8))) == (kept["lanes"], kept["unit_threads"])
+
+
+def test_the_cli_refuses_to_keep_with_calibration_off(monkeypatch, capsys):
+    from memopt_bptt.cli import main
+    monkeypatch.setenv("MEMOPT_BPTT_CALIBRATION", "off")
+    assert main(["calibrate", "--hidden", "64", "--batch", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "MEMOPT_BPTT_CALIBRATION=off" in err and "--dry-run" in err
+    assert main(["calibrate", "--hidden", "64", "--seconds", "-1"]) == 2
+    assert "--seconds" in capsys.readouterr().err

@@ -125,7 +125,7 @@ class _Formatter(argparse.HelpFormatter):
         return "\n".join(out)
 
 
-def _add_cell_options(p: argparse.ArgumentParser) -> None:
+def _add_cell_options(p: argparse.ArgumentParser, *, measure: bool = True) -> None:
     g = p.add_argument_group(
         "model (sizes the states in bytes; defaults: " +
         ", ".join(f"--{k} {v}" for k, v in CELL_DEFAULTS.items()) + ")")
@@ -139,13 +139,15 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
                    help="stacked layers of the cell, each of --hidden units (mb.Sequence([...]))")
     g.add_argument("--vocab", type=_non_negative_int, default=None, metavar="V",
                    help="token ids through an embedding of V rows and --input columns (0: float inputs)")
+    if not measure:
+        return
     g.add_argument("--measure", action="store_true",
                    help="time this cell here (mb.measure_step_times, mb.measure_byte_cost; a few seconds) "
                         "and predict time with what it measures instead of the cell's b/f alone")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the whole program (subcommands plan, compare, demo)."""
+    """The argparse parser of the whole program (subcommands plan, compare, calibrate, demo)."""
     parser = _Parser(
         prog=PROG, formatter_class=_Formatter,
         description="Memory-efficient Backpropagation Through Time (Gruslys et al. 2016): plan which states "
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
             examples:
               {PROG} plan --steps 1000 --budget 5%
               {PROG} compare --steps 500 --budgets 1%,5%,20%
+              {PROG} calibrate --hidden 256 --batch 16
               {PROG} demo
             run '{PROG} COMMAND --help' for a command's options"""))
     parser.add_argument("--version", action="version", version=f"{PROG} {mb.__version__}")
@@ -210,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("text", "json"), default="text", help="table or JSON rows (default: %(default)s)")
     c.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also draw cost-memory curves (one line per policy) into this image")
+
+    k = sub.add_parser(
+        "calibrate", formatter_class=_Formatter, help="time a model's splits on this machine and keep the fastest",
+        description="mb.calibrate: time the ways a sweep of this model and batch can be split between threads "
+                    "(one sweep, two unit threads, two lanes) on this machine, plain BPTT on random data, "
+                    "interleaved, and keep the fastest for every model of its class (cell kinds, sizes and batch "
+                    "within a factor of sqrt(2)) whose lanes= and unit_threads= are automatic. The file lives "
+                    "beside Numba's cache (MEMOPT_BPTT_CALIBRATION=<path> puts it elsewhere, =off ignores it).",
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} calibrate --cell lstm --hidden 256 --batch 16
+              {PROG} calibrate --cell gru --hidden 512 --layers 2 --batch 32 --seconds 6
+              {PROG} calibrate --hidden 1024 --batch 1 --dry-run"""))
+    _add_cell_options(k, measure=False)
+    k.add_argument("--seconds", type=_positive_float, default=3.0,
+                   help="time the timed calls may take in all, compiling aside (default: %(default)s)")
+    k.add_argument("--rounds", type=_positive_int, default=5, help="timed rounds (default: %(default)s)")
+    k.add_argument("--dry-run", action="store_true", help="measure and print, but keep nothing")
 
     d = sub.add_parser(
         "demo", formatter_class=_Formatter,

@@ -8,14 +8,15 @@ import sys
 from typing import Sequence as Seq
 
 from ._args import PROG, CliError, build_parser
+from ._calibrate import cmd_calibrate
 from ._demo import cmd_demo
 from ._plan_compare import cmd_compare, cmd_plan
 
 __all__ = ["main"]
 
-_COMMANDS = {"plan": cmd_plan, "compare": cmd_compare, "demo": cmd_demo}
+_COMMANDS = {"plan": cmd_plan, "compare": cmd_compare, "calibrate": cmd_calibrate, "demo": cmd_demo}
 _VALUE_OPTIONS = {"--steps", "--budget", "--budgets", "--input", "--hidden", "--output", "--batch", "--slots",
-                  "--alpha", "--updates", "--lr", "--seed"}
+                  "--alpha", "--updates", "--lr", "--seed", "--seconds", "--rounds"}
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
