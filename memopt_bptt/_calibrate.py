@@ -29,7 +29,10 @@ the last bits of the gradients against another split's; not the schedule's
 bit-identity across policies and budgets, which holds for any fixed split.
 The file is read once per process (and again after ``calibrate`` writes it);
 ``MEMOPT_BPTT_CALIBRATION=off`` ignores it, ``MEMOPT_BPTT_CALIBRATION=<path>``
-puts it elsewhere.
+puts it elsewhere. With ``MEMOPT_BPTT_CALIBRATION_AUTO=1``, ``value_and_grad``
+(and so ``train``) calibrates a model's class itself the first time it meets
+one without an entry (:func:`calibrate_if_asked`); by default it never
+measures by itself, so a fresh install computes the rule's bits.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["calibrate", "Calibration", "calibration_path", "calibrated_split", "class_key", "pick"]
+__all__ = ["calibrate", "Calibration", "calibration_path", "calibrated_split", "class_key", "pick",
+           "calibrate_if_asked"]
 
 VERSION = 1
 """The file's format; entries of another version are ignored."""
@@ -362,3 +366,31 @@ def _save(path: str, key: str, entry: dict) -> None:
             os.unlink(tmp)
         raise
     _LOADED.update(path=None, mtime=None, entries={})
+
+
+_TRIED: set = set()
+
+
+def calibrate_if_asked(model: Any, batch: int, dtype: Any) -> None:
+    """With ``MEMOPT_BPTT_CALIBRATION_AUTO=1``: calibrate this model's class
+    now if it has no entry yet (once per class and process, whatever the
+    outcome; a failure warns and leaves the rule's split)."""
+    if os.environ.get("MEMOPT_BPTT_CALIBRATION_AUTO", "").strip().lower() not in ("1", "on", "yes", "true"):
+        return
+    if model.lanes is not None or model.unit_threads is not None:
+        return
+    path = calibration_path()
+    if path is None:
+        return
+    key = class_key(model, batch)
+    if key in _TRIED or key in _entries(path):
+        return
+    _TRIED.add(key)
+    import sys
+    print(f"memopt_bptt: calibrating the split of {model!r} at batch {batch} on this machine, once "
+          f"(MEMOPT_BPTT_CALIBRATION_AUTO=1; kept in {path})", file=sys.stderr, flush=True)
+    try:
+        calibrate(model, batch, dtype=dtype)
+    except (MemoryError, OSError, ValueError) as e:
+        warnings.warn(f"memopt_bptt: calibrating {model!r} at batch {batch} failed ({type(e).__name__}: {e}); "
+                      "the split rule is used", RuntimeWarning, stacklevel=3)

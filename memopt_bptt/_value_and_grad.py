@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._actions import Op
+from ._calibrate import calibrate_if_asked
 from ._executor import Data, Run
 from . import _inputs
 from ._model import Sequence
@@ -132,6 +133,8 @@ def value_and_grad(model: Sequence, params: dict, xs: np.ndarray, ys: np.ndarray
     checked = model.check_data(xs, ys, dtype, h0=h0, mask=mask, lengths=lengths)
     h0_flat = checked.h0
     T, B = checked.xs.shape[:2]
+    if schedule is None:  # a given schedule was planned for the split as it is
+        calibrate_if_asked(model, B, dtype)  # MEMOPT_BPTT_CALIBRATION_AUTO=1 only
     sizes = model.sizes(batch=B, dtype=dtype)
     if schedule is None:
         budget, policy = resolve_policy(budget, policy, where="value_and_grad")

@@ -176,3 +176,23 @@ def test_the_cli_refuses_to_keep_with_calibration_off(monkeypatch, capsys):
     assert "MEMOPT_BPTT_CALIBRATION=off" in err and "--dry-run" in err
     assert main(["calibrate", "--hidden", "64", "--seconds", "-1"]) == 2
     assert "--seconds" in capsys.readouterr().err
+
+
+def test_auto_calibration_runs_once_per_class_and_only_when_asked(cal_file, monkeypatch, capsys):
+    model = mb.Sequence(mb.LSTM(8, 64), output_size=3)
+    params = model.init_params(seed=3)
+    xs, ys = _data(model, 40, 8)
+    mb.value_and_grad(model, params, xs, ys)  # not asked: nothing measured, nothing kept
+    assert not cal_file.exists() and "calibrating" not in capsys.readouterr().err
+    monkeypatch.setenv("MEMOPT_BPTT_CALIBRATION_AUTO", "1")
+    monkeypatch.setattr(_calibrate, "_TRIED", set())
+    loss, grads = mb.value_and_grad(model, params, xs, ys)
+    assert "calibrating the split" in capsys.readouterr().err
+    (key, kept), = json.loads(cal_file.read_text())["entries"].items()
+    assert key == _calibrate.class_key(model, 8)
+    explicit = mb.Sequence(mb.LSTM(8, 64), output_size=3, lanes=kept["lanes"], unit_threads=kept["unit_threads"])
+    loss2, grads2 = mb.value_and_grad(explicit, params, xs, ys)  # the first call already ran the kept split
+    assert loss2 == loss and all(np.array_equal(grads[k], grads2[k]) for k in grads)
+    mtime = cal_file.stat().st_mtime_ns
+    mb.value_and_grad(model, params, xs, ys, budget=0.3)  # an entry exists: no second calibration
+    assert cal_file.stat().st_mtime_ns == mtime and "calibrating" not in capsys.readouterr().err
