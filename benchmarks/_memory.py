@@ -30,9 +30,12 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 
 
 def pin_threads(n: int) -> None:
-    """Pin BLAS/OpenMP/Numba thread pools to ``n`` (effective only before they load)."""
+    """Pin BLAS/OpenMP/Numba thread pools to ``n`` (effective only before they load), and time the
+    split rule's choices: a calibration file this machine may hold (mb.calibrate) is ignored unless
+    MEMOPT_BPTT_CALIBRATION is set (bench_split.py --calibrate sets its own)."""
     for var in THREAD_VARS:
         os.environ[var] = str(n)
+    os.environ.setdefault("MEMOPT_BPTT_CALIBRATION", "off")
 
 
 def malloc_trim() -> bool:

@@ -107,7 +107,7 @@ def paths_for(cell: str, batch: int) -> list[str]:
     out = ["default", "lanes=1,unit_threads=1"]
     if batch >= 2:
         out.append("lanes=2")
-    if cell == "lstm":  # the only built-in cell with unit kernels
+    if cell in ("lstm", "gru"):  # the built-in cells with unit kernels
         out.append("unit_threads=2")
     return out
 
@@ -346,10 +346,10 @@ if __name__ == "__main__":
         env = {**os.environ, **AVX2_ENV}
         sys.exit(subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *sys.argv[1:]],
                                 env=env).returncode)
-    pin_threads(ARGS.threads)  # before numpy or numba load their pools
     if ARGS.calibrate:  # a file of this run's own, never the user's
         import tempfile
         os.environ["MEMOPT_BPTT_CALIBRATION"] = os.path.join(tempfile.mkdtemp(prefix="bench_split_"), "cal.json")
     else:  # the rule's choices, whatever this machine's calibration file holds
         os.environ["MEMOPT_BPTT_CALIBRATION"] = "off"
+    pin_threads(ARGS.threads)  # before numpy or numba load their pools
     main(ARGS)
