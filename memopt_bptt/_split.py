@@ -20,8 +20,9 @@ budgets, and the same bits on every machine that takes the rule. The rule:
   gradient accumulator is at most ``LANE_MAX_ACCUMULATOR_STATES`` hidden
   states of the batch (:func:`lane_accumulator_states`: LSTM 256 from batch
   41, LSTM 512 from 73, GRU 256 from 62);
-- else two unit threads for cells with unit kernels (LSTM), also below
-  ``LANE_MAX_MACS`` on a batch of at most ``MATVEC_MAX_BATCH`` rows;
+- else two unit threads for cells with unit kernels (LSTM, GRU), also below
+  ``LANE_MAX_MACS`` on a batch of at most ``MATVEC_MAX_BATCH`` rows (a GRU
+  at batch 1 only from ``2 * MATVEC_MIN_GRU_UNITS`` units);
 - else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
   number above.
 
@@ -91,6 +92,16 @@ and 2.7x at 5%, a 2-layer LSTM 256 at batch 1 2.1x plain and 2.4x at 5%,
 LSTM 128 at batch 1 even; but like every two-thread path it loses when other
 work keeps both cores busy (give unit_threads=1 there)."""
 MATVEC_MIN_UNITS = 128
+MATVEC_MIN_GRU_UNITS = 192
+"""At batch 1, a stack with a GRU layer takes automatic unit threads only when
+every GRU layer gives each thread at least this many units (and the other
+layers ``MATVEC_MIN_UNITS``). Measured (bench_split's run_config, T=1000,
+float32, interleaved in one process, two runs each; one sweep's time over
+two unit threads', plain / 5%): GRU 256 at batch 1 1.24-1.29x / 1.28-1.37x
+with AVX-512 code but 0.82-0.83x / 0.91-0.92x with AVX2 code (unit threads
+slower); GRU 384 at batch 1 2.0x / 2.1x (AVX-512) and 1.18x / 1.35x (AVX2);
+GRU 256 at batch 2 1.12-1.14x / 1.16-1.17x and 1.24-1.28x / 1.32-1.35x, so
+batch 2 keeps the LSTM's rule. Stacks with a GRU layer were not measured at batch 1."""
 SMALL_GEMM_MACS = 1 << 20
 """A model run in one lane whose largest recurrent GEMM is below this many
 multiply-adds runs its BLAS on one thread: at hidden 64 and batch 16 (0.26 M)
@@ -151,7 +162,8 @@ def n_unit_threads(model: Any, batch: int) -> int:
     recurrent GEMM has at least ``LANE_MAX_MACS`` multiply-adds and whose
     every layer has at least ``2 * MIN_UNIT_HIDDEN`` hidden units, or whose
     batch is at most ``MATVEC_MAX_BATCH`` rows and every layer at least
-    ``2 * MATVEC_MIN_UNITS`` units; asked
+    ``2 * MATVEC_MIN_UNITS`` units (at batch 1 every GRU layer
+    ``2 * MATVEC_MIN_GRU_UNITS``); asked
     for, at most one per hidden unit of the narrowest layer."""
     cells = model.unit_cells
     if cells is None or len(lane_batches(model, batch)) > 1:
@@ -168,7 +180,8 @@ def _auto_units(model: Any, batch: int) -> int:
         return 1
     narrowest = min(c.hidden_size for c in cells)
     big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS and narrowest >= 2 * MIN_UNIT_HIDDEN
-    return 2 if big or _matvec_units(batch, narrowest) else 1
+    gru_short = batch == 1 and any(c.kind == "gru" and c.hidden_size < 2 * MATVEC_MIN_GRU_UNITS for c in cells)
+    return 2 if big or (_matvec_units(batch, narrowest) and not gru_short) else 1
 
 
 def rule_split(model: Any, batch: int) -> tuple[int, int]:

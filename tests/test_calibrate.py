@@ -96,7 +96,7 @@ def test_calibrate_measures_keeps_and_gives_the_bits_of_the_explicit_split(cal_f
 
 
 def test_a_model_with_one_candidate_keeps_the_rule_untimed(cal_file):
-    model = mb.Sequence(mb.GRU(16, 256), output_size=4)  # no unit kernels; a second lane's accumulator too large
+    model = mb.Sequence(mb.Elman(16, 512), output_size=4)  # no unit kernels; a second lane's accumulator too large
     result = mb.calibrate(model, 16, seconds=0.2)
     assert result.seconds == {} and result.chosen == result.rule == "lanes=1,unit_threads=1"
     assert "only candidate" in str(result)

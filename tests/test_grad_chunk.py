@@ -1,6 +1,6 @@
-"""The LSTM's deferred weight gradients at small batches: more steps per flush.
+"""The LSTM's and GRU's deferred weight gradients at small batches: more steps per flush.
 
-``LSTM(grad_chunk=None)`` (the default) sums 2 steps of weight gradients per
+``LSTM(grad_chunk=None)`` (the default; ``GRU`` alike) sums 2 steps of weight gradients per
 GEMM, or enough steps to make 8 rows at batches under 4 when its weights are
 large (``Cell.chunk_steps``). Oracles: the same network with an explicit
 ``grad_chunk=2`` (the same sums in another order: equal to rounding), plain
@@ -31,7 +31,12 @@ def test_the_rule():
     assert [big.chunk_steps(rows) for rows in (1, 2, 3, 4, 5, 16, 64)] == [8, 4, 3, 2, 2, 2, 2]
     assert [mb.LSTM(64, 64).chunk_steps(rows) for rows in (1, 2, 16)] == [2, 2, 2]  # small weights: 2
     assert [mb.LSTM(64, 128, grad_chunk=3).chunk_steps(rows) for rows in (1, 16)] == [3, 3]  # asked for
-    assert mb.GRU(64, 128).chunk_steps(1) == 0  # no deferred gradients
+    gru = mb.GRU(64, 128)  # the GRU's weights (3 hidden x (hidden + input)) take the same rule
+    assert 3 * 128 * (128 + 64) >= CHUNK_ROWS_MIN_WEIGHTS > 3 * 64 * (64 + 64)
+    assert [gru.chunk_steps(rows) for rows in (1, 2, 3, 4, 16)] == [8, 4, 3, 2, 2]
+    assert [mb.GRU(64, 64).chunk_steps(rows) for rows in (1, 16)] == [2, 2]
+    assert [mb.GRU(64, 128, grad_chunk=1).chunk_steps(rows) for rows in (1, 16)] == [1, 1]
+    assert mb.Elman(64, 128).chunk_steps(1) == 0  # no deferred gradients
     assert repr(big) == "Cell(kind='lstm', input_size=64, hidden_size=128)"
     assert "grad_chunk=2" in repr(mb.LSTM(64, 128, grad_chunk=2))
     with pytest.raises(ValueError, match="grad_chunk=0 must be a positive int"):
@@ -47,11 +52,12 @@ def test_the_charge_is_the_rule(batch, steps):
     assert auto.working_bytes - two.working_bytes == (steps - 2) * 5 * batch * H * auto.itemsize
 
 
+@pytest.mark.parametrize("make", [mb.LSTM, mb.GRU])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_more_steps_per_flush_keep_the_bits_across_policies(batch):
+def test_more_steps_per_flush_keep_the_bits_across_policies(batch, make):
     T, I, H, O = 37, 64, 128, 3
-    model = mb.Sequence(mb.LSTM(I, H), output_size=O, unit_threads=1, lanes=1)
-    two = mb.Sequence(mb.LSTM(I, H, grad_chunk=2), output_size=O, unit_threads=1, lanes=1)
+    model = mb.Sequence(make(I, H), output_size=O, unit_threads=1, lanes=1)
+    two = mb.Sequence(make(I, H, grad_chunk=2), output_size=O, unit_threads=1, lanes=1)
     params = model.init_params(seed=4)
     rng = np.random.default_rng(4)
     xs, ys = rng.normal(size=(T, batch, I)), rng.normal(size=(T, batch, O))

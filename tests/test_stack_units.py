@@ -108,11 +108,11 @@ def test_the_rule_chooses_unit_threads_for_large_stacks_of_unit_kernel_cells():
     narrow = mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 2 * _split.MIN_UNIT_HIDDEN - 1)], output_size=16)
     assert narrow.unit_split(16) == ((0, 63),)
     # a layer without unit kernels, or an embedding: one thread, and asking for more is an error
-    mixed = mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)], output_size=16)
+    mixed = mb.Sequence([mb.LSTM(64, 256), mb.Elman(256, 256)], output_size=16)
     assert mixed.unit_split(16) == ((0, 256),)
-    assert "no unit threads: 'lstm+gru' has a layer without unit kernels" in mixed.describe_split(16)
-    with pytest.raises(ValueError, match=r"unit_threads=2 needs a cell with unit kernels.*'lstm\+gru'.*every layer"):
-        mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)], output_size=16, unit_threads=2)
+    assert "no unit threads: 'lstm+elman' has a layer without unit kernels" in mixed.describe_split(16)
+    with pytest.raises(ValueError, match=r"unit_threads=2 needs a cell with unit kernels.*'lstm\+elman'.*every layer"):
+        mb.Sequence([mb.LSTM(64, 256), mb.Elman(256, 256)], output_size=16, unit_threads=2)
     embedded = [mb.Embedding(50, 64), mb.LSTM(64, 256), mb.LSTM(256, 256)]
     assert mb.Sequence(embedded, output_size=16).unit_split(16) == ((0, 256),)
     assert "an embedding" in mb.Sequence(embedded, output_size=16).describe_split(16)

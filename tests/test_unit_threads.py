@@ -59,7 +59,7 @@ def test_unit_split_rule():
     small = mb.Sequence(mb.LSTM(64, 64), output_size=16)
     assert small.unit_split(16) == ((0, 64),)                # lanes instead
     assert small.lane_batches(16) == (8, 8)
-    assert mb.Sequence(mb.GRU(64, 256), output_size=16).unit_split(16) == ((0, 256),)  # no unit kernels
+    assert mb.Sequence(mb.GRU(64, 256), output_size=16).unit_split(16) == ((0, 128), (128, 256))  # 3.1 M, unit kernels
     forced = mb.Sequence(mb.LSTM(2, 7), output_size=2, unit_threads=3)
     assert forced.unit_split(4) == ((0, 3), (3, 5), (5, 7))
     assert forced.lane_batches(4) == (4,)
@@ -75,11 +75,11 @@ def test_bad_unit_threads_is_rejected(bad):
 
 
 def test_unit_threads_need_unit_kernels_and_no_lanes():
-    with pytest.raises(ValueError, match=r"unit_threads=2 needs a cell with unit kernels.*'gru'"):
-        mb.Sequence(mb.GRU(2, 3), output_size=2, unit_threads=2)
+    with pytest.raises(ValueError, match=r"unit_threads=2 needs a cell with unit kernels.*'elman'"):
+        mb.Sequence(mb.Elman(2, 3), output_size=2, unit_threads=2)
     with pytest.raises(ValueError, match="lanes=2 and unit_threads=2"):
         mb.Sequence(mb.LSTM(2, 3), output_size=2, lanes=2, unit_threads=2)
-    mb.Sequence(mb.GRU(2, 3), output_size=2, unit_threads=1)  # 1 means never: fine for any cell
+    mb.Sequence(mb.Elman(2, 3), output_size=2, unit_threads=1)  # 1 means never: fine for any cell
 
 
 def test_bad_unit_kernels_are_rejected():
@@ -326,7 +326,7 @@ def test_describe_split_names_the_path_sizes_chose():
              (mb.Sequence(mb.LSTM(64, 64), output_size=4), "2 lanes of [8, 8]"),
              (mb.Sequence(mb.LSTM(64, 256), output_size=4, unit_threads=1), "one sweep over the whole batch"),
              (mb.Sequence([mb.LSTM(64, 256), mb.LSTM(256, 256)], output_size=4), "2 unit threads"),
-             (mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)], output_size=4), "one sweep"),
+             (mb.Sequence([mb.LSTM(64, 256), mb.Elman(256, 256)], output_size=4), "one sweep"),
              (mb.Sequence(mb.Elman(8, 16), output_size=4), "one sweep")]
     for model, start in cases:
         sizes = model.sizes(batch=16, dtype="float32")
@@ -342,7 +342,7 @@ def test_describe_split_names_the_path_sizes_chose():
         in narrow
     assert "no lanes" in mb.Sequence(mb.GRU(64, 256), output_size=4, unit_threads=1).describe_split(16)
     assert "no lanes" not in mb.Sequence(mb.LSTM(64, 512), output_size=16, lanes=1).describe_split(64)
-    assert "'lstm+gru' has a layer without unit kernels" in mb.Sequence([mb.LSTM(64, 256), mb.GRU(256, 256)],
-                                                                          output_size=4).describe_split(16)
+    assert "'lstm+elman' has a layer without unit kernels" in mb.Sequence([mb.LSTM(64, 256), mb.Elman(256, 256)],
+                                                                            output_size=4).describe_split(16)
     assert "no unit threads: an embedding" in mb.Sequence([mb.Embedding(9, 64), mb.LSTM(64, 256)],
                                                           output_size=4).describe_split(16)
