@@ -3,14 +3,14 @@ target "default path within 5% of the fastest available configuration of the lib
 
 A sweep runs in one lane (BLAS threads on the whole batch), in two lanes (``lanes=2``: independent
 sweeps over disjoint batch rows) or with two unit threads (``unit_threads=2``: every step's hidden
-units split between threads; LSTM only); memopt_bptt._split picks one from the model, the batch and
+units split between threads; LSTM and GRU); memopt_bptt._split picks one from the model, the batch and
 the machine. For every configuration below this times, in ONE process, the default path and every
 explicit alternative, plain BPTT and at a 5% budget (policy msm):
 
     default                  mb.Sequence(cell, output_size=16)           (whatever _split chooses)
     lanes=1,unit_threads=1   one lane, BLAS on the whole batch
     lanes=2                  two lanes (batch >= 2)
-    unit_threads=2           two unit threads (cells with unit kernels: LSTM)
+    unit_threads=2           two unit threads (cells with unit kernels: LSTM, GRU)
 
 Configurations (input 64, readout 16 + mse loss, float32, forward + backward): issue 14's grid,
 LSTM hidden 64 / 128 / 256 / 512 / 1024 at batch 16, LSTM 256 at batch 1 and 64, GRU 64 / 256 /

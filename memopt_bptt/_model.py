@@ -97,7 +97,7 @@ class Sequence(_SplitQueries, _Checks, _Boundary):
         if unit_threads is not None and unit_threads > 1:
             if _unit_cells(self.layers) is None:
                 raise ValueError(f"Sequence: unit_threads={unit_threads} needs a cell with unit kernels "
-                                 f"(Cell.unit_kernels; the built-in LSTM has them, {self.layers.kind()!r} does not) "
+                                 f"(Cell.unit_kernels; the built-in LSTM and GRU have them, {self.layers.kind()!r} does not) "
                                  "in every layer, and no embedding; use unit_threads=None or 1")
             if lanes is not None and lanes > 1:
                 raise ValueError(f"Sequence: lanes={lanes} and unit_threads={unit_threads} cannot both split "

@@ -121,7 +121,7 @@ class _SplitQueries:
         and pays off where one step's GEMMs are large.
 
         ``unit_threads=None`` (the default) uses two threads for cells with
-        unit kernels (Cell.unit_kernels: the built-in LSTM) in every layer
+        unit kernels (Cell.unit_kernels: the built-in LSTM and GRU) in every layer
         and no embedding, not split into lanes, where the largest layer's recurrent GEMM has at
         least ``LANE_MAX_MACS`` multiply-adds (where automatic lanes stop, wide batches aside) and
         every layer at least ``2 * MIN_UNIT_HIDDEN`` hidden units; else one

@@ -30,7 +30,7 @@ the same order)::
     state_from_internal(*P, x, internal, s_out, work)         # s_out = s_t, bit-exact
 
 A cell may defer its weight gradients to sum several steps in one GEMM
-(``grad_chunk = c > 0``; the built-in LSTM does, c = 2 by default, more at
+(``grad_chunk = c > 0``; the built-in LSTM and GRU do, c = 2 by default, more at
 batches under 4 rows: ``chunk_rows``, :meth:`Cell.chunk_steps`). Its
 backward then takes two more arguments and a third kernel flushes::
 
@@ -49,7 +49,7 @@ bit of the gradients, is the same under every schedule.
 A feature-major cell with deferred gradients may also give ``unit_kernels``,
 the same step split by hidden units, so that threads can share one step
 (each takes a range ``u0..u1`` of units: their rows of every gate and their
-elements of every block; the built-in LSTM does)::
+elements of every block; the built-in LSTM and GRU do)::
 
     forward(*P, x, s_prev, s_new, internal, work, u0, u1)      # reads all of h_{t-1}
     rebuild(*P, x, internal, s_out, work, u0, u1)
