@@ -152,6 +152,7 @@ def run_config(name: str, cell: str, hidden: int, batch: int, T: int, rounds: in
                calibrate: float | None = None) -> dict:
     import numpy as np
     import memopt_bptt as mb
+    from memopt_bptt._calibrate import _name
     from memopt_bptt._split import rule_split
     cal = None
     if calibrate:  # before the models are built: the default one takes the kept split
@@ -193,8 +194,7 @@ def run_config(name: str, cell: str, hidden: int, batch: int, T: int, rounds: in
             done[key] = time.perf_counter() - t0
         for key in pairs:
             times[key].append(done.get(key))
-    lanes, units = rule_split(models["default"], batch)
-    rule = "lanes=1,unit_threads=1" if lanes == units == 1 else "lanes=2" if lanes > 1 else "unit_threads=2"
+    rule = _name(*rule_split(models["default"], batch))
     row = {"name": name, "cell": cell, "hidden": hidden, "batch": batch, "T": T, "paths": info,
            "rule": rule, "calibration": cal,
            "load_per_round": loads, "busy_fraction": sum(busy) / len(busy) if busy else None, "modes": {}}

@@ -274,7 +274,6 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
         print(result)   # calibrated lanes=1,unit_threads=1 (the rule's: unit_threads=2) ...
     """
     from ._model import Sequence
-    from ._value_and_grad import value_and_grad
     from . import _split
     if not isinstance(model, Sequence):
         raise TypeError(f"calibrate: model must be an mb.Sequence, got {type(model).__name__}")
@@ -300,6 +299,23 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
     cands = candidates(model, batch)
     cands.setdefault(rule, rule_split)
     models = {c: _with_split(model, *lu) for c, lu in cands.items()}  # each asks for its split explicitly
+    if len(models) == 1:  # nothing to choose between: keep the rule's, untimed
+        T, rounds, seconds_of, over = 0, 0, {}, {rule: 1.0}
+    else:
+        T, seconds_of, over = _time(models, rule, model, batch, dt, seed, seconds, rounds)
+    chosen = pick(over, rule, margin)
+    key = class_key(model, batch)
+    result = Calibration(*cands[chosen], rule, chosen, T, rounds, seconds_of, over, time.perf_counter() - start,
+                         path or "", key)
+    if save:
+        _save(path, key, _entry(result, model, batch, dt))
+    return result
+
+
+def _time(models: dict, rule: str, model: Any, batch: int, dt: np.dtype, seed: int,
+          seconds: float, rounds: int) -> tuple[int, dict, dict]:
+    """T, every candidate's median seconds and its median time over the rule's (see calibrate)."""
+    from ._value_and_grad import value_and_grad
     params = model.init_params(seed=seed, dtype=dt)
 
     def call(c: str, T: int) -> float:
@@ -308,13 +324,6 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
         value_and_grad(models[c], params, xs, ys)
         return time.perf_counter() - t0
 
-    key = class_key(model, batch)
-    if len(models) == 1:  # nothing to choose between: keep the rule's, untimed
-        result = Calibration(*cands[rule], rule, rule, 0, 0, {}, {rule: 1.0}, time.perf_counter() - start,
-                             path or "", key)
-        if save:
-            _save(path, key, _entry(result, model, batch, dt))
-        return result
     T0 = 32
     data = {T0: _data(model, T0, batch, dt, seed)}
     for c in models:  # warm-up: compile or load every candidate
@@ -336,13 +345,7 @@ def calibrate(model: Any, batch: int, *, dtype: Any = "float32", seconds: float 
             time.sleep(PAUSE)  # the previous call's spinning BLAS workers go to sleep
             times[c].append(call(c, T))
     over = {c: statistics.median(t / r for t, r in zip(times[c], times[rule])) for c in models}
-    chosen = pick(over, rule, margin)
-    lanes, units = cands[chosen]
-    result = Calibration(lanes, units, rule, chosen, T, rounds, {c: statistics.median(v) for c, v in times.items()},
-                         over, time.perf_counter() - start, path or "", key)
-    if save:
-        _save(path, key, _entry(result, model, batch, dt))
-    return result
+    return T, {c: statistics.median(v) for c, v in times.items()}, over
 
 
 def _entry(result: Calibration, model: Any, batch: int, dt: np.dtype) -> dict:
@@ -354,7 +357,7 @@ def _entry(result: Calibration, model: Any, batch: int, dt: np.dtype) -> dict:
 def _save(path: str, key: str, entry: dict) -> None:
     """Add or replace one entry, atomically (a reader sees the old file or the new)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    entries = dict(_entries(path)) if os.path.exists(path) else {}
+    entries = dict(_entries(path))
     entries[key] = entry
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".calibration-", suffix=".json")
     try:

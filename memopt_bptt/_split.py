@@ -180,8 +180,7 @@ def _auto_units(model: Any, batch: int) -> int:
         return 1
     narrowest = min(c.hidden_size for c in cells)
     big = model.recurrent_macs(batch, largest=True) >= LANE_MAX_MACS and narrowest >= 2 * MIN_UNIT_HIDDEN
-    gru_short = batch == 1 and any(c.kind == "gru" and c.hidden_size < 2 * MATVEC_MIN_GRU_UNITS for c in cells)
-    return 2 if big or (_matvec_units(batch, narrowest) and not gru_short) else 1
+    return 2 if big or _matvec_units(batch, cells) else 1
 
 
 def rule_split(model: Any, batch: int) -> tuple[int, int]:
@@ -198,9 +197,11 @@ def _automatic(model: Any, batch: int) -> tuple[int, int]:
     return found[:2] if found is not None else rule_split(model, batch)
 
 
-def _matvec_units(batch: int, narrowest: int) -> bool:
-    """Whether a small batch's matrix-vector steps take two unit threads (``MATVEC_MAX_BATCH``)."""
-    return batch <= MATVEC_MAX_BATCH and narrowest >= 2 * MATVEC_MIN_UNITS
+def _matvec_units(batch: int, cells: Any) -> bool:
+    """Whether a small batch's matrix-vector steps take two unit threads (``MATVEC_MAX_BATCH``; a GRU
+    at batch 1 from ``2 * MATVEC_MIN_GRU_UNITS``)."""
+    least = [MATVEC_MIN_GRU_UNITS if batch == 1 and c.kind == "gru" else MATVEC_MIN_UNITS for c in cells]
+    return batch <= MATVEC_MAX_BATCH and all(c.hidden_size >= 2 * m for c, m in zip(cells, least))
 
 
 def unit_split(model: Any, batch: int, layer: int = -1) -> tuple[tuple[int, int], ...]:

@@ -25,6 +25,7 @@ from memopt_bptt import _model, _split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _bits import as_list, assert_bits, assert_close, data, rows_twin  # noqa: E402
 from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
 from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
 
@@ -42,47 +43,6 @@ def model_of(structure, hidden, *, threads, loss="mse", input_size=2, output=2, 
     lanes = 1 if threads == 1 else None
     return mb.Sequence(cells if len(cells) > 1 else cells[0], output_size=output, loss=loss, unit_threads=threads,
                        lanes=lanes)
-
-
-def rows_twin(model):
-    """The same layers with one thread and one lane (rows mode)."""
-    cells = list(model.cells)
-    return mb.Sequence(cells if len(cells) > 1 else cells[0], output_size=model.output_size, loss=model.loss,
-                       unit_threads=1, lanes=1)
-
-
-def data(model, T, batch, seed):
-    rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(T, batch, model.input_size))
-    if model.loss == "mse":
-        ys = rng.normal(size=(T, batch, model.output_size))
-    else:
-        ys = rng.integers(0, model.output_size, size=(T, batch))
-    shapes = model.state_shape(batch)
-    h0 = ([0.5 * rng.normal(size=s) for s in shapes] if isinstance(shapes, list)
-          else 0.5 * rng.normal(size=shapes))
-    return xs, ys, h0
-
-
-def as_list(h):
-    return list(h) if isinstance(h, list) else [h]
-
-
-def assert_bits(a, b, what):
-    assert a[0] == b[0], (what, a[0], b[0])
-    for k in b[1]:
-        assert np.array_equal(a[1][k], b[1][k]), (what, k)
-    for x, y in zip(as_list(a[2]), as_list(b[2])):
-        assert np.array_equal(x, y), (what, "dL/dh0")
-
-
-def assert_close(a, b, rtol, what):
-    assert abs(a[0] - b[0]) <= rtol * max(1.0, abs(b[0])), (what, a[0], b[0])
-    for k in b[1]:
-        scale = max(1.0, float(np.abs(b[1][k]).max()))
-        assert np.abs(a[1][k] - b[1][k]).max() <= rtol * scale, (what, k)
-    for x, y in zip(as_list(a[2]), as_list(b[2])):
-        assert np.abs(x - y).max() <= rtol * max(1.0, np.abs(y).max()), (what, "dL/dh0")
 
 
 # ---- the rule, and asked-for threads ------------------------------------------------------------------

@@ -36,6 +36,7 @@ from memopt_bptt._executor import Data, Run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _bits import assert_bits, assert_close, data, rows_twin  # noqa: E402
 from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
 
 I, O = 3, 3
@@ -47,49 +48,6 @@ def stack(hidden, *, threads, loss="mse", loss_at="every", chunks=(2, 2), input_
     cells = [mb.LSTM(sizes[k], h, grad_chunk=c) for k, (h, c) in enumerate(zip(hidden, chunks))]
     lanes = 1 if threads == 1 else None
     return mb.Sequence(cells, output_size=output, loss=loss, loss_at=loss_at, unit_threads=threads, lanes=lanes)
-
-
-def rows_twin(model):
-    """The same layers with one thread and one lane (rows mode)."""
-    return mb.Sequence(list(model.cells), output_size=model.output_size, loss=model.loss, loss_at=model.loss_at,
-                       unit_threads=1, lanes=1)
-
-
-def data(model, T, batch, seed):
-    rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(T, batch, model.input_size))
-    shape = (batch,) if model.loss_at == "last" else (T, batch)
-    if model.loss == "mse":
-        ys = rng.normal(size=shape + (model.output_size,))
-    else:
-        ys = rng.integers(0, model.output_size, size=shape)
-    shapes = model.state_shape(batch)
-    h0 = ([0.5 * rng.normal(size=s) for s in shapes] if isinstance(shapes, list)
-          else 0.5 * rng.normal(size=shapes))
-    return xs, ys, h0
-
-
-def as_list(h):
-    return list(h) if isinstance(h, list) else [h]
-
-
-def assert_bits(a, b, what):
-    assert a[0] == b[0], (what, a[0], b[0])
-    for k in b[1]:
-        assert np.array_equal(a[1][k], b[1][k]), (what, k)
-    if len(b) > 2:
-        for x, y in zip(as_list(a[2]), as_list(b[2])):
-            assert np.array_equal(x, y), (what, "dL/dh0")
-
-
-def assert_close(a, b, rtol, what):
-    assert abs(a[0] - b[0]) <= rtol * max(1.0, abs(b[0])), (what, a[0], b[0])
-    for k in b[1]:
-        scale = max(1.0, float(np.abs(b[1][k]).max()))
-        assert np.abs(a[1][k] - b[1][k]).max() <= rtol * scale, (what, k)
-    if len(b) > 2:
-        for x, y in zip(as_list(a[2]), as_list(b[2])):
-            assert np.abs(x - y).max() <= rtol * max(1.0, np.abs(y).max()), (what, "dL/dh0")
 
 
 # ---- the rule, the charge and the arguments (no sweep) -------------------------------------------
