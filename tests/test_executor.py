@@ -510,9 +510,9 @@ def test_final_state_rejects_bad_input():
 
 @pytest.mark.slow  # compiles float32 sweeps of a GRU 256 and split LSTM units: tens of seconds
 def test_a_busy_machine_changes_threads_not_bits(monkeypatch):
-    """On a loaded machine a sweep gives BLAS one thread and unit threads no spinning
-    (_runner.machine_busy, _runner.crowded: one thread runs every unit share); the
-    gradients are the same bits as with BLAS's own threads."""
+    """On a loaded machine unit threads do not spin (_runner.machine_busy, _runner.crowded: one
+    thread runs every unit share) and BLAS keeps its thread count (OpenBLAS's Haswell kernels
+    give other bits with one thread than with two); the gradients are the same bits."""
     from memopt_bptt._executor import _runner
 
     rng = np.random.default_rng(3)
@@ -528,7 +528,7 @@ def test_a_busy_machine_changes_threads_not_bits(monkeypatch):
             run = _runner.Run(model, model.check_params(params), _runner.Data(xs, ys, np.zeros((1, 1), np.int64),
                               np.zeros((1, 1)), np.full(16, 12, np.int64)), model.sizes(batch=16, dtype="float32"),
                               loss_kind=0, scale=1.0)
-            assert (run.blas == 1) == (busy or name == "lstm-units")
+            assert run.blas == (1 if name == "lstm-units" else None)  # None: BLAS's own count, busy or not
             if name == "lstm-units":
                 assert run.solo == busy and (run.spin == 0) == busy
             loss, grads = mb.value_and_grad(model, params, xs, ys, budget=0.5)

@@ -287,8 +287,10 @@ def test_compiled_step():
     """A torch.compile'd cell (aot_eager: AOTAutograd's graphs, no C++ compiler); slow: it compiles twice
     (with and without grad)."""
     *args, wrt = make("gru", 11)
-    want = grads(plain(*args), wrt)
     args[0] = torch.compile(args[0], backend="aot_eager")
+    # the oracle runs the same compiled step: its decomposed graph need not give eager's bits
+    # (2e-17 apart in float64 with one CPU's kernels)
+    want = grads(plain(*args), wrt)
     assert_bit_identical(grads(mbt.scan_loss(*args, budget="50%"), wrt), want)
 
 

@@ -97,10 +97,16 @@ class Buffers(NamedTuple):
 def machine_busy() -> bool:
     """Whether other work wants the CPUs this process may use: the 1-minute load
     average above their number (plus a half, for this process's own waiting
-    thread). Then a sweep gives BLAS one thread (OpenBLAS's threads spin while
-    they wait, and measured 20x slower than one thread on a loaded 2-CPU
-    machine; one or two BLAS threads give the same bits, only the rows of a
-    GEMM are split between them) and unit threads yield at barriers at once."""
+    thread). Then unit threads yield at barriers at once.
+
+    BLAS keeps its thread count on a busy machine: OpenBLAS's results can
+    depend on it (its Haswell kernels, float32, (256 x 768) @ (768 x 16) on
+    an AMD EPYC: 4e-5 apart with one thread and two), so giving BLAS one
+    thread under load changed a GRU's gradient bits from one call to the
+    next; the thread count is the model's and the batch's alone
+    (``_split.blas_threads_for``). The price: beside two busy-looping
+    processes an Elman 1024 sweep with two BLAS threads took about 2x the
+    time of one (give ``OPENBLAS_NUM_THREADS=1`` on a loaded machine)."""
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average on this platform
@@ -201,9 +207,7 @@ class Run:
         else:
             self.parts = sizes.lanes or (self.batch,)
             self.spin = 0
-        self.blas = blas_threads_for(model, sizes)
-        if self.blas is None and machine_busy():
-            self.blas = 1
+        self.blas = blas_threads_for(model, sizes)  # never the load's: BLAS's bits can depend on it
 
     switch_at = 0
     """Tests only: the barrier count after which unit threads leave the work to thread 0 (0: when

@@ -15,7 +15,10 @@ products 0.67-0.73x.
 
 Every element of C is one chain of fused multiply-adds over k = 0..K-1 in
 order, so the result is deterministic, and independent of how the rows of C
-are split between threads.
+are split between threads (``matmul``'s; ``product`` hands wide products to
+BLAS with AVX2, whose bits can depend on the rows a call gets, so a unit
+thread's share computed by one thread or another still gets the same bits,
+but not its halves computed apart).
 
 The tile's shape follows the vector registers of the CPU Numba compiles for
 (:func:`vector_bytes`: the host's, or ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``'s):
