@@ -65,6 +65,7 @@ def test_a_kept_split_is_taken_by_automatic_models_of_its_class_only(cal_file):
     assert "calibrated" not in model.describe_split(16)
 
 
+@pytest.mark.slow  # compiles and times float32 sweeps of three splits: 85 s on a slow 2-core machine
 def test_calibrate_measures_keeps_and_gives_the_bits_of_the_explicit_split(cal_file):
     model = mb.Sequence(mb.LSTM(8, 64), output_size=3)
     batch = 8
