@@ -8,10 +8,11 @@ finite differences of the loss, threads taking turns on one CPU (the same
 bits as on two), tracemalloc against the budget, and the charge worked out
 by hand from the documented rule.
 
-Every new structure compiles a sweep of its own (10-30 s), so the default
-run uses one: a 2-layer LSTM stack in units mode, float64 (its rows-mode
-twin is test_models.py's); the 3-layer stack, float32 and the SIGINT child
-are marked slow.
+Every new structure compiles a sweep of its own (10-60 s), so the default
+run checks only the rules (the split, the charge); every sweep here (a
+2-layer LSTM stack in units mode, float64; the 3-layer stack, float32, the
+SIGINT child) is marked slow, and CI runs them as its second step. The
+default run's units-mode sweep is test_unit_threads.py's single layer.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def test_a_stack_s_unit_threads_are_charged_to_the_budget():
     assert two.working_bytes - one.working_bytes == extra * 8
 
 
-# ---- exactness (one compiled sweep: the 2-layer stack in units mode, float64) ------------------------
+# ---- exactness (one compiled sweep: the 2-layer stack in units mode, float64; slow) ----------------------
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loss=st.sampled_from(["mse", "cross_entropy"]), T=st.integers(1, 24), batch=st.integers(1, 4),
        threads=st.integers(2, 3), hidden=st.tuples(st.integers(3, 9), st.integers(3, 9)),
@@ -137,6 +139,7 @@ def test_every_policy_is_bit_identical_to_plain_bptt_and_equal_to_rows_mode(loss
         assert_bits(result, reference, (policy, budget))
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 def test_masks_lengths_and_a_last_step_loss():
     T, batch = 17, 4
     rng = np.random.default_rng(3)
@@ -165,6 +168,7 @@ def test_masks_lengths_and_a_last_step_loss():
             assert_bits(again, reference, (loss_at, list(kw), "padding"))
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 def test_matches_torch_two_layer_lstm():
     torch = pytest.importorskip("torch")
     T, batch, n_in, H = 9, 16, 4, 8  # 16 columns and 8-wide blocks: the register-tiled GEMM's path in float64
@@ -192,6 +196,7 @@ def test_matches_torch_two_layer_lstm():
     assert np.max(np.abs(dh0 - h0_t.grad.numpy())) < 1e-12
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_matches_finite_differences(loss):
     T, batch = 5, 2
@@ -224,6 +229,7 @@ def test_matches_finite_differences(loss):
             assert abs(fd - dh0[layer][idx]) <= 1e-7 * max(1.0, abs(fd)), (layer, idx)
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 def test_threads_taking_turns_on_one_cpu_give_the_same_bits(monkeypatch):
     model = stack((7, 5), threads=2)
     params = model.init_params(seed=5)
@@ -237,6 +243,7 @@ def test_threads_taking_turns_on_one_cpu_give_the_same_bits(monkeypatch):
 
 # ---- memory ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 def test_stays_within_the_budget_and_allocates_what_it_charged():
     T, batch = 40, 4
     model = stack((9, 6), threads=2)
@@ -279,6 +286,7 @@ _NRT_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 def test_the_sweep_allocates_nothing_that_grows_with_T():
     """Numba's allocation counters (NUMBA_NRT_STATS=1, a fresh process that loads the cached sweep):
     a call at T=200 allocates what one at T=20 does, and frees it."""
@@ -300,6 +308,7 @@ def _codes(rows):
     return codes
 
 
+@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
 @pytest.mark.parametrize("what", ["forward", "reverse"])
 def test_the_stop_flag_stops_every_thread_inside_the_barriers(what, monkeypatch):
     """What Ctrl-C does (memopt_bptt._interrupt): the caller sets the stop flag, which in
