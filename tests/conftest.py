@@ -37,7 +37,9 @@ _GROUP = {name: files[0] for files in _HEAVY_FIRST for name in files}
 def pytest_xdist_make_scheduler(config, log):
     """A worker gets a whole group: a file, or the files above that share sweeps (what ``--dist
     loadgroup`` would do with marks, but that loses its groups with pytest 9.2: pytest-xdist issue
-    1386)."""
+    1386). Only for setup.cfg's ``--dist loadfile``: another ``--dist`` on the command line is xdist's."""
+    if config.getoption("dist") != "loadfile":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Groups(LoadScopeScheduling):

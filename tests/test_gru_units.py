@@ -23,11 +23,15 @@ import memopt_bptt as mb
 import memopt_bptt._executor._runner as runner
 from memopt_bptt import _model, _split
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _bits import as_list, assert_bits, assert_close, data, rows_twin  # noqa: E402
 from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
 from reference import finite_difference_grads, max_relative_error, reference_loss  # noqa: E402
+
+# a GRU unit-threads sweep: about a minute to compile on a slow 2-core machine, so CI's slow step runs what uses it
+SWEEP = pytest.mark.slow
 
 STRUCTURES = {  # name: layer factories (input, hidden, grad_chunk) -> cell
     "gru": (mb.GRU,),
@@ -79,7 +83,7 @@ def test_the_gru_has_unit_kernels_and_asked_for_threads_split_it():
 
 # ---- exactness -------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("structure", list(STRUCTURES))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loss=st.sampled_from(["mse", "cross_entropy"]), T=st.integers(1, 20), batch=st.integers(1, 4),
@@ -105,7 +109,7 @@ def test_every_policy_is_bit_identical_to_plain_bptt_and_equal_to_rows_mode(stru
         assert_bits(result, reference, (policy, budget))
 
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_unit_threads_match_finite_differences_of_the_reference(loss):
     T, batch = 6, 3
@@ -130,7 +134,7 @@ def _torch_run(torch, modules, linear, xs, ys, h0s):
     return loss.item()
 
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("structure", ["gru", "gru+gru", "lstm+gru"])
 def test_unit_threads_match_torch(structure):
     torch = pytest.importorskip("torch")
@@ -173,7 +177,7 @@ def test_unit_threads_match_torch(structure):
         assert np.max(np.abs(ours - t.grad.numpy())) < 1e-12
 
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("structure", ["gru", "gru+lstm"])
 def test_threads_taking_turns_on_one_cpu_give_the_same_bits(structure, monkeypatch):
     layers = len(STRUCTURES[structure])
@@ -187,7 +191,7 @@ def test_threads_taking_turns_on_one_cpu_give_the_same_bits(structure, monkeypat
     assert_bits(turns, threaded, "one CPU")
 
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 def test_float32_hidden_256_is_bit_identical_across_budgets_and_close_to_float64():
     T, batch = 12, 16
     model = model_of("gru", (256,), threads=2, input_size=8, output=4)
@@ -203,7 +207,7 @@ def test_float32_hidden_256_is_bit_identical_across_budgets_and_close_to_float64
     assert_close(reference, mb.value_and_grad(model, params, xs, ys, h0=h0, return_h0_grad=True), 1e-4, "float64")
 
 
-@pytest.mark.slow  # compiles a GRU unit-threads sweep: about a minute on a slow 2-core machine
+@SWEEP
 def test_unit_threads_stay_within_the_budget():
     T, batch = 30, 8
     model = model_of("gru", (16,), threads=2, input_size=3)

@@ -35,10 +35,14 @@ import memopt_bptt._executor._runner as runner
 from memopt_bptt import _model, _split
 from memopt_bptt._executor import Data, Run
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _bits import assert_bits, assert_close, data, rows_twin  # noqa: E402
 from _tracing import kept_bytes, least_bytes, runs_at_a_budget_between  # noqa: E402
+
+# the stack's units-mode sweep: 40 s to compile on a slow 2-core machine, so CI's slow step runs what uses it
+SWEEP = pytest.mark.slow
 
 I, O = 3, 3
 
@@ -115,7 +119,7 @@ def test_a_stack_s_unit_threads_are_charged_to_the_budget():
 
 # ---- exactness (one compiled sweep: the 2-layer stack in units mode, float64; slow) ----------------------
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loss=st.sampled_from(["mse", "cross_entropy"]), T=st.integers(1, 24), batch=st.integers(1, 4),
        threads=st.integers(2, 3), hidden=st.tuples(st.integers(3, 9), st.integers(3, 9)),
@@ -139,7 +143,7 @@ def test_every_policy_is_bit_identical_to_plain_bptt_and_equal_to_rows_mode(loss
         assert_bits(result, reference, (policy, budget))
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 def test_masks_lengths_and_a_last_step_loss():
     T, batch = 17, 4
     rng = np.random.default_rng(3)
@@ -168,7 +172,7 @@ def test_masks_lengths_and_a_last_step_loss():
             assert_bits(again, reference, (loss_at, list(kw), "padding"))
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 def test_matches_torch_two_layer_lstm():
     torch = pytest.importorskip("torch")
     T, batch, n_in, H = 9, 16, 4, 8  # 16 columns and 8-wide blocks: the register-tiled GEMM's path in float64
@@ -196,7 +200,7 @@ def test_matches_torch_two_layer_lstm():
     assert np.max(np.abs(dh0 - h0_t.grad.numpy())) < 1e-12
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_matches_finite_differences(loss):
     T, batch = 5, 2
@@ -229,7 +233,7 @@ def test_matches_finite_differences(loss):
             assert abs(fd - dh0[layer][idx]) <= 1e-7 * max(1.0, abs(fd)), (layer, idx)
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 def test_threads_taking_turns_on_one_cpu_give_the_same_bits(monkeypatch):
     model = stack((7, 5), threads=2)
     params = model.init_params(seed=5)
@@ -243,7 +247,7 @@ def test_threads_taking_turns_on_one_cpu_give_the_same_bits(monkeypatch):
 
 # ---- memory ---------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 def test_stays_within_the_budget_and_allocates_what_it_charged():
     T, batch = 40, 4
     model = stack((9, 6), threads=2)
@@ -286,7 +290,7 @@ _NRT_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 def test_the_sweep_allocates_nothing_that_grows_with_T():
     """Numba's allocation counters (NUMBA_NRT_STATS=1, a fresh process that loads the cached sweep):
     a call at T=200 allocates what one at T=20 does, and frees it."""
@@ -308,7 +312,7 @@ def _codes(rows):
     return codes
 
 
-@pytest.mark.slow  # the stack's units-mode sweep: 40 s to compile on a slow 2-core machine
+@SWEEP
 @pytest.mark.parametrize("what", ["forward", "reverse"])
 def test_the_stop_flag_stops_every_thread_inside_the_barriers(what, monkeypatch):
     """What Ctrl-C does (memopt_bptt._interrupt): the caller sets the stop flag, which in
