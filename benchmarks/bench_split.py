@@ -15,7 +15,8 @@ explicit alternative, plain BPTT and at a 5% budget (policy msm):
 Configurations (input 64, readout 16 + mse loss, float32, forward + backward): issue 14's grid,
 LSTM hidden 64 / 128 / 256 / 512 / 1024 at batch 16, LSTM 256 at batch 1 and 64, GRU 64 / 256 /
 1024, Elman 256 / 1024, and where lanes and unit threads were close: LSTM 256 at batch 32 and 128,
-GRU 256 and LSTM 512 at batch 64. T is the grid's for the small rows and shorter for the large
+GRU 256 and LSTM 512 at batch 64, and at batch 1-2 (LSTM 256 at batch 2, GRU 256 and 384 at
+batch 1), where unit threads compete with one thread. T is the grid's for the small rows and shorter for the large
 ones (see CONFIGS), so that a full run stays within ~15 minutes on 2 busy cores; a shorter T makes
 the 5% budget tighter in checkpoints, which is where a second lane's gradient accumulator costs
 recomputation (lanes=2 does not fit 5% of LSTM 1024 / GRU 1024 at T=200 at all).
@@ -79,6 +80,7 @@ CONFIGS = {
     "lstm-512": ("lstm", 512, 16, 300),
     "lstm-1024": ("lstm", 1024, 16, 200),
     "lstm-256-b1": ("lstm", 256, 1, 1000),
+    "lstm-256-b2": ("lstm", 256, 2, 1000),
     "lstm-256-b32": ("lstm", 256, 32, 400),
     "lstm-256-b64": ("lstm", 256, 64, 300),
     "lstm-256-b128": ("lstm", 256, 128, 200),
@@ -86,6 +88,8 @@ CONFIGS = {
     "gru-64": ("gru", 64, 16, 1000),
     "gru-256": ("gru", 256, 16, 500),
     "gru-256-b64": ("gru", 256, 64, 300),
+    "gru-256-b1": ("gru", 256, 1, 1000),
+    "gru-384-b1": ("gru", 384, 1, 1000),
     "gru-1024": ("gru", 1024, 16, 200),
     "elman-256": ("elman", 256, 16, 1000),
     "elman-1024": ("elman", 1024, 16, 300),

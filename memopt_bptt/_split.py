@@ -21,8 +21,8 @@ budgets, and the same bits on every machine that takes the rule. The rule:
   states of the batch (:func:`lane_accumulator_states`: LSTM 256 from batch
   41, LSTM 512 from 73, GRU 256 from 62);
 - else two unit threads for cells with unit kernels (LSTM, GRU), also below
-  ``LANE_MAX_MACS`` on a batch of at most ``MATVEC_MAX_BATCH`` rows (a GRU
-  at batch 1 only from ``2 * MATVEC_MIN_GRU_UNITS`` units);
+  ``LANE_MAX_MACS`` on a batch of at most ``MATVEC_MAX_BATCH`` rows with at
+  least ``MATVEC_MIN_UNITS`` units per thread;
 - else one sweep, BLAS on one thread below ``SMALL_GEMM_MACS``, its own
   number above.
 
@@ -92,16 +92,18 @@ and 2.7x at 5%, a 2-layer LSTM 256 at batch 1 2.1x plain and 2.4x at 5%,
 LSTM 128 at batch 1 even; but like every two-thread path it loses when other
 work keeps both cores busy (give unit_threads=1 there)."""
 MATVEC_MIN_UNITS = 128
-MATVEC_MIN_GRU_UNITS = 192
-"""At batch 1, a stack with a GRU layer takes automatic unit threads only when
-every GRU layer gives each thread at least this many units (and the other
-layers ``MATVEC_MIN_UNITS``). Measured (bench_split's run_config, T=1000,
-float32, interleaved in one process, two runs each; one sweep's time over
-two unit threads', plain / 5%): GRU 256 at batch 1 1.24-1.29x / 1.28-1.37x
-with AVX-512 code but 0.82-0.83x / 0.91-0.92x with AVX2 code (unit threads
-slower); GRU 384 at batch 1 2.0x / 2.1x (AVX-512) and 1.18x / 1.35x (AVX2);
-GRU 256 at batch 2 1.12-1.14x / 1.16-1.17x and 1.24-1.28x / 1.32-1.35x, so
-batch 2 keeps the LSTM's rule. Stacks with a GRU layer were not measured at batch 1."""
+"""The GRU takes the same rule as the LSTM. With AVX2 code each unit thread's
+one-row products at batch 1 (its units' share of dL/dh_{t-1}) once went to
+OpenBLAS's GEMM, and unit threads lost there: LSTM 256 at batch 1 on a real
+AVX2 machine (Zen 3, 512 KiB of L2 per core) took 1.12x / 1.16x one thread's
+time, GRU 256 at batch 1 with AVX2 code 1.2x, so the GRU had needed 384
+units. Since the tiled GEMM takes every one-row product (``mm.product``),
+measured on an AMD EPYC Zen 5 (AVX-512, 1 MiB of L2 per core;
+bench_split.py, 7 interleaved rounds, one thread's time over the unit
+threads', plain / 5%): LSTM 256 at batch 1 1.64x / 1.52x with AVX-512 code,
+with AVX2 code 1.01x / 1.03x before that change and 1.51x / 1.36x after; GRU 256
+at batch 1 1.34x / 1.09x (AVX-512) and 1.40x / 1.41x (AVX2); GRU 384 at
+batch 1 1.41x / 1.81x and 1.52x / 1.44x."""
 SMALL_GEMM_MACS = 1 << 20
 """A model run in one lane whose largest recurrent GEMM is below this many
 multiply-adds runs its BLAS on one thread: at hidden 64 and batch 16 (0.26 M)
@@ -162,8 +164,7 @@ def n_unit_threads(model: Any, batch: int) -> int:
     recurrent GEMM has at least ``LANE_MAX_MACS`` multiply-adds and whose
     every layer has at least ``2 * MIN_UNIT_HIDDEN`` hidden units, or whose
     batch is at most ``MATVEC_MAX_BATCH`` rows and every layer at least
-    ``2 * MATVEC_MIN_UNITS`` units (at batch 1 every GRU layer
-    ``2 * MATVEC_MIN_GRU_UNITS``); asked
+    ``2 * MATVEC_MIN_UNITS`` units; asked
     for, at most one per hidden unit of the narrowest layer."""
     cells = model.unit_cells
     if cells is None or len(lane_batches(model, batch)) > 1:
@@ -198,10 +199,9 @@ def _automatic(model: Any, batch: int) -> tuple[int, int]:
 
 
 def _matvec_units(batch: int, cells: Any) -> bool:
-    """Whether a small batch's matrix-vector steps take two unit threads (``MATVEC_MAX_BATCH``; a GRU
-    at batch 1 from ``2 * MATVEC_MIN_GRU_UNITS``)."""
-    least = [MATVEC_MIN_GRU_UNITS if batch == 1 and c.kind == "gru" else MATVEC_MIN_UNITS for c in cells]
-    return batch <= MATVEC_MAX_BATCH and all(c.hidden_size >= 2 * m for c, m in zip(cells, least))
+    """Whether a small batch's matrix-vector steps take two unit threads (``MATVEC_MAX_BATCH``,
+    ``MATVEC_MIN_UNITS``)."""
+    return batch <= MATVEC_MAX_BATCH and all(c.hidden_size >= 2 * MATVEC_MIN_UNITS for c in cells)
 
 
 def unit_split(model: Any, batch: int, layer: int = -1) -> tuple[tuple[int, int], ...]:

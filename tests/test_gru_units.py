@@ -56,11 +56,14 @@ def test_the_rule_gives_the_gru_unit_threads_where_they_paid():
     assert gru.unit_split(16) == ((0, 128), (128, 256))       # 3.1 M multiply-adds
     assert gru.sizes(batch=16, dtype="float32").unit_threads == 2 and gru.lane_batches(16) == (16,)
     assert gru.unit_split(2) == ((0, 128), (128, 256))        # matrix-vector steps, as the LSTM's
-    assert gru.unit_split(1) == ((0, 256),)                   # but at batch 1 from 2 * MATVEC_MIN_GRU_UNITS
-    assert 2 * _split.MATVEC_MIN_GRU_UNITS == 384
+    assert gru.unit_split(1) == ((0, 128), (128, 256))        # and at batch 1, 2 * MATVEC_MIN_UNITS
+    assert 2 * _split.MATVEC_MIN_UNITS == 256
+    assert mb.Sequence(mb.GRU(64, 128), output_size=16).unit_split(1) == ((0, 128),)
     assert mb.Sequence(mb.GRU(64, 384), output_size=16).unit_split(1) == ((0, 192), (192, 384))
     assert mb.Sequence(mb.LSTM(64, 256), output_size=16).unit_split(1) == ((0, 128), (128, 256))  # the LSTM's rule
-    assert mb.Sequence([mb.LSTM(64, 512), mb.GRU(512, 256)], output_size=16).unit_split(1) == ((0, 256),)
+    mixed = mb.Sequence([mb.LSTM(64, 512), mb.GRU(512, 256)], output_size=16)
+    assert mixed.unit_split(1, layer=0) == ((0, 256), (256, 512)) and mixed.unit_split(1) == ((0, 128), (128, 256))
+    assert mb.Sequence([mb.LSTM(64, 512), mb.GRU(512, 128)], output_size=16).unit_split(1, layer=0) == ((0, 512),)
     assert mb.Sequence(mb.GRU(64, 256), output_size=16, unit_threads=2).unit_split(1) == ((0, 128), (128, 256))
     assert gru.lane_batches(64) == (32, 32) and gru.unit_split(64) == ((0, 256),)  # a wide batch: lanes
     assert mb.Sequence(mb.GRU(64, 64), output_size=16).lane_batches(16) == (8, 8)

@@ -58,7 +58,8 @@ def test_tiles_fit_the_vector_registers(vbytes):
 
 def test_the_tiled_kernel_is_chosen_only_where_it_measured_faster():
     """With AVX-512 every width; with AVX2 (and narrower) at most two lines of columns, BLAS beyond
-    (bench_gemm_kernels.py --avx2: the tiles lost to OpenBLAS's Haswell kernels at 256 columns)."""
+    (bench_gemm_kernels.py --avx2: the tiles lost to OpenBLAS's Haswell kernels at 256 columns), but
+    for products of one or two rows (test_avx2_build_gives_the_same_bits_as_the_host_build)."""
     assert tiled_max_lines(64) == 0
     assert tiled_max_lines(32) == 2 and tiled_max_lines(16) == 2
 
@@ -67,7 +68,7 @@ _PRODUCTS = """
 import json, sys
 import numpy as np
 from numba import njit
-from memopt_bptt._kernels.mm import column, matmul, vector_bytes
+from memopt_bptt._kernels.mm import column, matmul, product, vector_bytes
 one_column = njit(lambda a, b, c: column(a, b, c, True))  # column has no Python wrapper (mm: inner)
 out = {"vector_bytes": vector_bytes(), "c": []}
 for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64), (np.float32, 9, 5, 32),
@@ -77,6 +78,13 @@ for dtype, M, K, N in ((np.float32, 37, 19, 16), (np.float32, 13, 7, 64), (np.fl
     b = rng.standard_normal((K, N)).astype(dtype)
     c = rng.standard_normal((M, N)).astype(dtype)
     matmul(a, b, c, True)
+    out["c"].append(c.astype(np.float64).tolist())
+for M, K in ((1, 64), (2, 128)):   # one- and two-row products 16 lines wide: the tiles on both kinds
+    rng = np.random.default_rng(M + K)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, 256)).astype(np.float32)
+    c = rng.standard_normal((M, 256)).astype(np.float32)
+    product(a, b, c, True)
     out["c"].append(c.astype(np.float64).tolist())
 for dtype, M, K in ((np.float32, 37, 50), (np.float64, 12, 21)):   # one-column products
     rng = np.random.default_rng(M + K)
@@ -100,7 +108,9 @@ def _products(env_extra: dict) -> dict:
 def test_avx2_build_gives_the_same_bits_as_the_host_build():
     """The GEMM compiled for haswell (AVX2 tiles of 6 rows x 2 registers) in one process and for this
     host in another: equal bit for bit, and equal to numpy's float64 products to rounding; and so
-    the one-column dot products (one 64-byte line of lanes: one register, or two with AVX2)."""
+    the one-column dot products (one 64-byte line of lanes: one register, or two with AVX2), and
+    ``product``'s one- and two-row products of 256 columns, which the tiles take on both kinds
+    (with AVX2 they went to OpenBLAS's GEMM once, whose sums come out in other bits)."""
     host = _products({})
     avx2 = _products({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""})
     assert avx2["vector_bytes"] == 32

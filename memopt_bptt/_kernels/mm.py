@@ -29,7 +29,8 @@ accumulators, B's vectors and the broadcast A element stay in registers
 (16 lines there would spill to the stack on every k). A tile's shape changes
 no result: each element is the same chain of fused multiply-adds. With
 AVX2, ``product`` hands products wider than two lines to BLAS
-(:func:`tiled_max_lines`), where OpenBLAS's own kernels measured faster.
+(:func:`tiled_max_lines`), where OpenBLAS's own kernels measured faster, but for products of
+one or two rows.
 
 :func:`column` computes a one-column product (batch 1) with a dot product per
 row of a weight as stored (a line of lanes, summed in a fixed order) or, for a
@@ -251,7 +252,10 @@ def tiled_max_lines(vbytes: int) -> int:
     BLAS, for vector registers of ``vbytes`` bytes; 0: no limit. Measured one thread, float32
     (bench_gemm_kernels.py, --avx2 for 32 bytes): with AVX-512 the tiles take 0.70-1.02x OpenBLAS's
     time at every width; with AVX2 0.68-0.85x up to 16 columns, 0.97x at 64 and 1.11-1.24x at 256,
-    where OpenBLAS's own Haswell kernels win."""
+    where OpenBLAS's own Haswell kernels win. Products of one or two rows (a unit thread's share of
+    dL/dh_{t-1} at batch 1 or 2) take the tiles at any width: with them in OpenBLAS's GEMM, AVX2 code
+    on an AMD Zen 5 ran LSTM 256 at batch 1 in 0.064 s with two unit threads, no faster than one
+    thread (0.065 s); with the tiles in 0.040 s (bench_split.py --avx2, _split.MATVEC_MIN_UNITS)."""
     return 0 if vbytes >= LINE_BYTES else 2
 
 
@@ -351,7 +355,9 @@ def product(a, b, c, accumulate):
     # for every signature of product
     if c.shape[1] == 1 and a.strides[1] == a.itemsize and _column_rows(a, b, c, 1.0 if accumulate else 0.0):
         return
-    if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c)):
+    # one or two rows (a unit thread's share of dL/dh_{t-1} at batch 1 or 2) take the tiles at any
+    # width: there OpenBLAS's Haswell GEMM is a call per gate and step that packs (tiled_max_lines)
+    if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c) or c.shape[0] <= 2):
         matmul(a, b, c, accumulate)
     elif a.strides[1] == a.itemsize:
         gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)
