@@ -214,7 +214,10 @@ def _ours_fn(spec, arrays):
     kw = {} if spec["mode"] == "plain" else {"budget": BUDGET}
 
     def fn():
-        return mb.value_and_grad(model, params, xs, ys, **kw)[0]
+        loss, _, rep = mb.value_and_grad(model, params, xs, ys, return_report=True, **kw)
+        fn.workers = rep.workers  # how this call ran (Report.workers): unit threads may hand over to one
+        return loss
+    fn.workers = None
 
     def report():
         loss, _, rep = mb.value_and_grad(model, params, xs, ys, return_report=True, **kw)
@@ -264,7 +267,8 @@ def child(spec: dict, threads: int) -> None:
                 time.sleep(PAUSE)
                 t0 = time.perf_counter()
                 fn()
-                _send(out, {"seconds": time.perf_counter() - t0})
+                _send(out, {"seconds": time.perf_counter() - t0, "workers": getattr(fn, "workers", None),
+                            "load": os.getloadavg()[0]})
             elif cmd == "quit":
                 return
         except Exception as exc:  # noqa: BLE001  (MemoryBudgetError: a budget this path cannot meet)
@@ -282,6 +286,7 @@ class Proc:
                                    "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self.err, text=True, env=env)
         self.info, self.times, self.error = {}, [], None
+        self.workers, self.loads = [], []  # per timed call: Report.workers (ours) and the 1-minute load
 
     def read(self) -> dict:
         line = self.p.stdout.readline()
@@ -390,6 +395,8 @@ def run_row(name, cell, H, B, T, args, reps, tmp):
             for p in order:
                 msg = p.ask("time")
                 done[p.key] = msg.get("seconds")
+                p.workers.append(msg.get("workers"))
+                p.loads.append(msg.get("load"))
                 if "error" in msg and not p.error:
                     p.error = msg["error"]
             for p in procs.values():
@@ -406,7 +413,7 @@ def summarize(name, cell, H, B, T, procs):
     for k, p in procs.items():
         ts = [t for t in p.times if t is not None]
         configs[k] = {"spec": {x: p.spec[x] for x in ("side", "mode") + (("variant",) if "variant" in p.spec else ())},
-                      "error": p.error, "times": p.times,
+                      "error": p.error, "times": p.times, "workers_per_call": p.workers, "load_per_call": p.loads,
                       "median_seconds": statistics.median(ts) if ts else None,
                       "min_seconds": min(ts) if ts else None,
                       **{x: p.info[x] for x in ("peak_bytes", "peak_call_seconds", "warm_seconds", "loss",
@@ -493,6 +500,11 @@ def print_row(row):
           f"ours 5% / torch ckpt {_f(row['ratio_5%'])} (memory {_f(row['peak_ratio_5%'], '.2f')}x); "
           f"fastest of ours: plain {row['fastest_plain']} (default {_f(row['default_over_fastest_plain'])}x it), "
           f"5% {row['fastest_5%']} (default {_f(row['default_over_fastest_5%'])}x it)", flush=True)
+    alone = {k: sum(1 for w in c.get("workers_per_call") or [] if w and not w.endswith("unit threads")
+                    and "unit" in w) for k, c in row["configs"].items()}
+    if any(alone.values()):
+        print("  unit threads left their shares to one thread (Report.workers) in: "
+              + ", ".join(f"{k} {n}/{len(row['configs'][k]['times'])}" for k, n in alone.items() if n), flush=True)
 
 
 def gmean(vals):

@@ -285,3 +285,26 @@ def test_the_report_says_how_the_shares_ran(monkeypatch):
     lanes = mb.Sequence(mb.LSTM(I, 6), output_size=O, lanes=2, unit_threads=1)
     *_, report = mb.value_and_grad(lanes, lanes.init_params(seed=2), xs, ys, return_report=True)
     assert report.workers == "2 lanes of [2, 1] batch rows"
+
+
+def test_the_unit_threads_pool_is_mapped_before_they_start(monkeypatch):
+    """_runner._touch_pages writes a zero byte into each page of the checkpoint pool before the
+    threads start (a page first touched inside the sweep stalls one thread while the other
+    waits at a barrier, which once handed a quiet sweep to one thread), and nothing else."""
+    a = np.full(3 * runner.PAGE_BYTES // 4 + 5, 1.5, np.float32)
+    runner._touch_pages(a)
+    raw = a.view(np.uint8)
+    touched = np.arange(0, raw.size, runner.PAGE_BYTES)
+    assert np.all(raw[touched] == 0) and len(touched) == 4
+    rest = np.delete(raw, touched)
+    assert np.array_equal(rest, np.delete(np.full(a.size, 1.5, np.float32).view(np.uint8), touched))
+
+    seen = []
+    monkeypatch.setattr(runner, "_touch_pages", lambda pool: seen.append(pool.size))
+    monkeypatch.setattr(runner, "crowded", lambda threads: False)
+    model = model_of([6], 2, "mse")
+    arrays = model.check_params(model.init_params(seed=1))
+    checked = model.check_data(np.zeros((4, 2, I)), np.zeros((4, 2, O)), arrays[0].dtype)
+    run = runner.Run(model, arrays, runner.Data.of(checked), model.sizes(batch=2), loss_kind=0, scale=1.0)
+    jobs = run.allocate(3, checked.h0, tuple(np.zeros_like(x) for x in arrays), np.zeros(0))
+    assert seen == [jobs[0][0].pool.size] and jobs[0][0].pool.size > 0
