@@ -112,7 +112,9 @@ layers]``: ``S0 .. S1-1``, with its debts), read after every barrier.
   more than half the time of ``STALL_STREAK`` windows in a row (a partner
   that keeps losing its CPU; on a quiet machine a thread waits a few percent
   of a window, and a virtual machine's pause of a few milliseconds fills one
-  window, not three) asks (``sync.ask_solo``) that thread 0 run every share
+  window, not three; the checkpoint pool's pages are mapped before the
+  threads start, ``_runner._touch_pages``, since a page fault inside the
+  sweep stalls the partner too) asks (``sync.ask_solo``) that thread 0 run every share
   after the next barrier; every thread turns there, the others with no share,
   and run the rest of the dispatch without work or barriers. (The wait is
   read from x86's time-stamp counter, ``sync.cycles``; elsewhere only the
