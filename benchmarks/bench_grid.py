@@ -214,13 +214,13 @@ def _ours_fn(spec, arrays):
     kw = {} if spec["mode"] == "plain" else {"budget": BUDGET}
 
     def fn():
-        loss, _, rep = mb.value_and_grad(model, params, xs, ys, return_report=True, **kw)
-        fn.workers = rep.workers  # how this call ran (Report.workers): unit threads may hand over to one
+        loss, _, fn.rep = mb.value_and_grad(model, params, xs, ys, return_report=True, **kw)
+        fn.workers = fn.rep.workers  # how this call ran (Report.workers): unit threads may hand over to one
         return loss
-    fn.workers = None
 
     def report():
-        loss, _, rep = mb.value_and_grad(model, params, xs, ys, return_report=True, **kw)
+        fn()
+        rep = fn.rep
         return {"forward_steps": int(rep.forward_steps), "planned_bytes": int(rep.planned_bytes),
                 "predicted_time_ratio": float(rep.predicted_time_ratio)}
 
@@ -500,8 +500,8 @@ def print_row(row):
           f"ours 5% / torch ckpt {_f(row['ratio_5%'])} (memory {_f(row['peak_ratio_5%'], '.2f')}x); "
           f"fastest of ours: plain {row['fastest_plain']} (default {_f(row['default_over_fastest_plain'])}x it), "
           f"5% {row['fastest_5%']} (default {_f(row['default_over_fastest_5%'])}x it)", flush=True)
-    alone = {k: sum(1 for w in c.get("workers_per_call") or [] if w and not w.endswith("unit threads")
-                    and "unit" in w) for k, c in row["configs"].items()}
+    # Report.workers of a sweep whose unit shares one thread ran: "one thread ran all ..." / "... thread 0 ran all shares ..."
+    alone = {k: sum(1 for w in c.get("workers_per_call") or [] if w and "ran all" in w) for k, c in row["configs"].items()}
     if any(alone.values()):
         print("  unit threads left their shares to one thread (Report.workers) in: "
               + ", ".join(f"{k} {n}/{len(row['configs'][k]['times'])}" for k, n in alone.items() if n), flush=True)

@@ -62,6 +62,9 @@ def test_the_tiled_kernel_is_chosen_only_where_it_measured_faster():
     for products of one or two rows (test_avx2_build_gives_the_same_bits_as_the_host_build)."""
     assert tiled_max_lines(64) == 0
     assert tiled_max_lines(32) == 2 and tiled_max_lines(16) == 2
+    from memopt_bptt import _split
+    from memopt_bptt._kernels.mm import TILED_ROWS
+    assert TILED_ROWS >= _split.MATVEC_MAX_BATCH  # every batch the matrix-vector rule splits by units
 
 
 _PRODUCTS = """

@@ -12,6 +12,7 @@ was decided by ``memopt_bptt._split``; :class:`Run` only carries it out.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import threading
 import time
@@ -175,7 +176,7 @@ def crowded(threads: int) -> bool:
     return others is None or others + threads > free
 
 
-PAGE_BYTES = 4096
+PAGE_BYTES = mmap.PAGESIZE
 
 
 def _touch_pages(a: np.ndarray) -> None:

@@ -259,6 +259,9 @@ def tiled_max_lines(vbytes: int) -> int:
     return 0 if vbytes >= LINE_BYTES else 2
 
 
+TILED_ROWS = 2
+"""Products of at most this many rows take the tiles at any width (:func:`tiled_max_lines`): a unit
+thread's share of dL/dh_{t-1} on a batch of ``_split.MATVEC_MAX_BATCH`` rows or fewer."""
 _VBYTES = vector_bytes()
 _R1, _R2, _R4, _RH = tile_rows(_VBYTES)
 _MAX_LINES = tiled_max_lines(_VBYTES)
@@ -355,9 +358,9 @@ def product(a, b, c, accumulate):
     # for every signature of product
     if c.shape[1] == 1 and a.strides[1] == a.itemsize and _column_rows(a, b, c, 1.0 if accumulate else 0.0):
         return
-    # one or two rows (a unit thread's share of dL/dh_{t-1} at batch 1 or 2) take the tiles at any
-    # width: there OpenBLAS's Haswell GEMM is a call per gate and step that packs (tiled_max_lines)
-    if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c) or c.shape[0] <= 2):
+    # a few rows (a unit thread's share of dL/dh_{t-1} at batch 1 or 2) take the tiles at any width:
+    # there OpenBLAS's Haswell GEMM is a call per gate and step that packs (tiled_max_lines)
+    if fits(b, c) and (_MAX_LINES == 0 or c.shape[1] <= _MAX_LINES * _width(c) or c.shape[0] <= TILED_ROWS):
         matmul(a, b, c, accumulate)
     elif a.strides[1] == a.itemsize:
         gemm(False, False, 1.0, a, b, 1.0 if accumulate else 0.0, c)
