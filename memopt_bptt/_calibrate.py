@@ -228,7 +228,7 @@ def _with_split(model: Any, lanes: int, units: int) -> Any:
     layers = model.layers
     items = ([layers.embedding] if layers.embedding is not None else []) + list(layers.cells)
     return Sequence(items if layers.stacked else items[0], output_size=model.output_size, loss=model.loss,
-                    loss_at=model.loss_at, lanes=lanes, unit_threads=units)
+                    loss_at=model.loss_at, lanes=lanes, unit_threads=units, flush_denormals=model.flush_denormals)
 
 
 def _data(model: Any, T: int, batch: int, dt: np.dtype, seed: int) -> tuple[np.ndarray, np.ndarray]:

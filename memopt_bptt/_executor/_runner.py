@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._kernels import fpmode
 from .._kernels.blas import blas_threads
 from .._interrupt import run_interruptibly
 from .._kernels.sync import SLOT, SWITCH, abort, new_flags
@@ -348,6 +349,8 @@ class Run:
     def run(self, codes: np.ndarray, jobs: list) -> list:
         """Every worker's (loss sum, forwards, dL/ds_0, last state); re-raises a worker's error.
 
+        With ``model.flush_denormals`` each worker thread reads and writes
+        subnormal numbers as zero while it sweeps (``_kernels/fpmode.py``).
         The workers run on threads of their own (one thread even for one
         worker, or for lanes taking turns on one CPU), so the calling thread
         stays free for Ctrl-C: a KeyboardInterrupt there asks every worker to
@@ -359,14 +362,19 @@ class Run:
         results: list[Any] = [None] * n
         sweep, params, data = self.sweep, self.arrays, self.data
 
+        flush = getattr(self.model, "flush_denormals", True)  # a model pickled before the option: the default
+
         def one(k: int) -> None:
             bufs, grads, spec = jobs[k]
+            fp = fpmode.flush() if flush else -1  # this thread only, for the sweep (see fpmode)
             try:
                 results[k] = sweep(codes, params, data, bufs, grads, spec)
             except BaseException as exc:  # re-raised by the calling thread
                 if bufs.flags is not _NO_FLAGS:
                     abort(bufs.flags)  # release the other threads from their barriers
                 results[k] = exc
+            finally:
+                fpmode.restore(fp)
 
         def in_turn() -> None:  # lanes on one CPU: one after the other, the same bits
             for k in range(n):

@@ -37,16 +37,16 @@ class _Recipe(NamedTuple):
 
     layers: tuple     # ("embedding", vocab, dim, ()) or (cell kind, input, hidden, options as items)
     stacked: bool     # a list of layers (PyTorch's rnn.* names) rather than one cell
-    settings: tuple   # output_size, loss, lanes, unit_threads, loss_at
+    settings: tuple   # output_size, loss, lanes, unit_threads, loss_at, flush_denormals
 
 
 @functools.lru_cache(maxsize=16)
 def _model_of(recipe: _Recipe) -> Sequence:
     layers = [Embedding(a, b) if kind == "embedding" else _CELLS[kind](a, b, **dict(options))
               for kind, a, b, options in recipe.layers]
-    output_size, loss, lanes, unit_threads, loss_at = recipe.settings
+    output_size, loss, lanes, unit_threads, loss_at, flush_denormals = recipe.settings
     return Sequence(layers if recipe.stacked else layers[0], output_size=output_size, loss=loss, lanes=lanes,
-                    unit_threads=unit_threads, loss_at=loss_at)
+                    unit_threads=unit_threads, loss_at=loss_at, flush_denormals=flush_denormals)
 
 
 def _same_field(a: Any, b: Any) -> bool:
@@ -67,7 +67,8 @@ def _portable(model: Sequence) -> Sequence | _Recipe:
             if model.embedding is not None else []
         layers += [(c.kind, c.input_size, c.hidden_size, tuple(sorted(c.options.items()))) for c in model.cells]
         recipe = _Recipe(tuple(layers), bool(model.layers.stacked),
-                         (model.output_size, model.loss, model.lanes, model.unit_threads, model.loss_at))
+                         (model.output_size, model.loss, model.lanes, model.unit_threads, model.loss_at,
+                          model.flush_denormals))
         rebuilt = _model_of(recipe)
     except (KeyError, TypeError, ValueError, AttributeError):
         return model
