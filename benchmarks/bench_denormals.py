@@ -21,6 +21,8 @@ float32 rounding.
 
     python benchmarks/bench_denormals.py            # about 2 minutes
     python benchmarks/bench_denormals.py --quick    # T = 300, 3 rounds
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" OPENBLAS_CORETYPE=Haswell \
+        python benchmarks/bench_denormals.py --out benchmarks/results/bench_denormals_avx2.json   # AVX2 code
 
 Prints lscpu's model name first; writes benchmarks/results/bench_denormals.json (or --out).
 """
@@ -144,7 +146,8 @@ def main(args):
     cpu = _cpu()
     print(f"CPU: {cpu}; T={T}, batch {BATCH}, input {INPUT}, hidden {HIDDEN}, float32, {args.threads} threads, "
           f"{reps} rounds", flush=True)
-    result = {"cpu": cpu, "T": T, "reps": reps, "threads": args.threads, "cells": {}}
+    env = {k: os.environ.get(k) for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "OPENBLAS_CORETYPE")}
+    result = {"cpu": cpu, "T": T, "reps": reps, "threads": args.threads, "environment": env, "cells": {}}
     for cell in ("lstm", "gru"):
         rows = ours(cell, T, reps)
         result["cells"][cell] = rows
