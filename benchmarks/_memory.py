@@ -105,3 +105,18 @@ def run_worker(script: str, args: list[str], *, timeout: float = 3600.0) -> dict
     if not lines:
         raise RuntimeError(f"worker {args} printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def timed_rounds(fns: dict, reps: int, pause: float) -> dict:
+    """Seconds of each call of ``fns`` (name: function) over ``reps`` rounds, the calls of a round
+    one after another (A B C, A B C, ...), each after ``pause`` seconds so the previous call's
+    spinning thread pools go idle."""
+    import time
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            time.sleep(pause)
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return times

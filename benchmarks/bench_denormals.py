@@ -35,11 +35,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _memory import pin_threads  # noqa: E402
+from _memory import pin_threads, timed_rounds  # noqa: E402
 
 INPUT, HIDDEN, BATCH, OUTPUT = 64, 256, 16, 16
 PAUSE = 0.2
@@ -89,17 +88,16 @@ def torch_side(T, reps, threads):
         loss.backward()
         return float(loss)
 
-    times = {False: [], True: []}
-    for mode in (False, True):
-        torch.set_flush_denormal(mode)
-        call()
-    for _ in range(reps):
-        for mode in (False, True):
+    def in_mode(mode):
+        def f():
             torch.set_flush_denormal(mode)
-            time.sleep(PAUSE)
-            t = time.perf_counter()
             call()
-            times[mode].append(time.perf_counter() - t)
+        return f
+
+    fns = {False: in_mode(False), True: in_mode(True)}
+    for f in fns.values():
+        f()
+    times = timed_rounds(fns, reps, PAUSE)
     torch.set_flush_denormal(False)
     return {"torch last, IEEE": statistics.median(times[False]),
             "torch last, flushed": statistics.median(times[True]), "torch": torch.__version__,
@@ -124,13 +122,7 @@ def ours(cell_name, T, reps):
         a, b = first["ours last, flushed"], first["ours last, IEEE"]
         assert a[0] == b[0], (a[0], b[0])
         worst = max(float(np.max(np.abs(a[1][k] - b[1][k]) / (np.abs(b[1][k]) + 1e-30))) for k in a[1])
-        times = {k: [] for k in fns}
-        for _ in range(reps):
-            for k, f in fns.items():
-                time.sleep(PAUSE)
-                t = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t)
+        times = timed_rounds(fns, reps, PAUSE)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = statistics.median(x / y for x, y in zip(times["ours last, IEEE"], times["ours last, flushed"]))
         rows["plain" if budget is None else "5%"] = {"seconds": med, "ieee_over_flushed": ratio,
