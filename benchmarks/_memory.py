@@ -27,6 +27,10 @@ __all__ = ["THREAD_VARS", "pin_threads", "malloc_trim", "reset_peak", "status_by
            "run_worker", "emit"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+REUSE_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+"""``--reuse-memory`` (bench_grid, bench_executor): glibc keeps what a call frees for the next call
+of the same process, every side alike, instead of unmapping it and mapping fresh pages (see
+bench_grid.py's docstring: on a VM with free page reporting each fresh page costs a host fault)."""
 
 
 def pin_threads(n: int) -> None:

@@ -37,6 +37,7 @@ pinned for every side (shared MEASURING.md is the method):
     python benchmarks/bench_executor.py             # full run, several minutes
     python benchmarks/bench_executor.py --quick     # short run: T=200, T<=10^4, 3 rounds
     python benchmarks/bench_executor.py --threads 1 # on a machine shared with other jobs
+    python benchmarks/bench_executor.py --only-d --reuse-memory   # (d), freed memory reused: computation only
 
 Prints tables; writes benchmarks/results/bench_executor.json and
 plots/bench_executor.png.
@@ -60,6 +61,10 @@ def _parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 5, quick 3)")
     p.add_argument("--no-torch", action="store_true", help="skip part (c)")
     p.add_argument("--only-d", action="store_true", help="run part (d) alone (stacked and masked)")
+    p.add_argument("--reuse-memory", action="store_true",
+                   help="glibc keeps freed memory for the next call in this process and its workers "
+                        "(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_; bench_grid.py's --reuse-memory): the "
+                        "computation without fresh page faults")
     p.add_argument("--skip-b", action="store_true", help="skip part (b) (fresh processes up to T=10^5)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "bench_executor.json"))
     p.add_argument("--plot", default=os.path.join(ROOT, "plots", "bench_executor.png"))
@@ -69,7 +74,11 @@ def _parse_args(argv=None):
 
 ARGS = _parse_args() if __name__ == "__main__" else None
 sys.path.insert(0, HERE)
-from _memory import emit, peak_of, pin_threads, run_worker  # noqa: E402
+from _memory import REUSE_ENV, emit, peak_of, pin_threads, run_worker  # noqa: E402
+
+if ARGS and ARGS.reuse_memory and any(os.environ.get(k) != v for k, v in REUSE_ENV.items()):
+    # glibc reads these at start-up: run again with them (the workers inherit them)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], {**os.environ, **REUSE_ENV})
 
 pin_threads(ARGS.threads if ARGS else 2)  # before numpy, numba or torch load their pools
 
@@ -568,8 +577,8 @@ def main(args):
         print_d(d)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out.replace(".json", "_d.json"), "w") as fh:
-            json.dump({"d": d, "load_at_start": d["load_start"][0], "cpu": _cpu_model(), "memopt_bptt": mb.__version__},
-                      fh, indent=1)
+            json.dump({"d": d, "load_at_start": d["load_start"][0], "cpu": _cpu_model(), "memopt_bptt": mb.__version__,
+                       "reuse_memory": args.reuse_memory}, fh, indent=1)
         return
     print(f"(a) planning T={T_a} ...", flush=True)
     a = part_a(T_a, rounds)
@@ -588,7 +597,7 @@ def main(args):
     d = part_d(T_a, rounds, args.threads)
     print_d(d)
     result = {"config": {"input": INPUT, "hidden": HIDDEN, "output": OUTPUT, "batch": BATCH, "dtype": DTYPE,
-                         "threads": args.threads, "rounds": rounds, "quick": quick,
+                         "threads": args.threads, "rounds": rounds, "quick": quick, "reuse_memory": args.reuse_memory,
                          "machine": platform.machine(), "cpus": os.cpu_count(),
                          "load_at_start": os.getloadavg()[0], "numpy": np.__version__,
                          "memopt_bptt": mb.__version__},

@@ -80,7 +80,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _memory import THREAD_VARS, malloc_trim, peak_of, pin_threads  # noqa: E402
+from _memory import REUSE_ENV, THREAD_VARS, malloc_trim, peak_of, pin_threads  # noqa: E402
 
 INPUT, OUTPUT, DTYPE = 64, 16, "float32"
 BUDGET = 0.05
@@ -337,8 +337,6 @@ AVX2_ENV = {
               "OPENBLAS_CORETYPE": "Haswell"},
 }
 """--avx2: what caps each side's instructions at AVX2 (see the module docstring)."""
-REUSE_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-"""--reuse-memory: glibc keeps what a call frees for the next one, every side alike."""
 
 
 def _env(threads, ours, args):
@@ -642,7 +640,8 @@ def plot(result, path):
     ax.set_title(f"{m['lscpu_model']}, {'AVX-512' if m['avx512f'] else 'AVX2' if m['avx2'] else 'no AVX2'}, "
                  f"L2 {m['l2']}; our code for {cpu or 'the host'}; {result['config']['threads']} threads"
                  f"{' (QUICK)' if result['config']['quick'] else ''}"
-                 f"{'; freed memory reused' if result['config'].get('reuse_memory') else ''}\ngeomean plain {_f(g['plain'], '.2f')}, "
+                 f"{'; freed memory reused' if result['config'].get('reuse_memory') else ''}"
+                 f"\ngeomean plain {_f(g['plain'], '.2f')}, "
                  f"5% {_f(g['5%'], '.2f')}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
