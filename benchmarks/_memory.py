@@ -7,9 +7,10 @@ mark (``echo 5 > /proc/self/clear_refs``) and read VmHWM - VmRSS after the
 measured call. Linux only; elsewhere :func:`peak_of` returns ``None`` for the
 peak.
 
-Also: :func:`pin_threads` (call before numpy/numba/torch are imported) and
+Also: :func:`pin_threads` (call before numpy/numba/torch are imported),
 :func:`run_worker` (run a benchmark's ``--worker`` mode in a fresh process and
-read the JSON line it prints last).
+read the JSON line it prints last), :func:`timed_rounds` (interleaved timing)
+and :func:`cpu_model` (the CPU's model name, for every speed figure).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import ctypes
 import gc
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 __all__ = ["THREAD_VARS", "pin_threads", "malloc_trim", "reset_peak", "status_bytes", "peak_of",
-           "run_worker", "emit"]
+           "run_worker", "emit", "timed_rounds", "cpu_model", "REUSE_ENV"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 REUSE_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
@@ -115,7 +117,6 @@ def timed_rounds(fns: dict, reps: int, pause: float) -> dict:
     """Seconds of each call of ``fns`` (name: function) over ``reps`` rounds, the calls of a round
     one after another (A B C, A B C, ...), each after ``pause`` seconds so the previous call's
     spinning thread pools go idle."""
-    import time
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
@@ -124,3 +125,15 @@ def timed_rounds(fns: dict, reps: int, pause: float) -> dict:
             f()
             times[k].append(time.perf_counter() - t)
     return times
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, as lscpu prints it), or what platform knows elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

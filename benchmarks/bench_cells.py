@@ -57,7 +57,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,6 +64,9 @@ import numpy as np  # noqa: E402
 import memopt_bptt as mb  # noqa: E402
 from memopt_bptt._actions import Op  # noqa: E402
 from memopt_bptt._executor._runner import Data, Run  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _memory import cpu_model, timed_rounds  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -90,14 +92,7 @@ def _median_interleaved(variants: dict, reps: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    times = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            # Let the other side's spinning thread pools (OpenBLAS, OpenMP) go idle first.
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = timed_rounds(variants, reps, PAUSE)  # PAUSE: the other side's spinning pools go idle first
     _MINIMA.clear()
     _MINIMA.update({name: min(ts) for name, ts in times.items()})
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -271,7 +266,7 @@ def main(args) -> dict:
         "quick": args.quick, "threads": args.threads, "reps": reps,
         "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
         "torch": None if torch is None else torch.__version__, "memopt_bptt": mb.__version__,
-        "cpu": _cpu_name(), "n_cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+        "cpu": cpu_model(), "n_cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
     }
     print(f"threads={args.threads} reps={reps} (median) cpu={info['cpu']} torch={info['torch']} "
           f"load={info['loadavg_start']:.1f}")
@@ -327,17 +322,6 @@ def main(args) -> dict:
         json.dump(result, fh, indent=2)
     print(f"\nwrote {os.path.relpath(out)}")
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ float32 rounding.
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES="" OPENBLAS_CORETYPE=Haswell \
         python benchmarks/bench_denormals.py --out benchmarks/results/bench_denormals_avx2.json   # AVX2 code
 
-Prints lscpu's model name first; writes benchmarks/results/bench_denormals.json (or --out).
+Prints the CPU's model name first; writes benchmarks/results/bench_denormals.json (or --out).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _memory import pin_threads, timed_rounds  # noqa: E402
+from _memory import cpu_model, pin_threads, timed_rounds  # noqa: E402
 
 INPUT, HIDDEN, BATCH, OUTPUT = 64, 256, 16, 16
 PAUSE = 0.2
@@ -60,14 +60,6 @@ def _data(T):
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(T, BATCH, INPUT)).astype("float32")
     return xs, rng.normal(size=(BATCH, OUTPUT)).astype("float32"), rng.normal(size=(T, BATCH, OUTPUT)).astype("float32")
-
-
-def _cpu():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
-        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except OSError:
-        return "?"
 
 
 def torch_side(T, reps, threads):
@@ -135,7 +127,7 @@ def main(args):
     pin_threads(args.threads)
     T = args.T or (300 if args.quick else 1000)
     reps = args.reps or (3 if args.quick else 5)
-    cpu = _cpu()
+    cpu = cpu_model()
     print(f"CPU: {cpu}; T={T}, batch {BATCH}, input {INPUT}, hidden {HIDDEN}, float32, {args.threads} threads, "
           f"{reps} rounds", flush=True)
     env = {k: os.environ.get(k) for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "OPENBLAS_CORETYPE")}

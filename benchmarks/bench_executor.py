@@ -74,7 +74,7 @@ def _parse_args(argv=None):
 
 ARGS = _parse_args() if __name__ == "__main__" else None
 sys.path.insert(0, HERE)
-from _memory import REUSE_ENV, emit, peak_of, pin_threads, run_worker  # noqa: E402
+from _memory import REUSE_ENV, cpu_model, emit, peak_of, pin_threads, run_worker  # noqa: E402
 
 if ARGS and ARGS.reuse_memory and any(os.environ.get(k) != v for k, v in REUSE_ENV.items()):
     # glibc reads these at start-up: run again with them (the workers inherit them)
@@ -467,14 +467,6 @@ def part_d(T, rounds, threads):
             "load_start": list(load_start), "load_end": list(os.getloadavg())}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
-
-
 def print_d(d):
     print(f"\n(d) 2-layer LSTM {INPUT}->{HIDDEN}->{HIDDEN}, T={d['T']}, batch {BATCH}, {DTYPE}; torch checkpoint "
           f"segments of {d['segment']} steps; lengths uniform over [T/2, T]; load (1, 5, 15 min) "
@@ -577,7 +569,7 @@ def main(args):
         print_d(d)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out.replace(".json", "_d.json"), "w") as fh:
-            json.dump({"d": d, "load_at_start": d["load_start"][0], "cpu": _cpu_model(), "memopt_bptt": mb.__version__,
+            json.dump({"d": d, "load_at_start": d["load_start"][0], "cpu": cpu_model(), "memopt_bptt": mb.__version__,
                        "reuse_memory": args.reuse_memory}, fh, indent=1)
         return
     print(f"(a) planning T={T_a} ...", flush=True)

@@ -362,7 +362,7 @@ class Run:
         results: list[Any] = [None] * n
         sweep, params, data = self.sweep, self.arrays, self.data
 
-        flush = getattr(self.model, "flush_denormals", True)  # a model pickled before the option: the default
+        flush = self.model.flush_denormals
 
         def one(k: int) -> None:
             bufs, grads, spec = jobs[k]

@@ -16,12 +16,10 @@ The mode is a per-thread register (MXCSR): :func:`flush` sets both bits in
 the calling thread and returns the previous value for :func:`restore`; the
 executor sets them on its worker threads for the sweep only
 (``Sequence(flush_denormals=...)``, ``_runner.Run.run``). Elsewhere than
-x86-64 nothing changes (``flush`` returns -1).
+x86 nothing changes (``flush`` returns -1).
 """
 
 from __future__ import annotations
-
-import platform
 
 import numba
 from llvmlite import ir
@@ -29,11 +27,12 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .sync import _X86  # MXCSR is SSE's: 32-bit x86 has it too
+
 __all__ = ["flush", "restore", "mode", "FTZ", "DAZ"]
 
 FTZ = 0x8000  # MXCSR bit 15: subnormal results are written as zero
 DAZ = 0x0040  # MXCSR bit 6: subnormal inputs are read as zero
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 @intrinsic
@@ -68,13 +67,13 @@ def _set_mxcsr(typingctx, value):
 
 @njit(cache=True, nogil=True)
 def mode():
-    """The calling thread's MXCSR (-1 off x86-64)."""
+    """The calling thread's MXCSR (-1 off x86)."""
     return _get_mxcsr()
 
 
 @njit(cache=True, nogil=True)
 def flush():
-    """Set FTZ and DAZ in the calling thread; the previous MXCSR for :func:`restore` (-1 off x86-64,
+    """Set FTZ and DAZ in the calling thread; the previous MXCSR for :func:`restore` (-1 off x86,
     where nothing is set)."""
     old = _get_mxcsr()
     if old >= 0:
