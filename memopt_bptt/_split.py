@@ -39,14 +39,16 @@ thresholds are in benchmarks/results/bench_split*.json and bench_cells.json.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
 
 from ._layers import layout
 
-__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "rule_split", "unit_split", "unit_exchange_widths",
+__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "rule_split", "l2_bytes", "units_over_lanes", "unit_split", "unit_exchange_widths",
            "unit_exchange_len", "split_sizes", "split_note", "blas_threads_for"]
 
 MIN_LANE_BATCH = 4
@@ -121,6 +123,22 @@ its thread and buffer objects (two threads measured 11.8 KB under
 tracemalloc beyond one thread's run, three 16.9 KB, whatever T and the sizes)."""
 
 
+UNITS_OVER_LANES_MAX_L2 = 3 << 19
+"""Below this L2 per core (1.5 MiB), with 64-byte vectors, two unit threads replace the rule's two
+lanes (:func:`units_over_lanes`). Measured with benchmarks/bench_split.py (interleaved in one
+process, 7 rounds, reused memory, medians of time over the fastest path, plain / 5%): on an AMD
+EPYC Zen 5 (AVX-512, 1 MiB of L2 per core) unit threads beat the lanes the rule took at every
+size: LSTM 128 at batch 16 lanes 1.41x / 1.37x the unit threads' time, LSTM 256 at batch 64
+1.49x / 1.67x and at 128 1.29x / 1.42x, GRU 256 at batch 64 1.48x / 1.61x, GRU 64 at batch 16
+1.09x / 1.15x, LSTM 64 1.06x / 1.01x (a lane with AVX-512 code there takes nearly the time of
+the whole batch in one sweep; the unit threads' halves of every product ran 1.4-1.7x faster
+with AVX-512 than with AVX2 code, the lanes not). On the same host with AVX2 code
+(NUMBA_CPU_NAME=haswell) the lanes won (unit threads 1.10-1.38x their time), as on an Intel
+Xeon of the Sapphire Rapids class (AVX-512, 2 MiB of L2 per core: unit threads 1.07-1.62x the
+lanes' time, bench_grid_spr_reuse.json) and a Zen 3 (AVX2, 512 KiB: LSTM 64 1.33x / 1.46x).
+Between 1 and 2 MiB nothing was measured; 1.5 MiB is the middle."""
+
+
 def recurrent_macs(model: Any, batch: int) -> int:
     """Multiply-adds of one step's recurrent GEMMs (every layer's)."""
     return model.recurrent_macs(batch)
@@ -187,7 +205,69 @@ def _auto_units(model: Any, batch: int) -> int:
 def rule_split(model: Any, batch: int) -> tuple[int, int]:
     """(lanes, unit threads) by the rule alone, for a model whose split is automatic."""
     lanes = _auto_lanes(model, batch)
+    if lanes > 1 and units_over_lanes(model) is not None:
+        return 1, 2
     return (lanes, 1) if lanes > 1 else (1, _auto_units(model, batch))
+
+
+def l2_bytes() -> int | None:
+    """This machine's L2 cache per core in bytes, as the rule reads it: ``MEMOPT_BPTT_L2_BYTES``
+    when set (a positive integer: to state another machine's, or to pin the rule, as the tests
+    do), else Linux's ``/sys/devices/system/cpu/cpu0/cache`` (the level-2 data or unified
+    cache), else ``os.sysconf("SC_LEVEL2_CACHE_SIZE")``; None where none says."""
+    env = os.environ.get("MEMOPT_BPTT_L2_BYTES", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"MEMOPT_BPTT_L2_BYTES={env!r}: give the L2 cache per core as a positive number "
+                             "of bytes (e.g. 1048576), or unset it to read this machine's")
+        return value
+    return _read_l2()
+
+
+@functools.lru_cache(maxsize=None)
+def _read_l2() -> int | None:
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            d = os.path.join(base, index)
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            if level == "2" and kind in ("Unified", "Data"):
+                with open(os.path.join(d, "size")) as f:
+                    size = f.read().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                return int(size.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        pass
+    try:
+        value = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+        return int(value) if value and value > 0 else None
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def units_over_lanes(model: Any) -> str | None:
+    """Why two unit threads replace the rule's two lanes on this machine, or None where lanes stay.
+
+    Where the compiled code has 64-byte vectors (AVX-512) and the L2 per core is below
+    ``UNITS_OVER_LANES_MAX_L2`` (:func:`l2_bytes`), for a model whose every layer has unit
+    kernels and at least ``2 * MIN_UNIT_HIDDEN`` units. See ``UNITS_OVER_LANES_MAX_L2`` for the
+    measurements."""
+    cells = model.unit_cells
+    if cells is None or min(c.hidden_size for c in cells) < 2 * MIN_UNIT_HIDDEN:
+        return None
+    from ._kernels.mm import vector_bytes
+    l2 = l2_bytes()
+    if vector_bytes() != 64 or l2 is None or l2 >= UNITS_OVER_LANES_MAX_L2:
+        return None
+    return (f"unit threads instead of lanes: 64-byte vectors and {l2 // 1024} KiB of L2 per core "
+            f"< {UNITS_OVER_LANES_MAX_L2 // 1024} KiB")
 
 
 def _automatic(model: Any, batch: int) -> tuple[int, int]:
@@ -322,6 +402,8 @@ def explain(model: Any, sizes: Any) -> str:
             why = calibrated
         elif model.unit_threads is not None:
             why = "asked for"
+        elif model.lanes is None and _auto_lanes(model, batch) > 1 and units_over_lanes(model):
+            why = units_over_lanes(model)
         elif largest >= LANE_MAX_MACS:
             why = f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else "")
         else:

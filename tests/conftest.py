@@ -14,6 +14,10 @@ import pytest
 # A calibration file (mb.calibrate) would change the automatic splits the tests check against the rule;
 # the tests that calibrate point MEMOPT_BPTT_CALIBRATION at their own temporary file.
 os.environ["MEMOPT_BPTT_CALIBRATION"] = "off"
+# Likewise the L2 cache per core that the rule reads (memopt_bptt._split.units_over_lanes): pinned to
+# 2 MiB, so the automatic splits the tests check are the same on every machine; tests/test_split_machine.py
+# sets other sizes.
+os.environ["MEMOPT_BPTT_L2_BYTES"] = str(2 << 20)
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")

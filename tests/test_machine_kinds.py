@@ -141,9 +141,11 @@ def test_describe_split_names_the_tiles_of_the_target(monkeypatch):
 
 
 def test_the_split_is_the_same_for_both_kinds(monkeypatch):
-    """The split (lanes, unit threads) depends on the model and the batch only: the same under a
-    haswell target as under this host's, so gradients are the same bits on both kinds
-    (bench_split.py found the same lanes-versus-unit-threads choices best with both)."""
+    """With 2 MiB of L2 per core (the suite's pin, tests/conftest.py) the split (lanes, unit
+    threads) depends on the model and the batch only: the same under a haswell target as under
+    this host's, so gradients are the same bits on both kinds (bench_split.py found the same
+    lanes-versus-unit-threads choices best with both on such a machine). Below 1.5 MiB the
+    vector width enters: tests/test_split_machine.py."""
     import memopt_bptt as mb
     from numba.core import config
     models = [mb.Sequence(mb.LSTM(64, h), output_size=16) for h in (64, 128, 256, 512, 1024)]
