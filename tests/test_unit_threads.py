@@ -284,7 +284,9 @@ def test_abort_releases_a_waiting_thread():
 @pytest.mark.parametrize("M,K,N,transposed", [(64, 32, 16, False), (37, 9, 16, True), (13, 5, 64, False),
                                               (21, 7, 32, True), (5, 3, 256, False), (3, 1, 48, False),
                                               (35, 6, 8, True), (17, 4, 24, False), (9, 2, 12, False),
-                                              (6, 3, 7, True)])
+                                              (6, 3, 7, True),
+                                              # rows of a page or more (mm.LONG_ROW_BYTES): half-height tiles
+                                              (37, 1024, 16, False), (27, 512, 16, False), (19, 1024, 16, True)])
 def test_matmul_against_numpy(dtype, M, K, N, transposed):
     rng = np.random.default_rng(M * N + K)
     a = rng.standard_normal((K, M)).astype(dtype).T if transposed else rng.standard_normal((M, K)).astype(dtype)
