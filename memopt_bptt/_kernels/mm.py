@@ -310,15 +310,15 @@ def matmul(a, b, c, accumulate):
     (C stored and loaded between blocks: the same chains of fused multiply-adds, the same bits)."""
     K = a.shape[1]
     if a.strides[1] == a.itemsize or K <= K_BLOCK:
-        _tiles(a, b, c, accumulate)
+        _tile_loops(a, b, c, accumulate)
         return
     for k0 in range(0, K, K_BLOCK):
         k1 = min(k0 + K_BLOCK, K)
-        _tiles(a[:, k0: k1], b[k0: k1], c, accumulate or k0 > 0)
+        _tile_loops(a[:, k0: k1], b[k0: k1], c, accumulate or k0 > 0)
 
 
 @inner(cache=True)
-def _tiles(a, b, c, accumulate):
+def _tile_loops(a, b, c, accumulate):
     """matmul's tiles over all of a's columns."""
     M = c.shape[0]
     N = c.shape[1]
