@@ -366,11 +366,12 @@ def blas_threads_for(model: Any, sizes: Any) -> int | None:
 
 def _tiles() -> str:
     """The unit threads' GEMM for the CPU Numba compiles for (memopt_bptt/_kernels/mm.py)."""
-    from ._kernels.mm import tile_rows, tiled_max_lines, vector_bytes
+    from ._kernels.mm import LONG_ROW_BYTES, tile_rows, tiled_max_lines, vector_bytes
     vbytes = vector_bytes()
+    rows = tile_rows(vbytes)[0]
     wide = "any width" if tiled_max_lines(vbytes) == 0 else f"up to {tiled_max_lines(vbytes)} lines, BLAS beyond"
-    return (f"their products in the tiled GEMM for {vbytes}-byte vectors ({tile_rows(vbytes)[0]}-row tiles, "
-            f"{wide})")
+    long = f", {rows // 2} for rows of {LONG_ROW_BYTES} bytes or more" if rows >= 16 else ""
+    return f"their products in the tiled GEMM for {vbytes}-byte vectors ({rows}-row tiles{long}, {wide})"
 
 
 def explain(model: Any, sizes: Any) -> str:

@@ -138,6 +138,9 @@ def test_describe_split_names_the_tiles_of_the_target(monkeypatch):
     monkeypatch.setattr(config, "CPU_NAME", "haswell")
     monkeypatch.setattr(config, "CPU_FEATURES", "")
     assert "tiled GEMM for 32-byte vectors (6-row tiles, up to 2 lines, BLAS beyond)" in model.describe_split(16)
+    monkeypatch.setattr(config, "CPU_NAME", "skylake-avx512")
+    assert ("tiled GEMM for 64-byte vectors (16-row tiles, 8 for rows of 4096 bytes or more, any width)"
+            in model.describe_split(16))
 
 
 def test_the_split_is_the_same_for_both_kinds(monkeypatch):
