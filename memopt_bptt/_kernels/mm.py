@@ -275,7 +275,10 @@ tile reads stays in the cache between tiles, where each tile once walked all of 
 rows (a page apiece at hidden 1024). Measured one thread, float32, AMD EPYC Zen 5 (AVX-512), a
 unit thread's W_hh^T @ dG (units x 4H) @ (4H x 16): hidden 1024, 512 units 522-727 -> 392-406
 us, all 1024 units 1768-2040 -> 952-1000 us, batch 64 2514-3552 -> 1406-1524 us; hidden 512
-92-102 -> 88-90 us; hidden 256 unchanged (22-24 us)."""
+92-102 -> 88-90 us; hidden 256 unchanged (22-24 us). In whole sweeps (alternating fresh
+processes) only hidden 1024 gained, and AVX2 code lost 1-4% at hidden 256 and 512 (8 pairs,
+within this machine's noise but every median the same way), so only weights whose rows are
+``LONG_ROW_BYTES`` or more apart (k a page apart: hidden 1024 float32) are blocked."""
 TILED_ROWS = 2
 """Products of at most this many rows take the tiles at any width (:func:`tiled_max_lines`): a unit
 thread's share of dL/dh_{t-1} on a batch of ``_split.MATVEC_MAX_BATCH`` rows or fewer."""
@@ -306,10 +309,11 @@ def fits(b, c):
 def matmul(a, b, c, accumulate):
     """c = a @ b, or c += a @ b with ``accumulate`` (see the module docstring; needs ``fits(b, c)``).
 
-    A transposed view of more than ``K_BLOCK`` columns is taken ``K_BLOCK`` of them at a time
-    (C stored and loaded between blocks: the same chains of fused multiply-adds, the same bits)."""
+    A transposed view of more than ``K_BLOCK`` columns a page or more apart is taken ``K_BLOCK``
+    of them at a time (C stored and loaded between blocks: the same chains of fused multiply-adds,
+    the same bits)."""
     K = a.shape[1]
-    if a.strides[1] == a.itemsize or K <= K_BLOCK:
+    if a.strides[1] == a.itemsize or K <= K_BLOCK or a.strides[1] < LONG_ROW_BYTES:
         _tile_loops(a, b, c, accumulate)
         return
     for k0 in range(0, K, K_BLOCK):
