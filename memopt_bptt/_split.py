@@ -48,8 +48,8 @@ import numpy as np
 
 from ._layers import layout
 
-__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "rule_split", "l2_bytes", "units_over_lanes", "unit_split", "unit_exchange_widths",
-           "unit_exchange_len", "split_sizes", "split_note", "blas_threads_for"]
+__all__ = ["lane_batches", "lane_accumulator_states", "n_unit_threads", "rule_split", "l2_bytes", "units_over_lanes",
+           "unit_split", "unit_exchange_widths", "unit_exchange_len", "split_sizes", "split_note", "blas_threads_for"]
 
 MIN_LANE_BATCH = 4
 """Automatic lanes never get fewer batch rows than this."""
@@ -403,8 +403,8 @@ def explain(model: Any, sizes: Any) -> str:
             why = calibrated
         elif model.unit_threads is not None:
             why = "asked for"
-        elif model.lanes is None and _auto_lanes(model, batch) > 1 and units_over_lanes(model):
-            why = units_over_lanes(model)
+        elif model.lanes is None and _auto_lanes(model, batch) > 1 and (instead := units_over_lanes(model)):
+            why = instead
         elif largest >= LANE_MAX_MACS:
             why = f"{gemm} of {largest:,} >= {LANE_MAX_MACS:,} multiply-adds" + (f"; {narrow}" if narrow else "")
         else:

@@ -313,7 +313,7 @@ def matmul(a, b, c, accumulate):
     of them at a time (C stored and loaded between blocks: the same chains of fused multiply-adds,
     the same bits)."""
     K = a.shape[1]
-    if a.strides[1] == a.itemsize or K <= K_BLOCK or a.strides[1] < LONG_ROW_BYTES:
+    if K <= K_BLOCK or a.strides[1] < LONG_ROW_BYTES:  # rows of a contiguous, or k close together
         _tile_loops(a, b, c, accumulate)
         return
     for k0 in range(0, K, K_BLOCK):
