@@ -31,8 +31,7 @@ from .._jit import inner
 from .._kernels.activations import copy2_into, copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from .._kernels.mm import gemm_n, gemm_t
-from ._base import Cell, _check_chunk
-from .lstm import CHUNK_ROWS_MIN_WEIGHTS
+from ._base import Cell, _check_chunk, auto_chunk_rows
 
 __all__ = ["GRU"]
 
@@ -202,7 +201,8 @@ def GRU(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) -> 
     ``grad_chunk`` steps of weight gradients are summed in one GEMM, as
     :func:`memopt_bptt.LSTM` does (the same default: 2 steps, or as many as
     make 8 rows at batches under 4 for weights, here 3 hidden x (hidden +
-    input), of at least ``CHUNK_ROWS_MIN_WEIGHTS`` elements), at a cost of
+    input), of at least ``CHUNK_ROWS_MIN_WEIGHTS`` elements, 64 rows at every
+    batch from ``CHUNK_WIDE_MIN_WEIGHTS``: ``auto_chunk_rows``), at a cost of
     ``grad_chunk * batch * 5 * hidden_size`` elements of working memory,
     charged to the budget. Gradients are bit-identical across schedules for
     a given value.
@@ -214,7 +214,6 @@ def GRU(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) -> 
     from . import gru_units as u  # it imports this module's helpers
 
     auto = grad_chunk is None
-    big = 3 * hidden_size * (hidden_size + input_size) >= CHUNK_ROWS_MIN_WEIGHTS
     return Cell(
         kind="gru",
         input_size=input_size,
@@ -229,7 +228,7 @@ def GRU(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) -> 
         backward_forward_ratio=1.5,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32)
         feature_major=True,
         grad_chunk=2 if auto else _check_chunk(grad_chunk),
-        chunk_rows=8 if auto and big else 0,
+        chunk_rows=auto_chunk_rows(3 * hidden_size * (hidden_size + input_size)) if auto else 0,
         chunk_width=lambda batch, output_size: 5 * batch * hidden_size,
         flush_grads=gru_flush_grads,
         input_grad=gru_input_grad,

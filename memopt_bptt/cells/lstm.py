@@ -18,7 +18,7 @@ from .._jit import inner
 from .._kernels.activations import copy2_into, copy_into, one, sigmoid_into, tanh_into
 from .._kernels.blas import add_row_sums, gemm, transposed_input
 from .._kernels.mm import gemm_n, gemm_t, product
-from ._base import Cell, _check_chunk
+from ._base import Cell, _check_chunk, auto_chunk_rows
 
 __all__ = ["LSTM"]
 
@@ -304,11 +304,6 @@ def _chunk_views_units(chunk, H, B):
     return D, HpT
 
 
-CHUNK_ROWS_MIN_WEIGHTS = 1 << 16
-"""Weights (4 hidden x (hidden + input)) from which LSTM(grad_chunk=None) defers more steps at small
-batches (LSTM 128 over an input of 64 and up)."""
-
-
 def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) -> Cell:
     """An LSTM cell (PyTorch nn.LSTM parameter layout, gate order i, f, g, o).
 
@@ -323,13 +318,16 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) ->
     writes every weight, and summing 8 of them in one GEMM made LSTM 256 and
     512 at batch 1 1.4x faster here. Smaller weights stay at 2 steps, where
     the gain is nothing and the memory a larger share of a small budget.
+    Weights of at least ``CHUNK_WIDE_MIN_WEIGHTS`` (hidden 1024 over an input
+    of 64) defer as many steps as make 64 rows at every batch (4 steps at
+    batch 16): their gradient outgrows the caches, and each flush reads and
+    writes all of it (1.2x faster sweeps at batch 16; see ``auto_chunk_rows``).
 
     Example::
 
         cell = mb.LSTM(input_size=8, hidden_size=32)
     """
     auto = grad_chunk is None
-    big = 4 * hidden_size * (hidden_size + input_size) >= CHUNK_ROWS_MIN_WEIGHTS
     return Cell(
         kind="lstm",
         input_size=input_size,
@@ -344,7 +342,7 @@ def LSTM(input_size: int, hidden_size: int, *, grad_chunk: int | None = None) ->
         backward_forward_ratio=1.8,  # measured here (mb.measure_step_times, hidden 256, batch 16, float32, 2 unit threads)
         feature_major=True,
         grad_chunk=2 if auto else _check_chunk(grad_chunk),
-        chunk_rows=8 if auto and big else 0,
+        chunk_rows=auto_chunk_rows(4 * hidden_size * (hidden_size + input_size)) if auto else 0,
         chunk_width=lambda batch, output_size: 5 * batch * hidden_size,
         flush_grads=lstm_flush_grads,
         input_grad=lstm_input_grad,
