@@ -287,8 +287,7 @@ def test_abort_releases_a_waiting_thread():
                                               (6, 3, 7, True),
                                               # rows of a page or more (mm.LONG_ROW_BYTES): half-height tiles
                                               (37, 1024, 16, False), (27, 512, 16, False), (19, 1024, 16, True),
-                                              # a transposed view of more than mm.K_BLOCK columns a page or
-                                              # more apart: in blocks (float64 only for M = 512)
+                                              # a transposed view whose columns are a page or more apart
                                               (1024, 300, 16, True), (512, 600, 8, True), (21, 700, 32, True)])
 def test_matmul_against_numpy(dtype, M, K, N, transposed):
     rng = np.random.default_rng(M * N + K)

@@ -268,17 +268,6 @@ Measured one thread, float32, AMD EPYC Zen 5 (AVX-512), (M x K) @ (K x 16): K = 
 2048: 16-row tiles 549-876 us, 8-row 366-407 us (1.5-2.2x); M = 4096 1.2-2.3x; at K = 512
 and 256 (rows of half a page and less) the 16-row tiles were 3-9% faster, so they stay. With
 AVX2 (6-row tiles) the 6-row ones stay faster at every K (3-row: 1.15-1.4x their time)."""
-K_BLOCK = 256
-"""A transposed a (a weight's columns: each k is one of its rows, read a tile's line at a time)
-is multiplied this many k at a time (:func:`matmul`), so the block of the weight's rows that every
-tile reads stays in the cache between tiles, where each tile once walked all of the weight's
-rows (a page apiece at hidden 1024). Measured one thread, float32, AMD EPYC Zen 5 (AVX-512), a
-unit thread's W_hh^T @ dG (units x 4H) @ (4H x 16): hidden 1024, 512 units 522-727 -> 392-406
-us, all 1024 units 1768-2040 -> 952-1000 us, batch 64 2514-3552 -> 1406-1524 us; hidden 512
-92-102 -> 88-90 us; hidden 256 unchanged (22-24 us). In whole sweeps (alternating fresh
-processes) only hidden 1024 gained, and AVX2 code lost 1-4% at hidden 256 and 512 (8 pairs,
-within this machine's noise but every median the same way), so only weights whose rows are
-``LONG_ROW_BYTES`` or more apart (k a page apart: hidden 1024 float32) are blocked."""
 TILED_ROWS = 2
 """Products of at most this many rows take the tiles at any width (:func:`tiled_max_lines`): a unit
 thread's share of dL/dh_{t-1} on a batch of ``_split.MATVEC_MAX_BATCH`` rows or fewer."""
@@ -307,23 +296,7 @@ def fits(b, c):
 
 @njit(cache=True)
 def matmul(a, b, c, accumulate):
-    """c = a @ b, or c += a @ b with ``accumulate`` (see the module docstring; needs ``fits(b, c)``).
-
-    A transposed view of more than ``K_BLOCK`` columns a page or more apart is taken ``K_BLOCK``
-    of them at a time (C stored and loaded between blocks: the same chains of fused multiply-adds,
-    the same bits)."""
-    K = a.shape[1]
-    if K <= K_BLOCK or a.strides[1] < LONG_ROW_BYTES:  # rows of a contiguous, or k close together
-        _tile_loops(a, b, c, accumulate)
-        return
-    for k0 in range(0, K, K_BLOCK):
-        k1 = min(k0 + K_BLOCK, K)
-        _tile_loops(a[:, k0: k1], b[k0: k1], c, accumulate or k0 > 0)
-
-
-@inner(cache=True)
-def _tile_loops(a, b, c, accumulate):
-    """matmul's tiles over all of a's columns."""
+    """c = a @ b, or c += a @ b with ``accumulate`` (see the module docstring; needs ``fits(b, c)``)."""
     M = c.shape[0]
     N = c.shape[1]
     w = _width(c)
