@@ -603,6 +603,7 @@ def machine_info():
         info["llvm_host_cpu"] = ll.get_host_cpu_name()
     except Exception:  # noqa: BLE001
         pass
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")  # the lanes' BLAS kernels (see _split)
     return info
 
 

@@ -266,8 +266,10 @@ def machine() -> dict:
         elif key.strip() == "Flags":
             out["avx512f"] = "avx512f" in val.split()
     try:
+        from memopt_bptt._kernels.blas import blas_core
         from memopt_bptt._split import l2_bytes
         out["l2_bytes"] = l2_bytes()
+        out["blas_core"] = blas_core()
     except ImportError:
         pass
     return out

@@ -136,7 +136,11 @@ with AVX-512 than with AVX2 code, the lanes not). On the same host with AVX2 cod
 (NUMBA_CPU_NAME=haswell) the lanes won (unit threads 1.10-1.38x their time), as on an Intel
 Xeon of the Sapphire Rapids class (AVX-512, 2 MiB of L2 per core: unit threads 1.07-1.62x the
 lanes' time, bench_grid_spr_reuse.json) and a Zen 3 (AVX2, 512 KiB: LSTM 64 1.33x / 1.46x).
-Between 1 and 2 MiB nothing was measured; 1.5 MiB is the middle."""
+Between 1 and 2 MiB nothing was measured; 1.5 MiB is the middle. All of these ran with OpenBLAS
+on its Haswell kernels (that machine's environment set OPENBLAS_CORETYPE=Haswell), which the lanes
+call; with OpenBLAS's own choice there (SkylakeX) the lanes won instead (the unit threads
+1.14-1.53x their time, LSTM 64 and 128, GRU 64 at batch 16, LSTM and GRU 256 at 64), so the rule
+also asks for BLAS kernels narrower than the tiles."""
 
 
 def recurrent_macs(model: Any, batch: int) -> int:
@@ -255,19 +259,21 @@ def _read_l2() -> int | None:
 def units_over_lanes(model: Any) -> str | None:
     """Why two unit threads replace the rule's two lanes on this machine, or None where lanes stay.
 
-    Where the compiled code has 64-byte vectors (AVX-512) and the L2 per core is below
-    ``UNITS_OVER_LANES_MAX_L2`` (:func:`l2_bytes`), for a model whose every layer has unit
+    Where the compiled code has 64-byte vectors (AVX-512), the L2 per core is below
+    ``UNITS_OVER_LANES_MAX_L2`` (:func:`l2_bytes`) and the lanes' BLAS runs narrower kernels
+    (``blas.blas_core``: OpenBLAS on its Haswell ones), for a model whose every layer has unit
     kernels and at least ``2 * MIN_UNIT_HIDDEN`` units. See ``UNITS_OVER_LANES_MAX_L2`` for the
     measurements."""
     cells = model.unit_cells
     if cells is None or min(c.hidden_size for c in cells) < 2 * MIN_UNIT_HIDDEN:
         return None
+    from ._kernels import blas
     from ._kernels.mm import vector_bytes
-    l2 = l2_bytes()
-    if vector_bytes() != 64 or l2 is None or l2 >= UNITS_OVER_LANES_MAX_L2:
+    l2, core = l2_bytes(), blas.blas_core()
+    if vector_bytes() != 64 or l2 is None or l2 >= UNITS_OVER_LANES_MAX_L2 or not core or not core[1] or core[1] >= 64:
         return None
-    return (f"unit threads instead of lanes: 64-byte vectors and {l2 // 1024} KiB of L2 per core "
-            f"< {UNITS_OVER_LANES_MAX_L2 // 1024} KiB")
+    return (f"unit threads instead of lanes: 64-byte vectors, {l2 // 1024} KiB of L2 per core "
+            f"< {UNITS_OVER_LANES_MAX_L2 // 1024} KiB and OpenBLAS's {core[0]} kernels ({core[1]}-byte vectors)")
 
 
 def _automatic(model: Any, batch: int) -> tuple[int, int]:

@@ -1,16 +1,19 @@
 """The one machine-dependent choice of the split rule (memopt_bptt._split.units_over_lanes): two
-unit threads replace the rule's two lanes where the compiled code has 64-byte vectors and the L2
-per core is below 1.5 MiB (measured on an AMD EPYC Zen 5, see UNITS_OVER_LANES_MAX_L2).
+unit threads replace the rule's two lanes where the compiled code has 64-byte vectors, the L2
+per core is below 1.5 MiB and the lanes' OpenBLAS runs narrower kernels (measured on an AMD EPYC
+Zen 5 with OpenBLAS on its Haswell kernels, see UNITS_OVER_LANES_MAX_L2).
 
 The machine facts are passed explicitly: the L2 through MEMOPT_BPTT_L2_BYTES, the vector width
-through Numba's target (NUMBA_CPU_NAME's config), so both machine kinds are checked here whatever
-this host is. Oracle for the gradients: the same model with the split asked for explicitly (bit for
+through Numba's target (NUMBA_CPU_NAME's config), OpenBLAS's kernels by replacing blas_core, so
+every machine kind is checked here whatever this host is. Oracle for the gradients: the same model with the split asked for explicitly (bit for
 bit) and one sweep (to rounding).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,30 +21,35 @@ from numba.core import config
 
 import memopt_bptt as mb
 from memopt_bptt import _split
+from memopt_bptt._kernels import blas
 
 MiB = 1 << 20
 
 
-def _target(monkeypatch, vbytes):
+def _target(monkeypatch, vbytes, core=("Haswell", 32)):
     name = {64: "skylake-avx512", 32: "haswell"}[vbytes]
     monkeypatch.setattr(config, "CPU_NAME", name)
     monkeypatch.setattr(config, "CPU_FEATURES", "")
+    monkeypatch.setattr(blas, "blas_core", lambda: core)
 
 
 def _split_of(model, batch):
     return len(model.lane_batches(batch)), len(model.unit_split(batch))
 
 
-@pytest.mark.parametrize("l2,vbytes,want", [
-    (1 * MiB, 64, (1, 2)),      # Zen 5's kind: unit threads
-    (512 << 10, 64, (1, 2)),
-    (1 * MiB, 32, (2, 1)),      # AVX2 code on the same host: lanes
-    (2 * MiB, 64, (2, 1)),      # Sapphire Rapids' kind: lanes
-    (3 * MiB // 2, 64, (2, 1)),  # the bound itself: lanes
+@pytest.mark.parametrize("l2,vbytes,core,want", [
+    (1 * MiB, 64, ("Haswell", 32), (1, 2)),      # Zen 5 with OpenBLAS on its Haswell kernels: unit threads
+    (512 << 10, 64, ("Zen", 32), (1, 2)),
+    (1 * MiB, 64, ("SkylakeX", 64), (2, 1)),     # Zen 5 with OpenBLAS's own choice: lanes
+    (1 * MiB, 64, ("Zen9", None), (2, 1)),       # kernels of a width not known here: lanes
+    (1 * MiB, 64, None, (2, 1)),                 # another BLAS: lanes
+    (1 * MiB, 32, ("Haswell", 32), (2, 1)),      # AVX2 code on the same host: lanes
+    (2 * MiB, 64, ("Haswell", 32), (2, 1)),      # Sapphire Rapids' kind: lanes
+    (3 * MiB // 2, 64, ("Haswell", 32), (2, 1)),  # the bound itself: lanes
 ])
-def test_units_replace_lanes_only_on_the_measured_kind(monkeypatch, l2, vbytes, want):
+def test_units_replace_lanes_only_on_the_measured_kind(monkeypatch, l2, vbytes, core, want):
     monkeypatch.setenv("MEMOPT_BPTT_L2_BYTES", str(l2))
-    _target(monkeypatch, vbytes)
+    _target(monkeypatch, vbytes, core)
     for cell, hidden, batch in (("LSTM", 128, 16), ("LSTM", 64, 8), ("GRU", 64, 16), ("LSTM", 256, 64),
                                 ("GRU", 256, 64)):
         model = mb.Sequence(getattr(mb, cell)(64, hidden), output_size=16)
@@ -49,6 +57,7 @@ def test_units_replace_lanes_only_on_the_measured_kind(monkeypatch, l2, vbytes, 
         why = model.describe_split(batch)
         if want == (1, 2):
             assert f"{l2 // 1024} KiB of L2 per core < 1536 KiB" in why and "64-byte vectors" in why
+            assert f"OpenBLAS's {core[0]} kernels (32-byte vectors)" in why
         else:
             assert "lanes of" in why and "instead of lanes" not in why
 
@@ -67,6 +76,21 @@ def test_what_units_over_lanes_leaves_alone(monkeypatch):
     assert _split_of(mb.Sequence(mb.LSTM(64, 256), output_size=16), 16) == (1, 2)     # the rule's own units
     embedded = mb.Sequence([mb.Embedding(50, 32), mb.LSTM(32, 128)], output_size=16)  # no unit kernels
     assert _split_of(embedded, 16) == (2, 1)
+
+
+def test_blas_core_is_openblas_own_or_the_environments():
+    """What OpenBLAS runs, read from the library: its own choice here, and in a process started
+    with OPENBLAS_CORETYPE=Haswell (as this project's development machines were) its Haswell kernels."""
+    found = blas.blas_core()
+    if not blas.BLAS_LIBRARY.startswith("numpy-openblas"):
+        assert found is None
+        pytest.skip("SciPy's BLAS: no core to read")
+    assert found[0] and found[1] in (None, 32, 64)
+    code = "from memopt_bptt._kernels.blas import blas_core; print(blas_core())"
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('Haswell', 32)"
 
 
 def test_l2_is_read_from_the_machine_or_the_environment(monkeypatch):

@@ -21,6 +21,7 @@ the low 32 bits, which on a little-endian machine is the same number.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -72,6 +73,23 @@ def _bind_blas() -> str:
 
 BLAS_LIBRARY = _bind_blas()
 """Which BLAS the kernels call (see the module docstring)."""
+
+_CORE_BYTES = {"skylakex": 64, "cooperlake": 64, "sapphirerapids": 64, "haswell": 32, "zen": 32, "sandybridge": 32}
+
+
+@functools.lru_cache(maxsize=None)
+def blas_core() -> tuple[str, int | None] | None:
+    """(name, vector bytes) of the kernels NumPy's OpenBLAS runs on this machine ("SkylakeX", 64;
+    "Haswell", 32: its own choice, or OPENBLAS_CORETYPE's; bytes None for a name not known here),
+    or None for another BLAS."""
+    import ctypes
+    found = _numpy_openblas_ilp64() if BLAS_LIBRARY.startswith("numpy-openblas") else None
+    name_of = getattr(ctypes.CDLL(found[2]), "scipy_openblas_get_corename64_", None) if found else None
+    if name_of is None:
+        return None
+    name_of.restype = ctypes.c_char_p
+    name = (name_of() or b"").decode(errors="replace")
+    return name, _CORE_BYTES.get(name.lower())
 
 
 @intrinsic
